@@ -1,0 +1,226 @@
+"""Value objects of the customer profile, validated once and stored in camelCase JSON shape."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import available_timezones
+
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    PlainSerializer,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+
+class CustomerStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    INACTIVE = "INACTIVE"
+    SUSPENDED = "SUSPENDED"
+    DELETED = "DELETED"
+
+
+class Gender(StrEnum):
+    MALE = "MALE"
+    FEMALE = "FEMALE"
+    OTHER = "OTHER"
+    UNKNOWN = "UNKNOWN"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        str_strip_whitespace=True,
+        frozen=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The stored/public JSON shape: camelCase, JSON-native values."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def normalize_email(value: str) -> str:
+    """Case-insensitive identity: the whole address is lower-cased after syntax checks."""
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as e:
+        raise ValueError(f"not a valid e-mail address: {e}") from None
+    return result.normalized.lower()
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def check_timezone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError("not a valid IANA time zone (e.g. Europe/Madrid)")
+    return value
+
+
+def check_currency(value: str) -> str:
+    code = value.upper()
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise ValueError("not an ISO 4217 currency code")
+    return code
+
+
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+
+def check_language(value: str) -> str:
+    if not _LANGUAGE.match(value):
+        raise ValueError("not a BCP 47 language tag (e.g. es, en-GB)")
+    return value
+
+
+def lookup_country(value: str) -> tuple[str, str]:
+    """ISO 3166 code or English name → (alpha-2 code, English name)."""
+    try:
+        country = pycountry.countries.lookup(value.strip())
+    except LookupError:
+        raise ValueError("not a known country (ISO 3166 code or English name)") from None
+    return str(country.alpha_2), str(country.name)
+
+
+Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(normalize_email)]
+Timezone = Annotated[str, AfterValidator(check_timezone)]
+Currency = Annotated[str, AfterValidator(check_currency)]
+Language = Annotated[str, AfterValidator(check_language)]
+ShortText = Annotated[str, StringConstraints(max_length=255)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w.:\-]+$")]
+
+
+class Location(Model):
+    country: ShortText
+    country_code: Annotated[str, StringConstraints(max_length=2)] | None = None
+    city: ShortText = ""
+    region: ShortText = ""
+    postal_code: Annotated[str, StringConstraints(max_length=20)] | None = None
+    timezone: Timezone | None = None
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+
+    @model_validator(mode="after")
+    def _normalize_country(self) -> Location:
+        code, name = lookup_country(self.country)
+        if self.country_code is not None and self.country_code.upper() != code:
+            raise ValueError(f"countryCode does not match country {name!r}")
+        object.__setattr__(self, "country", name)
+        object.__setattr__(self, "country_code", code)
+        return self
+
+
+class NotificationSettings(Model):
+    email_notifications: bool = False
+    sms_notifications: bool = False
+    push_notifications: bool = False
+    marketing_emails: bool = False
+    system_alerts: bool = True
+
+
+class PrivacySettings(Model):
+    data_sharing: bool = False
+    analytics_tracking: bool = False
+    personalization: bool = False
+    third_party_sharing: bool = False
+
+
+class Preferences(Model):
+    language: Language = "en"
+    currency: Currency = "EUR"
+    timezone: Timezone | None = None
+    notification_settings: NotificationSettings = NotificationSettings()
+    privacy_settings: PrivacySettings = PrivacySettings()
+    # Required without default: the spec wants both consents given explicitly.
+    marketing_consent: bool
+    data_processing_consent: bool
+    custom_preferences: dict[str, Any] = Field(default_factory=dict, max_length=50)
+
+
+class Money(Model):
+    # JSON numbers as in the spec's examples; Decimal keeps input exact until then.
+    amount: Annotated[
+        Decimal,
+        Field(ge=0, max_digits=14, decimal_places=2),
+        PlainSerializer(float, return_type=float, when_used="json"),
+    ]
+    currency: Currency
+
+
+class PurchaseRecord(Model):
+    id: ShortText
+    amount: Money
+    product: ShortText
+    category: ShortText = ""
+    purchase_date: AwareDatetime
+    channel: ShortText = ""
+
+
+class InteractionRecord(Model):
+    id: ShortText
+    type: ShortText
+    channel: ShortText = ""
+    action: ShortText = ""
+    timestamp: AwareDatetime
+    duration: Annotated[int, Field(ge=0)] | None = None
+    outcome: ShortText = ""
+
+
+class DeviceInfo(Model):
+    type: ShortText
+    os: ShortText = ""
+    browser: ShortText = ""
+    user_agent: Annotated[str, StringConstraints(max_length=1024)] = ""
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    is_active: bool = True
+
+
+class Metadata(Model):
+    source: ShortText = "api"
+    acquisition_date: AwareDatetime | None = None
+    lifetime_value: Money | None = None
+    purchase_history: list[PurchaseRecord] = Field(default_factory=list, max_length=1000)
+    interaction_history: list[InteractionRecord] = Field(default_factory=list, max_length=1000)
+    device_info: list[DeviceInfo] = Field(default_factory=list, max_length=100)
+    referral_source: ShortText | None = None
+    last_login: AwareDatetime | None = None
+    login_count: Annotated[int, Field(ge=0)] = 0
+
+
+class Profile(Model):
+    """Everything a client may set on a customer (create and full update share it)."""
+
+    email: Email
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    age: Annotated[int, Field(ge=0, le=150)] | None = None
+    gender: Gender | None = None
+    location: Location | None = None
+    preferences: Preferences
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
+    metadata: Metadata = Metadata()
+
+    @model_validator(mode="after")
+    def _dedupe_tags(self) -> Profile:
+        object.__setattr__(self, "tags", sorted(set(self.tags)))
+        return self
+
+
+def utc_iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

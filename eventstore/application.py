@@ -1,0 +1,62 @@
+"""The event-sourced application over PostgreSQL, configured from Settings."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import Mapper
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import get_topic
+from psycopg.conninfo import conninfo_to_dict
+
+from eventstore.keys import KeyStore
+from eventstore.mapper import CustomerMapper
+from eventstore.recorder import CustomerRecorder
+from service.settings import Settings
+
+EVENTS_TABLE = "customers_events"  # eventsourcing derives it from the application name
+
+
+def postgres_env(database_url: str) -> dict[str, str]:
+    """eventsourcing's POSTGRES_* variables from one libpq URL."""
+    params = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
+        "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(params.get("port", "5432")),
+        "POSTGRES_USER": str(params.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(params.get("password", "")),
+    }
+
+
+class Customers(Application[UUID]):
+    name = "Customers"
+
+    def __init__(self, settings: Settings, *, pool_size: int = 8, create_table: bool = False):
+        if not settings.database_url:
+            raise RuntimeError("DATABASE_URL is not set")
+        self.settings = settings
+        env: dict[str, Any] = {
+            **postgres_env(settings.database_url),
+            "APPLICATION_RECORDER_TOPIC": get_topic(CustomerRecorder),
+            "CREATE_TABLE": "y" if create_table else "n",
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(pool_size),
+            "POSTGRES_LOCK_TIMEOUT": "5",
+            "AGGREGATE_CACHE_MAXSIZE": "10000",
+            "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
+        }
+        super().__init__(env)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        assert isinstance(self.factory, PostgresFactory)
+        self.keys = KeyStore(self.settings.master_key_bytes(), self.factory.datastore)
+        return CustomerMapper(self.keys)
+
+    @property
+    def datastore(self) -> Any:
+        assert isinstance(self.factory, PostgresFactory)
+        return self.factory.datastore

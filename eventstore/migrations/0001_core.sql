@@ -1,0 +1,72 @@
+-- Per-customer data keys. wrapped_key NULL = shredded (erased); the row stays as proof.
+CREATE TABLE customer_keys (
+    customer_id uuid PRIMARY KEY,
+    org_id text NOT NULL,
+    wrapped_key bytea,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    shredded_at timestamptz
+);
+
+-- E-mail uniqueness per organization, as a keyed hash: never the plaintext address.
+CREATE TABLE customer_emails (
+    org_id text NOT NULL,
+    email_hash bytea NOT NULL,
+    customer_id uuid NOT NULL,
+    PRIMARY KEY (org_id, email_hash)
+);
+CREATE INDEX customer_emails_customer_idx ON customer_emails (customer_id);
+
+-- Idempotency-Key of POST requests: enough to replay the first answer, no personal data.
+CREATE TABLE idempotency_keys (
+    org_id text NOT NULL,
+    key text NOT NULL,
+    request_hash bytea NOT NULL,
+    customer_id uuid NOT NULL,
+    version integer NOT NULL,
+    status integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, key)
+);
+
+-- Position of every follower of the notification log (projectors, relay).
+CREATE TABLE positions (
+    name text PRIMARY KEY,
+    position bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE customers_view (
+    org_id text NOT NULL,
+    id uuid NOT NULL,
+    email text NOT NULL,
+    name text NOT NULL,
+    age integer CHECK (age >= 0 AND age <= 150),
+    gender text CHECK (gender IN ('MALE', 'FEMALE', 'OTHER', 'UNKNOWN')),
+    country_code text,
+    city text,
+    region text,
+    postal_code text,
+    tags text[] NOT NULL DEFAULT '{}',
+    segments uuid[] NOT NULL DEFAULT '{}',
+    status text NOT NULL CHECK (status IN ('ACTIVE', 'INACTIVE', 'SUSPENDED', 'DELETED')),
+    marketing_consent boolean NOT NULL,
+    data_processing_consent boolean NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    last_activity timestamptz NOT NULL,
+    version integer NOT NULL,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (org_id, id)
+);
+CREATE INDEX customers_view_created_idx ON customers_view (org_id, created_at, id);
+CREATE INDEX customers_view_updated_idx ON customers_view (org_id, updated_at, id);
+CREATE INDEX customers_view_activity_idx ON customers_view (org_id, last_activity, id);
+CREATE INDEX customers_view_status_idx ON customers_view (org_id, status, created_at, id);
+CREATE INDEX customers_view_country_idx ON customers_view (org_id, country_code, created_at, id);
+CREATE INDEX customers_view_city_idx ON customers_view (org_id, lower(city), created_at, id);
+CREATE INDEX customers_view_email_idx ON customers_view (org_id, lower(email) text_pattern_ops);
+CREATE INDEX customers_view_name_idx ON customers_view (org_id, lower(name) text_pattern_ops);
+CREATE INDEX customers_view_name_sort_idx ON customers_view (org_id, lower(name), id);
+CREATE INDEX customers_view_email_sort_idx ON customers_view (org_id, lower(email), id);
+CREATE INDEX customers_view_tags_idx ON customers_view USING gin (tags);
+CREATE INDEX customers_view_segments_idx ON customers_view USING gin (segments);

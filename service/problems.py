@@ -1,0 +1,117 @@
+"""RFC 9457 problem+json: the one place errors become HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from domain.errors import Code, DomainError
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    Code.INVALID: 422,
+    Code.NOT_FOUND: 404,
+    Code.CONFLICT: 409,
+    Code.FORBIDDEN: 403,
+    Code.UNAUTHORIZED: 401,
+    Code.PRECONDITION_FAILED: 412,
+    Code.UNAVAILABLE: 503,
+}
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    428: "Precondition Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": f"https://customers.example/problems/{status}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    hdrs = dict(headers or {})
+    if status == 401:
+        hdrs.setdefault("WWW-Authenticate", "Bearer")
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/problem+json", headers=hdrs
+    )
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """('body', 'location', 'country') → 'location.country'; query/path keep the name."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    status = STATUS[exc.code]
+    errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem(status, exc.detail, errors=errors, headers=headers, instance=request.url.path)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Messages only, never the offending input: it may be personal data.
+    errors = [
+        {"field": field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg", "invalid"))}
+        for e in exc.errors()
+    ]
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    return problem(422, f"invalid input: {fields}", errors=errors, instance=request.url.path)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return problem(
+        exc.status_code,
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+        instance=request.url.path,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(500, "internal error; it has been logged", instance=request.url.path)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

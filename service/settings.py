@@ -1,0 +1,61 @@
+"""The one place configuration is read from the environment."""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CUSTOMERS_", extra="ignore")
+
+    # Unprefixed: the two URLs every deployment tool already knows.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    nats_url: str | None = Field(default=None, validation_alias="NATS_URL")
+
+    # Embedded PostgreSQL / NATS / generated keys live here. Never under the repo or
+    # /root: pgserver changes permissions of parent directories.
+    data_dir: Path = Path("/var/tmp/customers-service")
+
+    # base64 of 32 bytes; wraps every per-customer data key and derives the HMAC keys.
+    master_key: str | None = None
+
+    jwt_secret: str | None = None
+    jwt_issuer: str = "customers-service"
+    jwt_audience: str = "customers-api"
+    jwt_leeway_seconds: int = 30
+
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    write_api_port: int = 8081
+    read_api_port: int = 8082
+
+    consistency_wait_seconds: float = 5.0
+    email_verification_ttl_hours: int = 24
+    idempotency_ttl_hours: int = 24
+
+    nats_stream: str = "CUSTOMERS"
+    nats_subject_prefix: str = "customers"
+    nats_duplicate_window_seconds: int = 7200
+
+    projection_batch_size: int = 2000
+    relay_batch_size: int = 500
+
+    log_level: str = "INFO"
+
+    def master_key_bytes(self) -> bytes:
+        if not self.master_key:
+            raise RuntimeError("CUSTOMERS_MASTER_KEY is not set")
+        key = base64.b64decode(self.master_key)
+        if len(key) != 32:
+            raise RuntimeError("CUSTOMERS_MASTER_KEY must be base64 of exactly 32 bytes")
+        return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
