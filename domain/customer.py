@@ -75,6 +75,9 @@ class Customer(Aggregate):
         if status is not None and status != self.status:
             self._check_transition(status, actor_is_admin)
         new = profile.dump()
+        if new["metadata"]["acquisitionDate"] is None:  # not given: keep the one we have
+            kept = self.profile["metadata"].get("acquisitionDate")
+            new["metadata"]["acquisitionDate"] = kept
         token = None
         if new["email"] != self.email:
             if new["email"] != self.pending_email or self._pending_expired(now):

@@ -224,3 +224,27 @@ class Profile(Model):
 
 def utc_iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+class CustomerPublic(Model):
+    """The customer as every API answer shows it (documentation of `representation()`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    id: str
+    email: str
+    name: str
+    age: int | None
+    gender: Gender | None
+    location: Location | None
+    preferences: Preferences
+    segments: list[str]
+    tags: list[str]
+    status: CustomerStatus
+    created_at: str
+    updated_at: str
+    last_activity: str
+    metadata: Metadata
+    pending_email: str | None
+    active_orders: int
+    version: int

@@ -61,6 +61,27 @@ def violated_constraint(error: IntegrityError) -> str | None:
 
 
 class CustomerRecorder(PostgresApplicationRecorder):
+    def find_idempotency(self, org_id: str, key: str, ttl_hours: int) -> IdempotencyRecord | None:
+        """The live record for a key; an expired one is deleted so the key can be reused."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(FIND_IDEMPOTENCY, (ttl_hours, org_id, key), prepare=True)
+            row = curs.fetchone()
+            if row is None:
+                return None
+            if row["expired"]:
+                curs.execute(FORGET_IDEMPOTENCY, (org_id, key))
+                return None
+        return IdempotencyRecord(
+            org_id, key, bytes(row["request_hash"]), row["customer_id"], row["version"], row["status"]
+        )
+
+    def notification_id(self, originator_id: UUID, version: int) -> int:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(NOTIFICATION_ID, (originator_id, version), prepare=True)
+            row = curs.fetchone()
+        assert row is not None
+        return int(row["notification_id"])
+
     def _insert_events(
         self,
         curs: Cursor[DictRow],
@@ -86,3 +107,15 @@ class CustomerRecorder(PostgresApplicationRecorder):
                 RECORD_IDEMPOTENCY,
                 (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
             )
+
+
+FIND_IDEMPOTENCY = (
+    "SELECT request_hash, customer_id, version, status,"
+    " created_at < now() - make_interval(hours => %s) AS expired"
+    " FROM idempotency_keys WHERE org_id = %s AND key = %s"
+)
+FORGET_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE org_id = %s AND key = %s"
+NOTIFICATION_ID = (
+    "SELECT notification_id FROM customers_events"
+    " WHERE originator_id = %s AND originator_version = %s"
+)

@@ -1,0 +1,152 @@
+"""Command-side HTTP API: translates requests into use-case calls, nothing more."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Request, Response
+
+from domain.errors import invalid
+from domain.values import CustomerPublic
+from eventstore.application import Customers
+from service import logs, problems
+from service.auth import CurrentPrincipal
+from service.settings import Settings, get_settings
+from write_api.customers import CustomerCommands, Outcome
+from write_api.schemas import ActiveOrders, CustomerCreate, CustomerUpdate, EmailVerification
+
+PREFIX = "/api/v1/customers"
+_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+_PROBLEM = {"content": {"application/problem+json": {}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: _PROBLEM for s in (401, 403, 404, 409, 412, 422, 503)
+}
+
+
+def _commands(request: Request) -> CustomerCommands:
+    commands: CustomerCommands = request.app.state.commands
+    return commands
+
+
+Commands = Annotated[CustomerCommands, Depends(_commands)]
+
+
+def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    m = _ETAG.match(if_match.strip())
+    if not m:
+        raise invalid("If-Match", 'expected an entity tag such as "3"')
+    return int(m.group(1))
+
+
+IfMatch = Annotated[int | None, Depends(_if_match)]
+
+
+def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
+    headers = {
+        "ETag": f'"{outcome.version}"',
+        "X-Consistency-Token": str(outcome.consistency_token),
+    }
+    if location:
+        headers["Location"] = location
+    if outcome.customer is None or outcome.status == 204:
+        return Response(status_code=204, headers=headers)
+    return Response(
+        orjson.dumps(outcome.customer),
+        status_code=outcome.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        es = Customers(settings or get_settings())
+        app.state.commands = CustomerCommands(es)
+        try:
+            yield
+        finally:
+            es.close()
+
+    app = FastAPI(title="Customer Management — commands", version="1", lifespan=lifespan)
+    problems.install(app)
+    logs.install(app)
+
+    @app.post(
+        PREFIX,
+        status_code=201,
+        response_model=None,
+        responses={201: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def create_customer(
+        body: CustomerCreate,
+        principal: CurrentPrincipal,
+        commands: Commands,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    ) -> Response:
+        outcome = commands.create(principal, body, idempotency_key)
+        assert outcome.customer is not None
+        return _answer(outcome, location=f"{PREFIX}/{outcome.customer['id']}")
+
+    @app.put(
+        PREFIX + "/{customer_id}",
+        response_model=None,
+        responses={200: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def update_customer(
+        customer_id: UUID,
+        body: CustomerUpdate,
+        principal: CurrentPrincipal,
+        commands: Commands,
+        if_match: IfMatch,
+    ) -> Response:
+        profile = CustomerCreate.model_validate(body.model_dump(exclude={"status"}))
+        return _answer(commands.update(principal, customer_id, profile, body.status, if_match))
+
+    @app.delete(PREFIX + "/{customer_id}", status_code=204, response_model=None, responses=_ERRORS)
+    def delete_customer(
+        customer_id: UUID, principal: CurrentPrincipal, commands: Commands, if_match: IfMatch
+    ) -> Response:
+        outcome = commands.delete(principal, customer_id, if_match)
+        return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+
+    @app.post(
+        PREFIX + "/{customer_id}/email/verify",
+        response_model=None,
+        responses={200: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def verify_email(
+        customer_id: UUID, body: EmailVerification, principal: CurrentPrincipal, commands: Commands
+    ) -> Response:
+        return _answer(commands.verify_email(principal, customer_id, body.token))
+
+    @app.put(
+        PREFIX + "/{customer_id}/active-orders",
+        response_model=None,
+        responses={200: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def set_active_orders(
+        customer_id: UUID, body: ActiveOrders, principal: CurrentPrincipal, commands: Commands
+    ) -> Response:
+        return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", include_in_schema=False)
+    def ready(commands: Commands) -> Response:
+        try:
+            commands.app.recorder.max_notification_id()
+        except Exception:  # any failure to reach the store means not ready
+            return problems.problem(503, "event store unreachable", headers={"Retry-After": "5"})
+        return Response(orjson.dumps({"status": "ready"}), media_type="application/json")
+
+    return app

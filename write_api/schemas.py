@@ -1,0 +1,25 @@
+"""Request bodies of the command side (the response shape is domain.values.CustomerPublic)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from domain.values import CustomerStatus, Model, Profile
+
+
+class CustomerCreate(Profile):
+    pass
+
+
+class CustomerUpdate(Profile):
+    status: CustomerStatus | None = None
+
+
+class EmailVerification(Model):
+    token: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ActiveOrders(Model):
+    active_orders: Annotated[int, Field(ge=0, le=1_000_000)]
