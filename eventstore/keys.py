@@ -50,6 +50,9 @@ class KeyStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def email_hash(self, org_id: str, email: str) -> bytes:
+        return keyed_hash(self.email_key, f"{org_id}\x00{email}")
+
     def create(self, customer_id: UUID, org_id: str) -> WrappedKey:
         """A fresh key, usable at once; persisted by the recorder with the first event."""
         data_key = AESGCM.generate_key(bit_length=256)

@@ -205,11 +205,8 @@ class CustomerCommands:
         token = self.app.recorder.notification_id(record.customer_id, record.version)  # type: ignore[attr-defined]
         return Outcome(customer.public(), record.version, token, status=record.status)
 
-    def _email_hash(self, org: str, email: str) -> bytes:
-        return keyed_hash(self.app.keys.email_key, f"{org}\x00{email}")
-
     def _claim(self, org: str, email: str, customer_id: UUID) -> EmailClaim:
-        return EmailClaim(org, self._email_hash(org, email), customer_id)
+        return EmailClaim(org, self.app.keys.email_hash(org, email), customer_id)
 
     def _release(self, org: str, email: str) -> EmailRelease:
-        return EmailRelease(org, self._email_hash(org, email))
+        return EmailRelease(org, self.app.keys.email_hash(org, email))

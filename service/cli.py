@@ -1,0 +1,157 @@
+"""The `customers` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from service import logs
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("customers")
+
+PROCESS_KINDS = ("all", "write-api", "read-api", "projector", "relay")
+
+
+def _settings(embedded: bool) -> Settings:
+    if embedded:
+        from service.embedded import prepare_environment
+
+        prepare_environment(get_settings())
+    return get_settings()
+
+
+def migrate(settings: Settings) -> None:
+    from eventstore.application import Customers
+    from eventstore.migrate import migrate as apply_sql
+
+    assert settings.database_url
+    applied = apply_sql(settings.database_url)
+    Customers(settings, create_table=True, pool_size=1).close()
+    log.info("migrated", extra={"applied": applied})
+
+
+def _uvicorn(app: object, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)  # type: ignore[arg-type]
+
+
+def serve(kind: str, settings: Settings) -> None:
+    if kind == "write-api":
+        from write_api.app import create_app as create_write_app
+
+        _uvicorn(create_write_app(settings), settings.host, settings.write_api_port)
+    elif kind == "read-api":
+        from read_api.app import create_app as create_read_app
+
+        _uvicorn(create_read_app(settings), settings.host, settings.read_api_port)
+    elif kind == "projector":
+        from projections.runner import run_forever
+
+        run_forever(settings)
+    elif kind == "relay":
+        import asyncio
+
+        from eventstore.relay import run_forever as relay_forever
+
+        asyncio.run(relay_forever(settings))
+    else:
+        _serve_all(settings)
+
+
+def _serve_all(settings: Settings) -> None:
+    """Projector and relay as child processes; the REST gateway in this one."""
+    from service.gateway import Gateway
+
+    migrate(settings)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "serve", kind], env=os.environ.copy())
+        for kind in ("projector", "relay")
+    ]
+
+    def _stop_children(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    url = f"http://{settings.host}:{settings.http_port}"
+    print(  # noqa: T201 — the operator's first contact with the service
+        f"\nCustomer Management Service at {url}  (API docs: {url}/docs)\n"
+        f"Get a token:  .venv/bin/customers dev-token --role admin --org acme\n"
+        f"Then:         curl -H \"Authorization: Bearer $TOKEN\" {url}/api/v1/customers\n",
+        flush=True,
+    )
+    try:
+        _uvicorn(Gateway(settings), settings.host, settings.http_port)
+    finally:
+        _stop_children()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="customers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the service (all processes by default)")
+    p_serve.add_argument("kind", nargs="?", default="all", choices=PROCESS_KINDS)
+
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+
+    p_token = sub.add_parser("dev-token", help="print a JWT the running service accepts")
+    p_token.add_argument("--role", action="append", required=True, dest="roles")
+    p_token.add_argument("--org", default="acme")
+    p_token.add_argument("--sub", default="dev")
+    p_token.add_argument("--ttl", type=int, default=3600, help="seconds")
+
+    p_proj = sub.add_parser("projections", help="projection maintenance")
+    p_proj.add_argument("action", choices=["rebuild"])
+
+    p_seed = sub.add_parser("seed", help="generate realistic customers")
+    p_seed.add_argument("--count", type=int, required=True)
+    p_seed.add_argument("--org", default="acme")
+    p_seed.add_argument("--batch", type=int, default=2000)
+
+    args = parser.parse_args(argv)
+    logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))
+
+    if args.command == "dev-token":
+        from service.auth import issue_token
+        from service.embedded import ensure_secrets
+
+        os.environ.update(ensure_secrets(get_settings().data_dir))
+        get_settings.cache_clear()
+        print(  # noqa: T201
+            issue_token(
+                get_settings(), sub=args.sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl
+            )
+        )
+        return 0
+
+    settings = _settings(embedded=args.command == "serve" and args.kind == "all")
+    if args.command == "serve":
+        serve(args.kind, settings)
+    elif args.command == "migrate":
+        migrate(settings)
+    elif args.command == "projections":
+        from projections.runner import rebuild
+
+        print(f"rebuilt: {rebuild(settings)} events replayed")  # noqa: T201
+    elif args.command == "seed":
+        from service.seed import seed
+
+        seed(settings, count=args.count, org=args.org, batch=args.batch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

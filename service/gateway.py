@@ -1,0 +1,68 @@
+"""One REST port: reads go to the query app, everything else to the command app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from read_api.app import create_app as create_read_app
+from service.settings import Settings
+from write_api.app import create_app as create_write_app
+
+_READ_METHODS = {"GET", "HEAD"}
+
+
+def merged_openapi(*apps: FastAPI) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Customer Management Service", "version": "1"},
+        "paths": {},
+        "components": {"schemas": {}},
+    }
+    for app in apps:
+        part = app.openapi()
+        for path, operations in part.get("paths", {}).items():
+            schema["paths"].setdefault(path, {}).update(operations)
+        schema["components"]["schemas"].update(part.get("components", {}).get("schemas", {}))
+        for name, scheme in part.get("components", {}).get("securitySchemes", {}).items():
+            schema["components"].setdefault("securitySchemes", {})[name] = scheme
+    return schema
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.write = create_write_app(settings)
+        self.read = create_read_app(settings)
+        self.own = FastAPI(lifespan=self._lifespan, openapi_url=None, docs_url=None)
+        self._openapi: dict[str, Any] | None = None
+
+        @self.own.get("/openapi.json", include_in_schema=False)
+        def openapi() -> JSONResponse:
+            if self._openapi is None:
+                self._openapi = merged_openapi(self.write, self.read)
+            return JSONResponse(self._openapi)
+
+        @self.own.get("/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="Customers API")
+
+    @asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.write.router.lifespan_context(self.write))
+            await stack.enter_async_context(self.read.router.lifespan_context(self.read))
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or scope.get("path") in {"/openapi.json", "/docs"}:
+            await self.own(scope, receive, send)
+        elif scope["type"] == "http" and scope["method"] in _READ_METHODS:
+            await self.read(scope, receive, send)
+        else:
+            await self.write(scope, receive, send)
