@@ -15,7 +15,7 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("customers")
 
-PROCESS_KINDS = ("all", "write-api", "read-api", "projector", "relay")
+PROCESS_KINDS = ("all", "gateway", "write-api", "read-api", "projector", "relay")
 
 
 def _settings(embedded: bool) -> Settings:
@@ -61,14 +61,16 @@ def serve(kind: str, settings: Settings) -> None:
         from eventstore.relay import run_forever as relay_forever
 
         asyncio.run(relay_forever(settings))
+    elif kind == "gateway":
+        from service.gateway import Gateway
+
+        _uvicorn(Gateway(settings), settings.host, settings.http_port)
     else:
         _serve_all(settings)
 
 
 def _serve_all(settings: Settings) -> None:
     """Projector and relay as child processes; the REST gateway in this one."""
-    from service.gateway import Gateway
-
     migrate(settings)
     children = [
         subprocess.Popen([sys.executable, "-m", "service.cli", "serve", kind], env=os.environ.copy())
@@ -93,7 +95,7 @@ def _serve_all(settings: Settings) -> None:
         flush=True,
     )
     try:
-        _uvicorn(Gateway(settings), settings.host, settings.http_port)
+        serve("gateway", settings)
     finally:
         _stop_children()
 

@@ -58,6 +58,10 @@ SHARED_NATS = ("127.0.0.1", 4222)
 EMBEDDED_PG_DIR = Path("/var/tmp/customers-service-test")
 
 
+# CUSTOMERS_TEST_EMBEDDED=1 ignores the shared servers (exercises the bare-machine path).
+FORCE_EMBEDDED = os.environ.get("CUSTOMERS_TEST_EMBEDDED", "") not in ("", "0")
+
+
 def _worker() -> str:
     """xdist worker id (gw0, gw1, ...) or "main" when not distributed."""
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -75,7 +79,7 @@ class NatsNames:
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
     """URL of the server's `postgres` database (for CREATE/DROP DATABASE)."""
-    if embedded.reachable(*SHARED_PG):
+    if not FORCE_EMBEDDED and embedded.reachable(*SHARED_PG):
         return SHARED_PG_ADMIN_URL
     return embedded.start_postgres(EMBEDDED_PG_DIR, stop_at_exit=True)
 
@@ -97,7 +101,7 @@ def database_url(pg_admin_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if embedded.reachable(*SHARED_NATS):
+    if not FORCE_EMBEDDED and embedded.reachable(*SHARED_NATS):
         yield "nats://{}:{}".format(*SHARED_NATS)
         return
     server = embedded.EmbeddedNats(tmp_path_factory.mktemp("nats-session"))
@@ -182,3 +186,12 @@ def env(
     finally:
         mp.undo()
         get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def migrated(env: Settings) -> Settings:
+    """The worker's database with the full schema (SQL migrations + event store table)."""
+    from service.cli import migrate
+
+    migrate(env)
+    return env

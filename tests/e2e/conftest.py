@@ -1,0 +1,116 @@
+"""The whole service over real HTTP: uvicorn on a free port, projector running beside it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from service.auth import issue_token
+from service.embedded import free_port
+from service.settings import Settings
+
+
+class Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # running in a thread
+        pass
+
+
+def serve_in_thread(app: Any) -> Iterator[str]:
+    port = free_port()
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def service_url(migrated: Settings) -> Iterator[str]:
+    from projections.runner import Projector
+    from service.gateway import Gateway
+
+    projector = Projector(migrated)
+    projector.start()
+    try:
+        yield from serve_in_thread(Gateway(migrated))
+    finally:
+        projector.stop()
+
+
+@pytest.fixture
+def org() -> str:
+    """A fresh organization per test: tests never see each other's customers."""
+    return f"org-{uuid.uuid4().hex[:10]}"
+
+
+TokenFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def auth(migrated: Settings, org: str) -> TokenFactory:
+    def make(*roles: str, org_id: str | None = None, sub: str = "tester") -> dict[str, str]:
+        token = issue_token(migrated, sub=sub, org=org_id or org, roles=list(roles or ("admin",)))
+        return {"Authorization": f"Bearer {token}"}
+
+    return make
+
+
+@pytest.fixture
+def http(service_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service_url, timeout=30) as client:
+        yield client
+
+
+def new_customer(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "email": f"john.doe.{uuid.uuid4().hex[:8]}@example.com",
+        "name": "John Doe",
+        "age": 35,
+        "gender": "MALE",
+        "location": {
+            "country": "Spain",
+            "city": "Madrid",
+            "region": "Madrid",
+            "postalCode": "28001",
+            "timezone": "Europe/Madrid",
+        },
+        "preferences": {
+            "language": "es",
+            "currency": "EUR",
+            "timezone": "Europe/Madrid",
+            "notificationSettings": {
+                "emailNotifications": True,
+                "smsNotifications": False,
+                "pushNotifications": True,
+                "marketingEmails": True,
+                "systemAlerts": True,
+            },
+            "privacySettings": {
+                "dataSharing": False,
+                "analyticsTracking": True,
+                "personalization": True,
+                "thirdPartySharing": False,
+            },
+            "marketingConsent": True,
+            "dataProcessingConsent": True,
+        },
+        "tags": ["vip", "premium"],
+        "metadata": {"source": "website", "referralSource": "google_ads"},
+    }
+    body.update(overrides)
+    return body
