@@ -1,0 +1,62 @@
+# Customer management service. GNU make.
+#   make run      start everything (embedded PostgreSQL/NATS when DATABASE_URL/NATS_URL unset)
+#   make test     the whole suite against real PostgreSQL and NATS
+#   make lint     ruff + mypy
+#   make bench    benchmarks
+#   make migrate  apply the database schema
+
+VENV ?= .venv
+# First python3 on PATH that is >= 3.11.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	  if command -v $$p >/dev/null 2>&1 && \
+	     $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	    command -v $$p; break; fi; done)
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+PACKAGES := domain eventstore write_api projections read_api service
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install run test lint format bench migrate clean distclean
+
+help:
+	@echo "targets: run test lint format bench migrate venv install clean"
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "error: need python3 >= 3.11 on PATH" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(VENV)/bin/python
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/customers serve
+
+migrate: install
+	$(VENV)/bin/customers migrate
+
+test: install
+	$(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+distclean: clean
+	rm -rf $(VENV)
