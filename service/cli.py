@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_seed = sub.add_parser("seed", help="generate realistic customers")
     p_seed.add_argument("--count", type=int, required=True)
     p_seed.add_argument("--org", default="acme")
-    p_seed.add_argument("--batch", type=int, default=2000)
+    p_seed.add_argument("--batch", type=int, default=500)
 
     args = parser.parse_args(argv)
     logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))

@@ -95,7 +95,7 @@ class CustomerFactory:
         }
 
 
-def seed(settings: Settings, *, count: int, org: str, batch: int = 2000, seed_value: int = 7) -> int:
+def seed(settings: Settings, *, count: int, org: str, batch: int = 500, seed_value: int = 7) -> int:
     app = Customers(settings, pool_size=2)
     factory = CustomerFactory(random.Random(seed_value))
     offset = int(time.time() * 1000)  # distinct e-mails across repeated seeding runs
