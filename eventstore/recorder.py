@@ -93,6 +93,14 @@ class CustomerRecorder(PostgresApplicationRecorder):
         idempotency: IdempotencyRecord | None = None,
         **kwargs: Any,
     ) -> None:
+        # The idempotency record goes first: concurrent retries of one request must meet on
+        # its key (and replay) before they meet on the e-mail claim (and look like a conflict).
+        if idempotency is not None:
+            i = idempotency
+            curs.execute(
+                RECORD_IDEMPOTENCY,
+                (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
+            )
         if new_keys:
             curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
         if release_emails:
@@ -100,12 +108,6 @@ class CustomerRecorder(PostgresApplicationRecorder):
         if claim_emails:
             curs.executemany(
                 CLAIM_EMAIL, [(c.org_id, c.email_hash, c.customer_id) for c in claim_emails]
-            )
-        if idempotency is not None:
-            i = idempotency
-            curs.execute(
-                RECORD_IDEMPOTENCY,
-                (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
             )
 
 

@@ -35,9 +35,15 @@ CREATE TABLE positions (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Read model of customers, built by projections/customers.py, in two tables:
+-- customers_view: narrow typed columns that lists filter and sort on (many rows per page, so
+--   walking an index with a filter stays cheap);
+-- customers_docs: the public JSON, fetched only for the rows of the answer. `doc` is json
+--   (not jsonb): it keeps the exact bytes of representation() (spec field order), returned
+--   as they are.
 CREATE TABLE customers_view (
+    id uuid PRIMARY KEY,
     org_id text NOT NULL,
-    id uuid NOT NULL,
     email text NOT NULL,
     name text NOT NULL,
     age integer CHECK (age >= 0 AND age <= 150),
@@ -52,11 +58,15 @@ CREATE TABLE customers_view (
     marketing_consent boolean NOT NULL,
     data_processing_consent boolean NOT NULL,
     created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL,
-    last_activity timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,  -- >= created_at (the list query relies on it)
+    last_activity timestamptz NOT NULL,  -- >= created_at (idem)
+    version integer NOT NULL
+);
+CREATE TABLE customers_docs (
+    id uuid PRIMARY KEY,
+    org_id text NOT NULL,
     version integer NOT NULL,
-    doc jsonb NOT NULL,
-    PRIMARY KEY (org_id, id)
+    doc json NOT NULL
 );
 CREATE INDEX customers_view_created_idx ON customers_view (org_id, created_at, id);
 CREATE INDEX customers_view_updated_idx ON customers_view (org_id, updated_at, id);
@@ -64,9 +74,9 @@ CREATE INDEX customers_view_activity_idx ON customers_view (org_id, last_activit
 CREATE INDEX customers_view_status_idx ON customers_view (org_id, status, created_at, id);
 CREATE INDEX customers_view_country_idx ON customers_view (org_id, country_code, created_at, id);
 CREATE INDEX customers_view_city_idx ON customers_view (org_id, lower(city), created_at, id);
-CREATE INDEX customers_view_email_idx ON customers_view (org_id, lower(email) text_pattern_ops);
-CREATE INDEX customers_view_name_idx ON customers_view (org_id, lower(name) text_pattern_ops);
-CREATE INDEX customers_view_name_sort_idx ON customers_view (org_id, lower(name), id);
-CREATE INDEX customers_view_email_sort_idx ON customers_view (org_id, lower(email), id);
+-- Name / e-mail: sort order and prefix search (q) share one index each; "C" makes both
+-- independent of the database's collation and lets LIKE 'x%' use the index.
+CREATE INDEX customers_view_name_idx ON customers_view (org_id, (lower(name) COLLATE "C"), id);
+CREATE INDEX customers_view_email_idx ON customers_view (org_id, (lower(email) COLLATE "C"), id);
 CREATE INDEX customers_view_tags_idx ON customers_view USING gin (tags);
 CREATE INDEX customers_view_segments_idx ON customers_view USING gin (segments);

@@ -1,0 +1,355 @@
+"""customers_view + customers_docs: one row each per customer.
+
+customers_view holds narrow typed columns for list filters and sorts; customers_docs holds
+`doc`, a `json` value with exactly `domain.customer.representation(...)` as orjson rendered it
+(field order kept), so the read API returns its bytes untouched.
+
+A batch costs a fixed number of statements whatever its size: one SELECT of the docs the batch
+touches (ids not created in the batch), a fold of the events in Python, then one binary COPY
+into a temp table and one INSERT ... ON CONFLICT DO UPDATE per table (one DELETE per table
+for erasures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+
+from domain.customer import representation
+from domain.values import CustomerStatus, utc_iso
+from eventstore.mapper import Shredded
+from projections import positions
+from projections.positions import Connection
+
+log = logging.getLogger(__name__)
+
+VIEW = "customers_view"  # also the name of its row in `positions`
+DOCS = "customers_docs"
+
+_PREFIX = "domain.customer:Customer."  # every Customer event; other aggregates are skipped
+CREATED = _PREFIX + "Created"
+UPDATED = _PREFIX + "Updated"
+EMAIL_CHANGE_REQUESTED = _PREFIX + "EmailChangeRequested"
+EMAIL_VERIFIED = _PREFIX + "EmailVerified"
+STATUS_CHANGED = _PREFIX + "StatusChanged"
+ACTIVE_ORDERS_CHANGED = _PREFIX + "ActiveOrdersChanged"
+DELETED = _PREFIX + "Deleted"
+# Plaintext erasure events (added with the GDPR erasure use case) delete the row like a
+# Shredded event does; list their topics here.
+ERASURE_TOPICS: frozenset[str] = frozenset({_PREFIX + "Erased"})
+
+
+_PROFILE_KEYS = ("email", "name", "age", "gender", "location", "preferences", "tags", "metadata")
+
+_COLUMNS = (
+    "org_id",
+    "id",
+    "email",
+    "name",
+    "age",
+    "gender",
+    "country_code",
+    "city",
+    "region",
+    "postal_code",
+    "tags",
+    "status",
+    "marketing_consent",
+    "data_processing_consent",
+    "created_at",
+    "updated_at",
+    "last_activity",
+    "version",
+    "doc",
+)
+_TYPES = (
+    "text",
+    "uuid",
+    "text",
+    "text",
+    "int4",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text[]",
+    "text",
+    "bool",
+    "bool",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "int4",
+    "text",
+)
+_STAGE = sql.Identifier("customers_view_batch")
+_VIEW = sql.Identifier(VIEW)
+_DOCS = sql.Identifier(DOCS)
+_VIEW_COLUMNS = [c for c in _COLUMNS if c != "doc"]
+
+
+def _upsert(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {table} AS t ({cols}) SELECT {values} FROM {stage}"
+        " ON CONFLICT (id) DO UPDATE SET {updates} WHERE t.version < EXCLUDED.version"
+    ).format(
+        table=table,
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        values=sql.SQL(", ").join(
+            sql.SQL("{}::json").format(sql.Identifier(c)) if c == "doc" else sql.Identifier(c)
+            for c in columns
+        ),
+        stage=_STAGE,
+        updates=sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+            for c in columns
+            if c not in {"org_id", "id"}
+        ),
+    )
+
+
+CREATE_STAGE = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+    _STAGE,
+    sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+        for c, t in zip(_COLUMNS, _TYPES, strict=True)
+    ),
+)
+COPY_STAGE = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+    _STAGE, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
+)
+UPSERT_VIEW = _upsert(_VIEW, _VIEW_COLUMNS)
+UPSERT_DOCS = _upsert(_DOCS, ["id", "org_id", "version", "doc"])
+LOAD = sql.SQL("SELECT org_id, id, doc FROM {} WHERE id = ANY(%s)").format(_DOCS)
+DELETE = [sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table) for table in (_VIEW, _DOCS)]
+TRUNCATE = sql.SQL("TRUNCATE {}, {}").format(_VIEW, _DOCS)
+
+
+class RawJsonLoader(Loader):
+    """json columns as the bytes PostgreSQL holds: no parse when passed through."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def use_raw_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_loader("json", RawJsonLoader)
+
+
+@dataclass(slots=True)
+class _State:
+    """A customer while a batch is folded; enough to render `representation()`."""
+
+    org_id: str
+    id: UUID
+    profile: dict[str, Any]
+    status: str
+    created_at: datetime
+    created_iso: str
+    updated_at: datetime
+    last_activity: datetime
+    version: int
+    pending_email: str | None
+    active_orders: int
+    segments: list[str]
+
+    @classmethod
+    def from_row(cls, org_id: str, customer_id: UUID, doc: bytes) -> _State:
+        d = orjson.loads(doc)
+        return cls(
+            org_id=org_id,
+            id=customer_id,
+            profile={k: d[k] for k in _PROFILE_KEYS},
+            status=d["status"],
+            created_at=datetime.fromisoformat(d["createdAt"]),
+            created_iso=d["createdAt"],
+            updated_at=datetime.fromisoformat(d["updatedAt"]),
+            last_activity=datetime.fromisoformat(d["lastActivity"]),
+            version=d["version"],
+            pending_email=d["pendingEmail"],
+            active_orders=d["activeOrders"],
+            segments=d["segments"],
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        p = self.profile
+        loc = p.get("location") or {}
+        prefs = p["preferences"]
+        doc = representation(
+            customer_id=str(self.id),
+            profile=p,
+            status=self.status,
+            version=self.version,
+            created_at=self.created_iso,
+            updated_at=utc_iso(self.updated_at),
+            last_activity=utc_iso(self.last_activity),
+            pending_email=self.pending_email,
+            active_orders=self.active_orders,
+            segments=self.segments,
+        )
+        return (
+            self.org_id,
+            self.id,
+            p["email"],
+            p["name"],
+            p.get("age"),
+            p.get("gender"),
+            loc.get("countryCode"),
+            loc.get("city"),
+            loc.get("region"),
+            loc.get("postalCode"),
+            p.get("tags") or [],
+            self.status,
+            bool(prefs.get("marketingConsent")),
+            bool(prefs.get("dataProcessingConsent")),
+            self.created_at,
+            self.updated_at,
+            self.last_activity,
+            self.version,
+            orjson.dumps(doc).decode(),
+        )
+
+
+class UnknownCustomerEvent(Exception):
+    """A Customer event this projection has no rule for: halt rather than drift."""
+
+
+def _apply_event(state: _State, event: Any, topic: str) -> None:
+    if topic == UPDATED:
+        state.profile = {**state.profile, **event.changes}
+    elif topic == EMAIL_CHANGE_REQUESTED:
+        state.pending_email = event.new_email
+    elif topic == EMAIL_VERIFIED:
+        state.profile = {**state.profile, "email": event.email}
+        state.pending_email = None
+    elif topic == STATUS_CHANGED:
+        state.status = str(event.status)
+    elif topic == ACTIVE_ORDERS_CHANGED:
+        state.active_orders = int(event.active_orders)
+    elif topic == DELETED:
+        state.status = CustomerStatus.DELETED.value
+    else:
+        # Skipping it would leave version (hence ETag) and content silently behind.
+        raise UnknownCustomerEvent(f"no projection rule for {topic}")
+
+
+def _topic(event: Any) -> str:
+    if isinstance(event, Shredded):
+        return event.topic
+    cls = type(event)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class CustomersView:
+    """customers_view + customers_docs (a projections.runner.View)."""
+
+    name = VIEW
+
+    def accepts(self, topic: str) -> bool:
+        return topic.startswith(_PREFIX)
+
+    def prepare(self, conn: Connection) -> None:
+        use_raw_json(conn)
+        conn.execute(CREATE_STAGE)
+
+    def truncate(self, conn: Connection) -> None:
+        conn.execute(TRUNCATE)
+
+    def apply(self, conn: Connection, events: Sequence[Any]) -> None:
+        # Ids whose current row is needed: those touched but not created in this batch.
+        created: set[UUID] = set()
+        wanted: set[UUID] = set()
+        for e in events:
+            if isinstance(e, Shredded):
+                continue
+            if _topic(e) == CREATED:
+                created.add(e.originator_id)
+            elif e.originator_id not in created:
+                wanted.add(e.originator_id)
+
+        states: dict[UUID, _State] = {}
+        if wanted:
+            for org_id, cid, doc in conn.execute(LOAD, (list(wanted),)):
+                states[cid] = _State.from_row(org_id, cid, doc)
+
+        erased: set[UUID] = set()
+        dirty: set[UUID] = set()
+        for e in events:
+            cid = e.originator_id
+            topic = _topic(e)
+            if isinstance(e, Shredded) or topic in ERASURE_TOPICS:
+                states.pop(cid, None)
+                dirty.discard(cid)
+                erased.add(cid)
+                continue
+            if cid in erased:
+                continue
+            ts: datetime = e.timestamp
+            if topic == CREATED:
+                states[cid] = _State(
+                    org_id=e.org_id,
+                    id=cid,
+                    profile=e.profile,
+                    status=CustomerStatus.ACTIVE.value,
+                    created_at=ts,
+                    created_iso=utc_iso(ts),
+                    updated_at=ts,
+                    last_activity=ts,
+                    version=e.originator_version,
+                    pending_email=None,
+                    active_orders=0,
+                    segments=[],
+                )
+                dirty.add(cid)
+                continue
+            state = states.get(cid)
+            if state is None:
+                log.error(
+                    "event for a customer missing from the view; skipped",
+                    extra={"customerId": str(cid), "topic": topic},
+                )
+                continue
+            if e.originator_version <= state.version:
+                continue  # already in the row
+            if e.originator_version != state.version + 1:
+                log.error(
+                    "version gap in customer events",
+                    extra={
+                        "customerId": str(cid),
+                        "have": state.version,
+                        "got": e.originator_version,
+                    },
+                )
+            _apply_event(state, e, topic)
+            state.version = e.originator_version
+            state.updated_at = ts
+            state.last_activity = max(state.last_activity, ts)
+            dirty.add(cid)
+
+        if erased:
+            for delete in DELETE:
+                conn.execute(delete, (list(erased),))
+        if dirty:
+            with conn.cursor() as cur:
+                with cur.copy(COPY_STAGE) as copy:
+                    copy.set_types(_TYPES)
+                    for cid in dirty:
+                        copy.write_row(states[cid].row())
+                cur.execute(UPSERT_VIEW)
+                cur.execute(UPSERT_DOCS)
+
+
+def lag(conn: Connection) -> int:
+    """Notifications not yet in customers_view (for /ready)."""
+    return positions.lag(conn, VIEW)

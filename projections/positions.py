@@ -1,0 +1,40 @@
+"""The `positions` table as read models use it: positions, lag, and the commit channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from eventstore.application import EVENTS_TABLE
+
+# After each commit a projector NOTIFYs this channel with "<view>:<position>".
+POSITIONS_CHANNEL = "projection_positions"
+
+Connection = psycopg.Connection[Any]
+
+READ_POSITION = "SELECT position FROM positions WHERE name = %s"
+TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+MAX_NOTIFICATION_ID = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
+    sql.Identifier(EVENTS_TABLE)
+)
+
+
+def read_position(conn: Connection, name: str) -> int:
+    row = conn.execute(READ_POSITION, (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def max_notification_id(conn: Connection) -> int:
+    """0 when nothing (not even the event table) exists yet."""
+    row = conn.execute(TABLE_EXISTS, (EVENTS_TABLE,)).fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute(MAX_NOTIFICATION_ID).fetchone()
+    return int(got[0]) if got else 0
+
+
+def lag(conn: Connection, name: str) -> int:
+    """How many notifications the view `name` is behind the log."""
+    return max(0, max_notification_id(conn) - read_position(conn, name))

@@ -1,0 +1,113 @@
+"""The query-side FastAPI app: reads only read-model tables, never loads aggregates."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import psycopg
+from fastapi import FastAPI, Request, Response
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from eventstore.application import EVENTS_TABLE
+from projections.customers import VIEW, use_raw_json
+from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
+from read_api import customers
+from read_api.consistency import PositionWatcher
+from service import logs, problems
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    use_raw_json(conn)  # `doc` and json_agg come back as bytes, sent untouched
+
+
+def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> FastAPI:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    database_url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url,
+            min_size=pool_min,
+            max_size=pool_max,
+            open=False,
+            timeout=5.0,
+            configure=_configure,
+            name="read-api",
+        )
+        await pool.open(wait=False)  # start even if PostgreSQL is down: /ready says so
+        watcher = PositionWatcher(database_url)
+        await watcher.start()
+        app.state.pool = pool
+        app.state.positions = watcher
+        try:
+            yield
+        finally:
+            await watcher.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="Customer Management Service — read API",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.cursors = customers.CursorCodec(settings.master_key_bytes())
+    problems.install(app)
+    logs.install(app)
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.include_router(customers.router)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """The process is up (no dependency is checked)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], response_class=Response)
+    async def ready(request: Request) -> Response:
+        """PostgreSQL answers; reports how many notifications customers_view is behind."""
+        pool: AsyncConnectionPool[Any] = request.app.state.pool
+        try:
+            async with pool.connection(timeout=2.0) as conn:
+                lag = await _lag(conn)
+        except (psycopg.Error, PoolTimeout) as e:
+            log.warning("not ready: database unreachable", extra={"error": type(e).__name__})
+            return problems.problem(
+                503, "database unreachable", headers={"Retry-After": "1"}, instance="/ready"
+            )
+        body = {"status": "ready", "projections": {VIEW: {"lag": lag}}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return app
+
+
+async def _lag(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Notifications not yet in customers_view (0 before the event table exists)."""
+    cur = await conn.execute(TABLE_EXISTS, (EVENTS_TABLE,))
+    exists = await cur.fetchone()
+    if not exists or not exists[0]:
+        return 0
+    cur = await conn.execute(MAX_NOTIFICATION_ID)
+    top = await cur.fetchone()
+    cur = await conn.execute(READ_POSITION, (VIEW,))
+    pos = await cur.fetchone()
+    return max(0, (int(top[0]) if top else 0) - (int(pos[0]) if pos else 0))
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", extra={"error": type(exc).__name__})
+    return problems.problem(
+        503,
+        "the database is unavailable; retry later",
+        headers={"Retry-After": "1"},
+        instance=request.url.path,
+    )

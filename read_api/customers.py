@@ -1,0 +1,357 @@
+"""GET /api/v1/customers and /api/v1/customers/{id}: SQL over customers_view, JSON rendered by
+PostgreSQL (the stored `doc`s) and returned as bytes.
+
+List pagination is keyset on (sort key, id). The cursor is opaque: the last row's sort key and
+id, AES-GCM sealed (a name or e-mail must not travel in clear in URLs and access logs, and a
+tampered cursor must be detected, not trusted).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from datetime import datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fastapi import APIRouter, Header, Query, Request, Response
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+from pydantic import AwareDatetime, StringConstraints
+
+from domain.errors import Code, DomainError, invalid
+from domain.values import CustomerStatus, Gender, lookup_country
+from eventstore.keys import derive_key
+from projections.customers import DOCS, VIEW
+from read_api.consistency import consistent_with
+from service.auth import CurrentPrincipal, Permission
+
+MAX_LIMIT = 500
+
+
+class Sort(StrEnum):
+    CREATED_AT = "createdAt"
+    CREATED_AT_DESC = "-createdAt"
+    UPDATED_AT = "updatedAt"
+    UPDATED_AT_DESC = "-updatedAt"
+    LAST_ACTIVITY = "lastActivity"
+    LAST_ACTIVITY_DESC = "-lastActivity"
+    NAME = "name"
+    NAME_DESC = "-name"
+    EMAIL = "email"
+    EMAIL_DESC = "-email"
+
+    @property
+    def field(self) -> str:
+        return self.value.removeprefix("-")
+
+    @property
+    def descending(self) -> bool:
+        return self.value.startswith("-")
+
+
+# Allow-lists: the only SQL text a request can select. Values always travel as parameters.
+_SORT_KEYS = {
+    "createdAt": "created_at",
+    "updatedAt": "updated_at",
+    "lastActivity": "last_activity",
+    "name": 'lower(name) COLLATE "C"',
+    "email": 'lower(email) COLLATE "C"',
+}
+_TIME_SORTS = frozenset({"createdAt", "updatedAt", "lastActivity"})
+_FILTERS = {
+    "status": "status = %(status)s",
+    "country": "country_code = %(country)s",
+    "city": "lower(city) = lower(%(city)s)",
+    "gender": "gender = %(gender)s",
+    "tags": "tags @> %(tags)s::text[]",
+    "age_min": "age >= %(age_min)s",
+    "age_max": "age <= %(age_max)s",
+    "created_from": "created_at >= %(created_from)s",
+    "created_to": "created_at <= %(created_to)s",
+}
+# q (prefix of e-mail OR name) is a UNION of two branches, each a plain conjunction the
+# planner can serve from one index (the sort index's range when q is on the sort field).
+_PREFIXES = (
+    'lower(email) COLLATE "C" LIKE lower(%(q)s)',
+    'lower(name) COLLATE "C" LIKE lower(%(q)s)',
+)
+# updated_at and last_activity are never before created_at, so createdFrom also bounds them:
+# the sort index is then entered at createdFrom instead of walked from its start.
+_IMPLIED_BY_CREATED_FROM = frozenset({"updatedAt", "lastActivity"})
+
+_PAGE = "SELECT {key} AS k, id FROM {view} WHERE {where} ORDER BY 1 {dir}, 2 {dir} LIMIT %(fetch)s"
+_LIST = """
+WITH page AS ({page}), numbered AS (
+    SELECT k, id, row_number() OVER (ORDER BY k {dir}, id {dir}) AS rn FROM page
+)
+SELECT coalesce(json_agg(d.doc ORDER BY n.rn) FILTER (WHERE n.rn <= %(limit)s), '[]'::json),
+       count(*),
+       (array_agg(n.k) FILTER (WHERE n.rn = %(limit)s))[1],
+       (array_agg(n.id) FILTER (WHERE n.rn = %(limit)s))[1]
+FROM numbered n JOIN {docs} d ON d.id = n.id
+"""
+
+GET_ONE = sql.SQL("SELECT doc, version FROM {} WHERE id = %s AND org_id = %s").format(
+    sql.Identifier(DOCS)
+)
+
+
+@lru_cache(maxsize=1024)
+def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) -> sql.Composed:
+    """The list statement for one shape of request (built once per shape)."""
+    key = sql.SQL(_SORT_KEYS[sort.field])
+    direction = sql.SQL("DESC" if sort.descending else "ASC")
+    where: list[sql.Composable] = [sql.SQL("org_id = %(org)s")]
+    where += [sql.SQL(_FILTERS[f]) for f in filters]
+    if "created_from" in filters and sort.field in _IMPLIED_BY_CREATED_FROM:
+        where.append(sql.SQL("{} >= %(created_from)s").format(key))
+    if after:
+        op = "<" if sort.descending else ">"
+        where.append(sql.SQL("({}, id) " + op + " (%(after_key)s, %(after_id)s)").format(key))
+
+    def branch(conditions: list[sql.Composable]) -> sql.Composed:
+        return sql.SQL(_PAGE).format(
+            key=key,
+            view=sql.Identifier(VIEW),
+            where=sql.SQL(" AND ").join(conditions),
+            dir=direction,
+        )
+
+    page: sql.Composed
+    if prefix:
+        union = "SELECT k, id FROM (({}) UNION ({})) u ORDER BY 1 {}, 2 {} LIMIT %(fetch)s"
+        branches = [branch([*where, sql.SQL(p)]) for p in _PREFIXES]
+        page = sql.SQL(union).format(*branches, direction, direction)
+    else:
+        page = branch(where)
+    return sql.SQL(_LIST).format(page=page, dir=direction, docs=sql.Identifier(DOCS))
+
+
+class CursorCodec:
+    """Opaque, sealed keyset cursors bound to their sort order."""
+
+    _AAD = b"customers-list-cursor-v1"
+
+    def __init__(self, master_key: bytes) -> None:
+        self._aead = AESGCM(derive_key(master_key, "list-cursor"))
+
+    def encode(self, sort: Sort, key: Any, customer_id: UUID) -> str:
+        value = key.isoformat() if isinstance(key, datetime) else key
+        plain = orjson.dumps([sort.value, value, str(customer_id)])
+        nonce = os.urandom(12)
+        sealed = nonce + self._aead.encrypt(nonce, plain, self._AAD)
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def decode(self, cursor: str, sort: Sort) -> tuple[Any, UUID]:
+        bad = invalid("cursor", "not a cursor returned by this listing (or for another sort)")
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            plain = self._aead.decrypt(raw[:12], raw[12:], self._AAD)
+            sort_value, value, customer_id = orjson.loads(plain)
+            if sort_value != sort.value or not isinstance(value, str):
+                raise bad
+            key: Any = datetime.fromisoformat(value) if sort.field in _TIME_SORTS else value
+            return key, UUID(customer_id)
+        except (ValueError, TypeError, InvalidTag, binascii.Error, orjson.JSONDecodeError):
+            raise bad from None
+
+
+def _pool(request: Request) -> AsyncConnectionPool[Any]:
+    pool: AsyncConnectionPool[Any] = request.app.state.pool
+    return pool
+
+
+def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, media_type="application/json", headers=headers)
+
+
+TagParam = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+router = APIRouter(
+    prefix="/api/v1/customers",
+    tags=["customers"],
+    dependencies=[consistent_with(VIEW)],
+)
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
+    }
+
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: _problem("Missing or invalid bearer token"),
+    403: _problem("The token's roles lack customers:read"),
+    422: _problem("Invalid input; `errors[].field` names it"),
+    503: _problem("Consistency token not reached in time, or the database is unavailable"),
+}
+_CUSTOMER_JSON: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The customer (spec 'Customer Response'); ETag is its version.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    404: _problem("No such customer in the caller's organization"),
+    **_PROBLEMS,
+}
+_PAGE_JSON: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page: {items: [customer...], nextCursor: string|null, limit: n}",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["items", "nextCursor", "limit"],
+                    "properties": {
+                        "items": {"type": "array", "items": {"type": "object"}},
+                        "nextCursor": {"type": ["string", "null"]},
+                        "limit": {"type": "integer"},
+                    },
+                }
+            }
+        },
+    },
+    **_PROBLEMS,
+}
+
+
+@router.get("", response_class=Response, responses=_PAGE_JSON)
+async def list_customers(
+    *,
+    request: Request,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=2048, description="nextCursor of the previous page")
+    ] = None,
+    sort: Sort = Sort.CREATED_AT_DESC,
+    status: CustomerStatus | None = None,
+    country: Annotated[
+        str | None, Query(max_length=100, description="ISO 3166 code or English name")
+    ] = None,
+    city: Annotated[str | None, Query(max_length=255, description="case-insensitive")] = None,
+    gender: Gender | None = None,
+    tag: Annotated[
+        list[TagParam] | None,
+        Query(max_length=20, description="repeatable; the customer has all of them"),
+    ] = None,
+    age_min: Annotated[int | None, Query(alias="ageMin", ge=0, le=150)] = None,
+    age_max: Annotated[int | None, Query(alias="ageMax", ge=0, le=150)] = None,
+    created_from: Annotated[
+        AwareDatetime | None, Query(alias="createdFrom", description="RFC 3339, inclusive")
+    ] = None,
+    created_to: Annotated[
+        AwareDatetime | None, Query(alias="createdTo", description="RFC 3339, inclusive")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=254, description="prefix of e-mail or name"),
+    ] = None,
+) -> Response:
+    principal.require(Permission.READ)
+    params: dict[str, Any] = {"org": principal.org, "limit": limit, "fetch": limit + 1}
+    if status is not None:
+        params["status"] = status.value
+    if country is not None:
+        try:
+            params["country"] = lookup_country(country)[0]
+        except ValueError as e:
+            raise invalid("country", str(e)) from None
+    if city is not None:
+        params["city"] = city.strip()
+    if gender is not None:
+        params["gender"] = gender.value
+    if tag:
+        params["tags"] = sorted(set(tag))
+    if age_min is not None:
+        params["age_min"] = age_min
+    if age_max is not None:
+        params["age_max"] = age_max
+        if age_min is not None and age_min > age_max:
+            raise invalid("ageMax", "must not be less than ageMin")
+    if created_from is not None:
+        params["created_from"] = created_from
+    if created_to is not None:
+        params["created_to"] = created_to
+        if created_from is not None and created_from > created_to:
+            raise invalid("createdTo", "must not be before createdFrom")
+    if q is not None:
+        params["q"] = _escape_like(q) + "%"
+    codec: CursorCodec = request.app.state.cursors
+    if cursor is not None:
+        params["after_key"], params["after_id"] = codec.decode(cursor, sort)
+
+    filters = tuple(f for f in _FILTERS if f in params)
+    query = list_query(sort, filters, cursor is not None, q is not None)
+    async with _pool(request).connection() as conn:
+        # Not prepared: a custom plan per request lets the planner see the actual values
+        # (LIKE prefix, selectivity of each filter) and pick the right index.
+        cur = await conn.execute(query, params, prepare=False)
+        row = await cur.fetchone()
+    assert row is not None
+    items, count, last_key, last_id = row
+    next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
+    body = b"".join(
+        (
+            b'{"items":',
+            items,
+            b',"nextCursor":',
+            orjson.dumps(next_cursor),
+            b',"limit":',
+            str(limit).encode(),
+            b"}",
+        )
+    )
+    return _json(body)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@router.get("/{id}", response_class=Response, responses=_CUSTOMER_JSON)
+async def get_customer(
+    request: Request,
+    principal: CurrentPrincipal,
+    id: UUID,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    principal.require(Permission.READ)
+    async with _pool(request).connection() as conn:
+        cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
+        row = await cur.fetchone()
+    if row is None:
+        raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+    doc, version = row
+    etag = f'"{version}"'
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": etag})
+    return _json(doc, {"ETag": etag})

@@ -1,0 +1,44 @@
+"""Schemathesis over the published OpenAPI of both apps: no 5xx, answers match the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.e2e.conftest import TokenFactory
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def test_no_server_errors_and_schema_conformance(service_url: str, auth: TokenFactory) -> None:
+    schema = schemathesis.openapi.from_url(f"{service_url}/openapi.json")
+    headers = auth()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 7
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def exercise(case: Any) -> None:
+            case.call_and_validate(base_url=service_url, headers=headers, checks=CHECKS)
+
+        exercise()
