@@ -14,11 +14,11 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
-    PlainSerializer,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     model_validator,
 )

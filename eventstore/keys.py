@@ -21,9 +21,7 @@ NONCE = 12
 
 def derive_key(master_key: bytes, purpose: str) -> bytes:
     """Independent subkeys from the one master key, one per purpose."""
-    return HKDF(algorithm=SHA256(), length=32, salt=None, info=purpose.encode()).derive(
-        master_key
-    )
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=purpose.encode()).derive(master_key)
 
 
 def keyed_hash(key: bytes, value: str) -> bytes:

@@ -36,7 +36,9 @@ def _default(obj: Any) -> Any:
 
 def _aad(stored: StoredEvent) -> bytes:
     assert isinstance(stored.originator_id, UUID)
-    return stored.originator_id.bytes + stored.originator_version.to_bytes(8) + stored.topic.encode()
+    return (
+        stored.originator_id.bytes + stored.originator_version.to_bytes(8) + stored.topic.encode()
+    )
 
 
 class CustomerMapper(Mapper[UUID]):

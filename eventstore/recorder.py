@@ -38,12 +38,8 @@ class IdempotencyRecord:
     status: int
 
 
-INSERT_KEY = (
-    "INSERT INTO customer_keys (customer_id, org_id, wrapped_key) VALUES (%s, %s, %s)"
-)
-CLAIM_EMAIL = (
-    "INSERT INTO customer_emails (org_id, email_hash, customer_id) VALUES (%s, %s, %s)"
-)
+INSERT_KEY = "INSERT INTO customer_keys (customer_id, org_id, wrapped_key) VALUES (%s, %s, %s)"
+CLAIM_EMAIL = "INSERT INTO customer_emails (org_id, email_hash, customer_id) VALUES (%s, %s, %s)"
 RELEASE_EMAIL = "DELETE FROM customer_emails WHERE org_id = %s AND email_hash = %s"
 RECORD_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys (org_id, key, request_hash, customer_id, version, status)"
@@ -72,7 +68,12 @@ class CustomerRecorder(PostgresApplicationRecorder):
                 curs.execute(FORGET_IDEMPOTENCY, (org_id, key))
                 return None
         return IdempotencyRecord(
-            org_id, key, bytes(row["request_hash"]), row["customer_id"], row["version"], row["status"]
+            org_id,
+            key,
+            bytes(row["request_hash"]),
+            row["customer_id"],
+            row["version"],
+            row["status"],
         )
 
     def notification_id(self, originator_id: UUID, version: int) -> int:

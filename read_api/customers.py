@@ -26,11 +26,12 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
-from domain.values import CustomerStatus, Gender, lookup_country
+from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
 from read_api.consistency import consistent_with
 from service.auth import CurrentPrincipal, Permission
+from service.problems import problem_responses
 
 MAX_LIMIT = 500
 
@@ -180,46 +181,21 @@ router = APIRouter(
     dependencies=[consistent_with(VIEW)],
 )
 
-_PROBLEM_SCHEMA = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-}
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
+_PROBLEMS = problem_responses(
+    {
+        401: "Missing or invalid bearer token",
+        403: "The token's roles lack customers:read",
+        422: "Invalid input; `errors[].field` names it",
+        503: "Consistency token not reached in time, or the database is unavailable",
     }
-
-
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: _problem("Missing or invalid bearer token"),
-    403: _problem("The token's roles lack customers:read"),
-    422: _problem("Invalid input; `errors[].field` names it"),
-    503: _problem("Consistency token not reached in time, or the database is unavailable"),
-}
+)
 _CUSTOMER_JSON: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The customer (spec 'Customer Response'); ETag is its version.",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "model": CustomerPublic,
     },
     304: {"description": "Not modified (If-None-Match matched the ETag)"},
-    404: _problem("No such customer in the caller's organization"),
+    **problem_responses({404: "No such customer in the caller's organization"}),
     **_PROBLEMS,
 }
 _PAGE_JSON: dict[int | str, dict[str, Any]] = {

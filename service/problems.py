@@ -42,6 +42,38 @@ TITLES = {
 }
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for problem+json answers."""
+    return {
+        status: {
+            "description": description,
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+        for status, description in descriptions.items()
+    }
+
+
 def problem(
     status: int,
     detail: str,

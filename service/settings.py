@@ -19,7 +19,7 @@ class Settings(BaseSettings):
 
     # Embedded PostgreSQL / NATS / generated keys live here. Never under the repo or
     # /root: pgserver changes permissions of parent directories.
-    data_dir: Path = Path("/var/tmp/customers-service")
+    data_dir: Path = Path("/var/tmp/customers-service")  # noqa: S108 — survives reboots, not /tmp
 
     # base64 of 32 bytes; wraps every per-customer data key and derives the HMAC keys.
     master_key: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import orjson
@@ -22,10 +22,17 @@ from write_api.schemas import ActiveOrders, CustomerCreate, CustomerUpdate, Emai
 
 PREFIX = "/api/v1/customers"
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
-_PROBLEM = {"content": {"application/problem+json": {}}}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: _PROBLEM for s in (401, 403, 404, 409, 412, 422, 503)
-}
+_ERRORS = problems.problem_responses(
+    {
+        401: "Missing or invalid bearer token",
+        403: "The token's roles lack the permission",
+        404: "No such customer in the caller's organization",
+        409: "The customer's state or another customer forbids the change",
+        412: "If-Match names a stale version",
+        422: "Invalid input; `errors[].field` names it",
+        503: "A dependency is unavailable",
+    }
+)
 
 
 def _commands(request: Request) -> CustomerCommands:

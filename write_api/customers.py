@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -173,10 +174,9 @@ class CustomerCommands:
         raise AssertionError("unreachable")
 
     def load(self, principal: Principal, customer_id: UUID) -> Customer:
-        try:
+        customer: object = None
+        with contextlib.suppress(AggregateNotFoundError):
             customer = self.app.repository.get(customer_id)
-        except AggregateNotFoundError:
-            customer = None
         if not isinstance(customer, Customer) or customer.org_id != principal.org:
             raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
         return customer
@@ -200,7 +200,7 @@ class CustomerCommands:
             return None
         if record.request_hash != request_hash:
             raise invalid("Idempotency-Key", "this key was already used with a different request")
-        customer = self.app.repository.get(record.customer_id, version=record.version)
+        customer: object = self.app.repository.get(record.customer_id, version=record.version)
         assert isinstance(customer, Customer)
         token = self.app.recorder.notification_id(record.customer_id, record.version)  # type: ignore[attr-defined]
         return Outcome(customer.public(), record.version, token, status=record.status)

@@ -27,9 +27,7 @@ def create(http: httpx.Client, headers: dict[str, str], **overrides: Any) -> htt
 
 def read(http: httpx.Client, headers: dict[str, str], created: httpx.Response) -> httpx.Response:
     token = created.headers["X-Consistency-Token"]
-    return http.get(
-        created.headers["Location"], headers={**headers, "X-Consistency-Token": token}
-    )
+    return http.get(created.headers["Location"], headers={**headers, "X-Consistency-Token": token})
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> None:
@@ -84,7 +82,9 @@ def test_invalid_input_is_a_422_naming_the_field(
     assert_problem(response, 422, field)
 
 
-def test_validation_errors_do_not_echo_personal_data(http: httpx.Client, auth: TokenFactory) -> None:
+def test_validation_errors_do_not_echo_personal_data(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
     response = http.post(API, json=new_customer(email="secret.person@@x"), headers=auth())
     assert_problem(response, 422, "email")
     assert "secret.person" not in response.text
@@ -93,7 +93,9 @@ def test_validation_errors_do_not_echo_personal_data(http: httpx.Client, auth: T
 def test_email_unique_per_org_case_insensitively(http: httpx.Client, auth: TokenFactory) -> None:
     email = f"Unique.{uuid.uuid4().hex[:6]}@Example.com"
     create(http, auth(), email=email)
-    assert_problem(http.post(API, json=new_customer(email=email.upper()), headers=auth()), 409, "email")
+    assert_problem(
+        http.post(API, json=new_customer(email=email.upper()), headers=auth()), 409, "email"
+    )
     other_org = auth(org_id=f"other-{uuid.uuid4().hex[:6]}")
     assert http.post(API, json=new_customer(email=email), headers=other_org).status_code == 201
 
@@ -104,7 +106,9 @@ def test_fifty_concurrent_creates_with_one_email_yield_one_customer(
     body = new_customer()
     headers = auth()
     with ThreadPoolExecutor(max_workers=25) as pool:
-        statuses = list(pool.map(lambda _: http.post(API, json=body, headers=headers).status_code, range(50)))
+        statuses = list(
+            pool.map(lambda _: http.post(API, json=body, headers=headers).status_code, range(50))
+        )
     assert statuses.count(201) == 1
     assert statuses.count(409) == 49
 
@@ -137,11 +141,19 @@ def test_full_update_with_if_match(http: httpx.Client, auth: TokenFactory) -> No
     updated = http.put(url, json=body, headers={**auth(), "If-Match": '"1"'})
     assert updated.status_code == 200, updated.text
     assert updated.headers["ETag"] == '"2"'
-    assert (updated.json()["name"], updated.json()["age"], updated.json()["tags"]) == ("Johnny", 36, ["gold"])
+    assert (updated.json()["name"], updated.json()["age"], updated.json()["tags"]) == (
+        "Johnny",
+        36,
+        ["gold"],
+    )
     stale = http.put(url, json=body | {"name": "Late"}, headers={**auth(), "If-Match": '"1"'})
     assert_problem(stale, 412)
-    assert_problem(http.put(url, json=body, headers={**auth(), "If-Match": "yesterday"}), 422, "If-Match")
-    fetched = http.get(url, headers={**auth(), "X-Consistency-Token": updated.headers["X-Consistency-Token"]})
+    assert_problem(
+        http.put(url, json=body, headers={**auth(), "If-Match": "yesterday"}), 422, "If-Match"
+    )
+    fetched = http.get(
+        url, headers={**auth(), "X-Consistency-Token": updated.headers["X-Consistency-Token"]}
+    )
     assert fetched.json()["name"] == "Johnny" and fetched.json()["version"] == 2
 
 
@@ -164,7 +176,9 @@ def test_email_change_requires_verification(
     finally:
         app.close()
 
-    assert_problem(http.post(url + "/email/verify", json={"token": "wrong"}, headers=auth()), 422, "token")
+    assert_problem(
+        http.post(url + "/email/verify", json={"token": "wrong"}, headers=auth()), 422, "token"
+    )
     verified = http.post(url + "/email/verify", json={"token": token}, headers=auth())
     assert verified.status_code == 200, verified.text
     assert verified.json()["email"] == new and verified.json()["pendingEmail"] is None
@@ -177,10 +191,19 @@ def test_status_rules(http: httpx.Client, auth: TokenFactory) -> None:
     created = create(http, auth())
     url, body = created.headers["Location"], new_customer(email=created.json()["email"])
     manager = auth("manager")
-    assert http.put(url, json=body | {"status": "INACTIVE"}, headers=manager).json()["status"] == "INACTIVE"
-    assert http.put(url, json=body | {"status": "ACTIVE"}, headers=manager).json()["status"] == "ACTIVE"
+    assert (
+        http.put(url, json=body | {"status": "INACTIVE"}, headers=manager).json()["status"]
+        == "INACTIVE"
+    )
+    assert (
+        http.put(url, json=body | {"status": "ACTIVE"}, headers=manager).json()["status"]
+        == "ACTIVE"
+    )
     assert_problem(http.put(url, json=body | {"status": "SUSPENDED"}, headers=manager), 403)
-    assert http.put(url, json=body | {"status": "SUSPENDED"}, headers=auth("admin")).json()["status"] == "SUSPENDED"
+    assert (
+        http.put(url, json=body | {"status": "SUSPENDED"}, headers=auth("admin")).json()["status"]
+        == "SUSPENDED"
+    )
     assert_problem(http.put(url, json=body | {"status": "DELETED"}, headers=auth("admin")), 409)
 
 
@@ -193,7 +216,9 @@ def test_delete_rules(http: httpx.Client, auth: TokenFactory) -> None:
     http.put(url + "/active-orders", json={"activeOrders": 0}, headers=auth("service"))
     deleted = http.delete(url, headers=auth())
     assert deleted.status_code == 204
-    fetched = http.get(url, headers={**auth(), "X-Consistency-Token": deleted.headers["X-Consistency-Token"]})
+    fetched = http.get(
+        url, headers={**auth(), "X-Consistency-Token": deleted.headers["X-Consistency-Token"]}
+    )
     assert fetched.json()["status"] == "DELETED"
     assert_problem(http.put(url, json=body, headers=auth()), 409)
     assert_problem(http.delete(url, headers=auth()), 409)
@@ -205,38 +230,69 @@ def test_last_activity_moves_on_every_interaction(http: httpx.Client, auth: Toke
     created = create(http, auth())
     first = read(http, auth(), created).json()["lastActivity"]
     time.sleep(0.01)
-    changed = http.put(created.headers["Location"], json=new_customer(email=created.json()["email"], name="Later"), headers=auth())
-    second = http.get(created.headers["Location"], headers={**auth(), "X-Consistency-Token": changed.headers["X-Consistency-Token"]})
+    changed = http.put(
+        created.headers["Location"],
+        json=new_customer(email=created.json()["email"], name="Later"),
+        headers=auth(),
+    )
+    second = http.get(
+        created.headers["Location"],
+        headers={**auth(), "X-Consistency-Token": changed.headers["X-Consistency-Token"]},
+    )
     assert second.json()["lastActivity"] > first
 
 
-def test_other_organizations_customers_are_invisible(http: httpx.Client, auth: TokenFactory) -> None:
+def test_other_organizations_customers_are_invisible(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
     created = create(http, auth())
     url = created.headers["Location"]
     stranger = auth(org_id=f"stranger-{uuid.uuid4().hex[:6]}")
     body = new_customer(email=created.json()["email"])
-    assert_problem(http.get(url, headers={**stranger, "X-Consistency-Token": created.headers["X-Consistency-Token"]}), 404)
+    assert_problem(
+        http.get(
+            url, headers={**stranger, "X-Consistency-Token": created.headers["X-Consistency-Token"]}
+        ),
+        404,
+    )
     assert_problem(http.put(url, json=body, headers=stranger), 404)
     assert_problem(http.delete(url, headers=stranger), 404)
 
 
 def test_unknown_and_malformed_ids(http: httpx.Client, auth: TokenFactory) -> None:
     assert_problem(http.put(f"{API}/{uuid.uuid4()}", json=new_customer(), headers=auth()), 404)
-    assert_problem(http.put(f"{API}/not-a-uuid", json=new_customer(), headers=auth()), 422, "customer_id")
+    assert_problem(
+        http.put(f"{API}/not-a-uuid", json=new_customer(), headers=auth()), 422, "customer_id"
+    )
 
 
 def test_roles_are_enforced(http: httpx.Client, auth: TokenFactory) -> None:
     assert_problem(http.post(API, json=new_customer(), headers=auth("analyst")), 403)
     created = create(http, auth("manager"))
-    assert_problem(http.put(created.headers["Location"] + "/active-orders", json={"activeOrders": 1}, headers=auth("manager")), 403)
+    assert_problem(
+        http.put(
+            created.headers["Location"] + "/active-orders",
+            json={"activeOrders": 1},
+            headers=auth("manager"),
+        ),
+        403,
+    )
 
 
-@pytest.mark.parametrize("claims_change", ["expired", "wrong_audience", "wrong_issuer", "no_org", "bad_signature", "alg_none"])
+@pytest.mark.parametrize(
+    "claims_change",
+    ["expired", "wrong_audience", "wrong_issuer", "no_org", "bad_signature", "alg_none"],
+)
 def test_bad_tokens_are_401(http: httpx.Client, migrated: Settings, claims_change: str) -> None:
     now = int(time.time())
     claims: dict[str, Any] = {
-        "sub": "x", "org": "acme", "roles": ["admin"], "iss": migrated.jwt_issuer,
-        "aud": migrated.jwt_audience, "iat": now, "exp": now + 60,
+        "sub": "x",
+        "org": "acme",
+        "roles": ["admin"],
+        "iss": migrated.jwt_issuer,
+        "aud": migrated.jwt_audience,
+        "iat": now,
+        "exp": now + 60,
     }
     secret, alg = migrated.jwt_secret or "", "HS256"
     if claims_change == "expired":
@@ -249,7 +305,11 @@ def test_bad_tokens_are_401(http: httpx.Client, migrated: Settings, claims_chang
         del claims["org"]
     elif claims_change == "bad_signature":
         secret = "not-the-secret-but-long-enough-for-hs256-ok"
-    token = jwt.encode(claims, secret, algorithm=alg) if claims_change != "alg_none" else jwt.encode(claims, None, algorithm="none")
+    token = (
+        jwt.encode(claims, secret, algorithm=alg)
+        if claims_change != "alg_none"
+        else jwt.encode(claims, None, algorithm="none")
+    )
     response = http.post(API, json=new_customer(), headers={"Authorization": f"Bearer {token}"})
     assert_problem(response, 401)
 

@@ -42,38 +42,51 @@ def profile(email: str, name: str) -> Profile:
     )
 
 
-def test_no_plaintext_personal_data_in_any_table(commands: CustomerCommands, migrated: Settings) -> None:
+def test_no_plaintext_personal_data_in_any_table(
+    commands: CustomerCommands, migrated: Settings
+) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     marker = uuid.uuid4().hex[:10]
     email, name = f"plain.{marker}@example.com", f"Zebulon {marker}"
     out = commands.create(admin(org), profile(email, name), idempotency_key=uuid.uuid4().hex)
     assert out.customer is not None
     customer_id = uuid.UUID(out.customer["id"])
-    commands.update(admin(org), customer_id, profile(f"next.{marker}@example.com", name + " Jr"), None, None)
+    commands.update(
+        admin(org), customer_id, profile(f"next.{marker}@example.com", name + " Jr"), None, None
+    )
 
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
         for table in ("customers_events", "customer_keys", "customer_emails", "idempotency_keys"):
-            rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()  # noqa: S608
+            rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()
             dump = "\n".join(r[0] for r in rows)
             assert marker not in dump, table
             assert "Zebulon" not in dump, table
-        states = [bytes(r[0]) for r in conn.execute(
-            "SELECT state FROM customers_events WHERE originator_id = %s", (customer_id,)
-        )]
+        states = [
+            bytes(r[0])
+            for r in conn.execute(
+                "SELECT state FROM customers_events WHERE originator_id = %s", (customer_id,)
+            )
+        ]
     assert len(states) == 3  # created, e-mail change requested, updated
     assert all(marker.encode() not in s and b"Lyon" not in s for s in states)
 
 
-def test_key_and_email_claim_commit_with_the_event(commands: CustomerCommands, migrated: Settings) -> None:
+def test_key_and_email_claim_commit_with_the_event(
+    commands: CustomerCommands, migrated: Settings
+) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     out = commands.create(admin(org), profile(f"a.{uuid.uuid4().hex[:6]}@example.com", "Ann"))
     assert out.customer is not None
     customer_id = uuid.UUID(out.customer["id"])
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
-        assert conn.execute("SELECT org_id FROM customer_keys WHERE customer_id=%s", (customer_id,)).fetchone() == (org,)
-        assert conn.execute("SELECT count(*) FROM customer_emails WHERE customer_id=%s", (customer_id,)).fetchone() == (1,)
+        assert conn.execute(
+            "SELECT org_id FROM customer_keys WHERE customer_id=%s", (customer_id,)
+        ).fetchone() == (org,)
+        assert conn.execute(
+            "SELECT count(*) FROM customer_emails WHERE customer_id=%s", (customer_id,)
+        ).fetchone() == (1,)
 
 
 def test_failed_save_leaves_no_key_or_claim(commands: CustomerCommands, migrated: Settings) -> None:
@@ -82,13 +95,18 @@ def test_failed_save_leaves_no_key_or_claim(commands: CustomerCommands, migrated
     commands.create(admin(org), profile(email, "First"))
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
-        before = conn.execute("SELECT count(*) FROM customer_keys WHERE org_id=%s", (org,)).fetchone()
+        before = conn.execute(
+            "SELECT count(*) FROM customer_keys WHERE org_id=%s", (org,)
+        ).fetchone()
     with pytest.raises(Exception, match="already registered"):
         commands.create(admin(org), profile(email, "Second"))
     with psycopg.connect(migrated.database_url) as conn:
-        after = conn.execute("SELECT count(*) FROM customer_keys WHERE org_id=%s", (org,)).fetchone()
+        after = conn.execute(
+            "SELECT count(*) FROM customer_keys WHERE org_id=%s", (org,)
+        ).fetchone()
         events = conn.execute(
-            "SELECT count(*) FROM customers_events e JOIN customer_keys k ON k.customer_id = e.originator_id WHERE k.org_id=%s",
+            "SELECT count(*) FROM customers_events e"
+            " JOIN customer_keys k ON k.customer_id = e.originator_id WHERE k.org_id=%s",
             (org,),
         ).fetchone()
     assert before == after == (1,)
@@ -106,14 +124,19 @@ def test_ciphertext_is_bound_to_its_event(commands: CustomerCommands) -> None:
         commands.app.mapper.to_domain_event(moved)
 
 
-def test_destroyed_key_decodes_to_placeholder(commands: CustomerCommands, migrated: Settings) -> None:
+def test_destroyed_key_decodes_to_placeholder(
+    commands: CustomerCommands, migrated: Settings
+) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     out = commands.create(admin(org), profile(f"c.{uuid.uuid4().hex[:6]}@example.com", "Cid"))
     assert out.customer is not None
     customer_id = uuid.UUID(out.customer["id"])
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
-        conn.execute("UPDATE customer_keys SET wrapped_key = NULL, shredded_at = now() WHERE customer_id=%s", (customer_id,))
+        conn.execute(
+            "UPDATE customer_keys SET wrapped_key = NULL, shredded_at = now() WHERE customer_id=%s",
+            (customer_id,),
+        )
     fresh = Customers(migrated, pool_size=1)  # a process that never cached the key
     try:
         event = fresh.mapper.to_domain_event(fresh.recorder.select_events(customer_id)[0])

@@ -51,7 +51,11 @@ class CustomerMachine(RuleBasedStateMachine):
     def update(self, email: str, name: str, status: CustomerStatus | None, admin: bool) -> None:
         def act() -> str | None:
             return self.customer.update(
-                make(email, name), status=status, actor="u", actor_is_admin=admin, now=NOW,
+                make(email, name),
+                status=status,
+                actor="u",
+                actor_is_admin=admin,
+                now=NOW,
                 verification_ttl=TTL,
             )
 
@@ -79,7 +83,9 @@ class CustomerMachine(RuleBasedStateMachine):
     def verify(self) -> None:
         assert self.token is not None
         if self.status == CustomerStatus.DELETED:
-            self._expect_refused(lambda: self.customer.verify_email(self.token or "", now=NOW), {Code.CONFLICT})
+            self._expect_refused(
+                lambda: self.customer.verify_email(self.token or "", now=NOW), {Code.CONFLICT}
+            )
             return
         self.customer.verify_email(self.token, now=NOW)
         assert self.pending is not None

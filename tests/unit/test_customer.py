@@ -30,8 +30,12 @@ def profile(**overrides: Any) -> Profile:
     return Profile.model_validate(data)
 
 
-def update(c: Customer, p: Profile, *, status: CustomerStatus | None = None, admin: bool = False) -> str | None:
-    return c.update(p, status=status, actor="u", actor_is_admin=admin, now=NOW, verification_ttl=TTL)
+def update(
+    c: Customer, p: Profile, *, status: CustomerStatus | None = None, admin: bool = False
+) -> str | None:
+    return c.update(
+        p, status=status, actor="u", actor_is_admin=admin, now=NOW, verification_ttl=TTL
+    )
 
 
 def test_email_is_normalized_case_insensitively() -> None:
@@ -169,6 +173,8 @@ def test_deleted_customer_cannot_be_modified() -> None:
 
 
 def test_update_keeps_acquisition_date_when_not_given() -> None:
-    c = Customer.register("acme", profile(metadata={"acquisitionDate": "2024-01-15T10:30:00Z"}), "u")
+    c = Customer.register(
+        "acme", profile(metadata={"acquisitionDate": "2024-01-15T10:30:00Z"}), "u"
+    )
     update(c, profile(name="Other"))
     assert c.profile["metadata"]["acquisitionDate"] == "2024-01-15T10:30:00Z"
