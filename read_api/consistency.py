@@ -10,6 +10,7 @@ once a second, in case a notification was lost (e.g. while reconnecting).
 from __future__ import annotations
 
 import asyncio
+import re
 import contextlib
 import logging
 import time
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Consistency-Token"
 _MAX_TOKEN = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
 _POLL = 1.0
 
 
@@ -116,7 +118,8 @@ class PositionWatcher:
 
 def parse_token(value: str) -> int:
     text = value.strip()
-    if not text.isdigit() or len(text) > 19 or int(text) > _MAX_TOKEN:
+    # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() rejects.
+    if not _DIGITS.fullmatch(text) or int(text) > _MAX_TOKEN:
         raise invalid(HEADER, "must be the non-negative integer a write response returned")
     return int(text)
 

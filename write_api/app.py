@@ -21,7 +21,7 @@ from write_api.customers import CustomerCommands, Outcome
 from write_api.schemas import ActiveOrders, CustomerCreate, CustomerUpdate, EmailVerification
 
 PREFIX = "/api/v1/customers"
-_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+_ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,9})"?$')
 _ERRORS = problems.problem_responses(
     {
         401: "Missing or invalid bearer token",

@@ -151,6 +151,9 @@ def test_full_update_with_if_match(http: httpx.Client, auth: TokenFactory) -> No
     assert_problem(
         http.put(url, json=body, headers={**auth(), "If-Match": "yesterday"}), 422, "If-Match"
     )
+    for odd in (b"\xb2", "99999999999"):
+        odd_match = http.put(url, json=body, headers={**auth(), "If-Match": odd})
+        assert_problem(odd_match, 422, "If-Match")
     fetched = http.get(
         url, headers={**auth(), "X-Consistency-Token": updated.headers["X-Consistency-Token"]}
     )
