@@ -10,9 +10,9 @@ once a second, in case a notification was lost (e.g. while reconnecting).
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
 import logging
+import re
 import time
 from typing import Annotated, Any
 
