@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -69,17 +70,24 @@ def serve(kind: str, settings: Settings) -> None:
         _serve_all(settings)
 
 
+def _die_with_parent() -> None:
+    """Linux PR_SET_PDEATHSIG: a child gets SIGTERM when the parent dies, even by SIGKILL."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _serve_all(settings: Settings) -> None:
     """Projector and relay as child processes; the REST gateway in this one."""
     migrate(settings)
     children = [
         subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
-            [sys.executable, "-m", "service.cli", "serve", kind], env=os.environ.copy()
+            [sys.executable, "-m", "service.cli", "serve", kind],
+            env=os.environ.copy(),
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
         )
         for kind in ("projector", "relay")
     ]
 
-    def _stop_children(*_: object) -> None:
+    def _stop_children() -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -88,6 +96,14 @@ def _serve_all(settings: Settings) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+    def _exit(signum: int, _frame: object) -> None:
+        # uvicorn drains requests, then re-raises the signal it caught: it lands here.
+        _stop_children()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
 
     url = f"http://{settings.host}:{settings.http_port}"
     print(

@@ -346,7 +346,7 @@ def prepare_environment(settings: Settings) -> None:
     embedded: list[str] = []
 
     if not os.environ.get("DATABASE_URL"):
-        os.environ["DATABASE_URL"] = start_postgres(data_dir)
+        os.environ["DATABASE_URL"] = start_postgres(data_dir, stop_at_exit=True)
         embedded.append(f"PostgreSQL (pgdata {data_dir / 'pg'})")
 
     if not os.environ.get("NATS_URL"):
