@@ -43,15 +43,16 @@ class KeyStore:
 
     def __init__(self, master_key: bytes, datastore: PostgresDatastore, cache_size: int = 200_000):
         self._wrap = AESGCM(derive_key(master_key, "customer-data-key-wrap"))
-        self.email_key = derive_key(master_key, "email-index")
+        self.claim_key = derive_key(master_key, "unique-claims")
         self.request_key = derive_key(master_key, "idempotency-request")
         self._datastore = datastore
         self._cache: OrderedDict[UUID, AESGCM | None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def email_hash(self, org_id: str, email: str) -> bytes:
-        return keyed_hash(self.email_key, f"{org_id}\x00{email}")
+    def claim_hash(self, scope: str, org_id: str, value: str) -> bytes:
+        """Keyed hash of a unique name; equal inputs collide, the plaintext is not stored."""
+        return keyed_hash(self.claim_key, f"{scope}\x00{org_id}\x00{value}")
 
     def create(self, customer_id: UUID, org_id: str) -> WrappedKey:
         """A fresh key, usable at once; persisted by the recorder with the first event."""

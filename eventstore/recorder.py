@@ -16,16 +16,20 @@ from eventstore.keys import WrappedKey
 
 
 @dataclass(frozen=True)
-class EmailClaim:
+class Claim:
+    """`owner_id` takes the unique name `key_hash` within (`scope`, `org_id`)."""
+
+    scope: str
     org_id: str
-    email_hash: bytes
-    customer_id: UUID
+    key_hash: bytes
+    owner_id: UUID
 
 
 @dataclass(frozen=True)
-class EmailRelease:
+class Release:
+    scope: str
     org_id: str
-    email_hash: bytes
+    key_hash: bytes
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,15 @@ class IdempotencyRecord:
 
 
 INSERT_KEY = "INSERT INTO customer_keys (customer_id, org_id, wrapped_key) VALUES (%s, %s, %s)"
-CLAIM_EMAIL = "INSERT INTO customer_emails (org_id, email_hash, customer_id) VALUES (%s, %s, %s)"
-RELEASE_EMAIL = "DELETE FROM customer_emails WHERE org_id = %s AND email_hash = %s"
+CLAIM = "INSERT INTO unique_claims (scope, org_id, key_hash, owner_id) VALUES (%s, %s, %s, %s)"
+RELEASE = "DELETE FROM unique_claims WHERE scope = %s AND org_id = %s AND key_hash = %s"
 RECORD_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys (org_id, key, request_hash, customer_id, version, status)"
     " VALUES (%s, %s, %s, %s, %s, %s)"
 )
 
 # Unique constraints whose violation means a business conflict, not a concurrency retry.
-EMAIL_CONSTRAINT = "customer_emails_pkey"
+CLAIM_CONSTRAINT = "unique_claims_pkey"
 IDEMPOTENCY_CONSTRAINT = "idempotency_keys_pkey"
 
 
@@ -89,8 +93,8 @@ class CustomerRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         new_keys: Sequence[WrappedKey] = (),
-        release_emails: Sequence[EmailRelease] = (),
-        claim_emails: Sequence[EmailClaim] = (),
+        releases: Sequence[Release] = (),
+        claims: Sequence[Claim] = (),
         idempotency: IdempotencyRecord | None = None,
         **kwargs: Any,
     ) -> None:
@@ -104,12 +108,11 @@ class CustomerRecorder(PostgresApplicationRecorder):
             )
         if new_keys:
             curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
-        if release_emails:
-            curs.executemany(RELEASE_EMAIL, [(r.org_id, r.email_hash) for r in release_emails])
-        if claim_emails:
-            curs.executemany(
-                CLAIM_EMAIL, [(c.org_id, c.email_hash, c.customer_id) for c in claim_emails]
-            )
+        # Releases first: a rename within one save frees the old name before taking the new.
+        if releases:
+            curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])
+        if claims:
+            curs.executemany(CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims])
 
 
 FIND_IDEMPOTENCY = (

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from read_api.app import create_app as create_read_app
-from service.settings import Settings
+from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
 _READ_METHODS = {"GET", "HEAD"}
@@ -66,3 +66,14 @@ class Gateway:
             await self.read(scope, receive, send)
         else:
             await self.write(scope, receive, send)
+
+
+def create_gateway() -> Gateway:
+    """For process managers that import the app themselves, e.g. several worker processes:
+    `uvicorn service.gateway:create_gateway --factory --workers 2` (JSON logs as in
+    `customers serve gateway`)."""
+    from service import logs
+
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    return Gateway(settings)

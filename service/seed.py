@@ -13,8 +13,9 @@ from faker import Faker
 from domain.customer import Customer
 from domain.values import Profile
 from eventstore.application import Customers
-from eventstore.recorder import EmailClaim
+from eventstore.recorder import Claim
 from service.settings import Settings
+from write_api.customers import EMAIL
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,24 @@ class CustomerFactory:
         }
 
 
-def seed(settings: Settings, *, count: int, org: str, batch: int = 500, seed_value: int = 7) -> int:
+def seed(
+    settings: Settings,
+    *,
+    count: int,
+    org: str,
+    batch: int = 500,
+    seed_value: int = 7,
+    offset: int | None = None,
+) -> int:
+    """`count` customers of `org`; customer n gets e-mail `first.last.<offset + n>@...`.
+
+    `offset` defaults to the time in ms (distinct e-mails across repeated runs); parallel
+    seeders of one organization pass disjoint ranges (the benchmark does).
+    """
     app = Customers(settings, pool_size=2)
     factory = CustomerFactory(random.Random(seed_value))  # noqa: S311 — fake data, not secrets
-    offset = int(time.time() * 1000)  # distinct e-mails across repeated seeding runs
+    if offset is None:
+        offset = int(time.time() * 1000)  # distinct e-mails across repeated seeding runs
     started, done = time.perf_counter(), 0
     try:
         while done < count:
@@ -111,8 +126,9 @@ def seed(settings: Settings, *, count: int, org: str, batch: int = 500, seed_val
             app.save(
                 *customers,
                 new_keys=[app.keys.create(c.id, org) for c in customers],
-                claim_emails=[
-                    EmailClaim(org, app.keys.email_hash(org, c.email), c.id) for c in customers
+                claims=[
+                    Claim(EMAIL, org, app.keys.claim_hash(EMAIL, org, c.email), c.id)
+                    for c in customers
                 ],
             )
             done += len(customers)

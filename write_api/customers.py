@@ -19,14 +19,16 @@ from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
 from eventstore.keys import keyed_hash
 from eventstore.recorder import (
-    EMAIL_CONSTRAINT,
+    CLAIM_CONSTRAINT,
     IDEMPOTENCY_CONSTRAINT,
-    EmailClaim,
-    EmailRelease,
+    Claim,
     IdempotencyRecord,
+    Release,
     violated_constraint,
 )
 from service.auth import Permission, Principal
+
+EMAIL = "email"  # unique_claims scope of customer e-mail addresses
 
 # Reloading and re-deciding is safe for commands without If-Match: the aggregate re-checks.
 _CONCURRENCY_RETRIES = 3
@@ -70,7 +72,7 @@ class CustomerCommands:
             token = self._save(
                 customer,
                 new_keys=[key],
-                claim_emails=[self._claim(principal.org, customer.email, customer.id)],
+                claims=[self._claim(principal.org, customer.email, customer.id)],
                 idempotency=record,
             )
         except IntegrityError as e:
@@ -113,8 +115,8 @@ class CustomerCommands:
             previous = customer.email
             customer.verify_email(token, now=datetime.now(UTC))
             return {
-                "release_emails": [self._release(principal.org, previous)],
-                "claim_emails": [self._claim(principal.org, customer.email, customer.id)],
+                "releases": [self._release(principal.org, previous)],
+                "claims": [self._claim(principal.org, customer.email, customer.id)],
             }
 
         return self._command(principal, customer_id, None, decide)
@@ -134,7 +136,7 @@ class CustomerCommands:
 
         def decide(customer: Customer) -> dict[str, Any]:
             customer.delete(actor=principal.sub)
-            return {"release_emails": [self._release(principal.org, customer.email)]}
+            return {"releases": [self._release(principal.org, customer.email)]}
 
         return self._command(principal, customer_id, if_match, decide)
 
@@ -185,7 +187,7 @@ class CustomerCommands:
         try:
             recordings = self.app.save(customer, **side_writes)
         except IntegrityError as e:
-            if violated_constraint(e) == EMAIL_CONSTRAINT:
+            if violated_constraint(e) == CLAIM_CONSTRAINT:
                 raise DomainError(
                     Code.CONFLICT, "e-mail address already registered", field="email"
                 ) from None
@@ -205,8 +207,8 @@ class CustomerCommands:
         token = self.app.recorder.notification_id(record.customer_id, record.version)  # type: ignore[attr-defined]
         return Outcome(customer.public(), record.version, token, status=record.status)
 
-    def _claim(self, org: str, email: str, customer_id: UUID) -> EmailClaim:
-        return EmailClaim(org, self.app.keys.email_hash(org, email), customer_id)
+    def _claim(self, org: str, email: str, customer_id: UUID) -> Claim:
+        return Claim(EMAIL, org, self.app.keys.claim_hash(EMAIL, org, email), customer_id)
 
-    def _release(self, org: str, email: str) -> EmailRelease:
-        return EmailRelease(org, self.app.keys.email_hash(org, email))
+    def _release(self, org: str, email: str) -> Release:
+        return Release(EMAIL, org, self.app.keys.claim_hash(EMAIL, org, email))

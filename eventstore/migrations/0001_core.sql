@@ -7,14 +7,16 @@ CREATE TABLE customer_keys (
     shredded_at timestamptz
 );
 
--- E-mail uniqueness per organization, as a keyed hash: never the plaintext address.
-CREATE TABLE customer_emails (
+-- Names unique per organization (scope 'email': customer e-mails; 'segment': segment names),
+-- as keyed hashes: never the plaintext value. Written in the event's transaction.
+CREATE TABLE unique_claims (
+    scope text NOT NULL,
     org_id text NOT NULL,
-    email_hash bytea NOT NULL,
-    customer_id uuid NOT NULL,
-    PRIMARY KEY (org_id, email_hash)
+    key_hash bytea NOT NULL,
+    owner_id uuid NOT NULL,
+    PRIMARY KEY (scope, org_id, key_hash)
 );
-CREATE INDEX customer_emails_customer_idx ON customer_emails (customer_id);
+CREATE INDEX unique_claims_owner_idx ON unique_claims (owner_id);
 
 -- Idempotency-Key of POST requests: enough to replay the first answer, no personal data.
 CREATE TABLE idempotency_keys (

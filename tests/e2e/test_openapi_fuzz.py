@@ -43,6 +43,10 @@ def test_no_server_errors_and_schema_conformance(service_url: str, auth: TokenFa
             suppress_health_check=list(HealthCheck),
         )
         def exercise(case: Any) -> None:
+            # A token beyond the log must answer 503 after the bounded wait (by design, and
+            # tested in test_read_api); here it would only slow the run and trip the 5xx check.
+            if case.headers:
+                case.headers.pop("X-Consistency-Token", None)
             case.call_and_validate(base_url=service_url, headers=headers, checks=CHECKS)
             calls.append(case.method)
 

@@ -57,7 +57,7 @@ def test_no_plaintext_personal_data_in_any_table(
 
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
-        for table in ("customers_events", "customer_keys", "customer_emails", "idempotency_keys"):
+        for table in ("customers_events", "customer_keys", "unique_claims", "idempotency_keys"):
             rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()
             dump = "\n".join(r[0] for r in rows)
             assert marker not in dump, table
@@ -85,7 +85,7 @@ def test_key_and_email_claim_commit_with_the_event(
             "SELECT org_id FROM customer_keys WHERE customer_id=%s", (customer_id,)
         ).fetchone() == (org,)
         assert conn.execute(
-            "SELECT count(*) FROM customer_emails WHERE customer_id=%s", (customer_id,)
+            "SELECT count(*) FROM unique_claims WHERE owner_id=%s", (customer_id,)
         ).fetchone() == (1,)
 
 
