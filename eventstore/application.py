@@ -34,6 +34,7 @@ def postgres_env(database_url: str) -> dict[str, str]:
 
 class Customers(Application[UUID]):
     name = "Customers"
+    recorder: CustomerRecorder
 
     def __init__(self, settings: Settings, *, pool_size: int = 8, create_table: bool = False):
         if not settings.database_url:
@@ -50,6 +51,11 @@ class Customers(Application[UUID]):
             "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
         }
         super().__init__(env)
+
+    def construct_recorder(self) -> CustomerRecorder:
+        recorder = super().construct_recorder()
+        assert isinstance(recorder, CustomerRecorder)
+        return recorder
 
     def construct_mapper(self) -> Mapper[UUID]:
         assert isinstance(self.factory, PostgresFactory)

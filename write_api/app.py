@@ -17,7 +17,8 @@ from eventstore.application import Customers
 from service import logs, problems
 from service.auth import CurrentPrincipal
 from service.settings import Settings, get_settings
-from write_api.customers import CustomerCommands, Outcome
+from write_api.commands import Outcome
+from write_api.customers import CustomerCommands
 from write_api.schemas import ActiveOrders, CustomerCreate, CustomerUpdate, EmailVerification
 
 PREFIX = "/api/v1/customers"
@@ -62,10 +63,10 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
     }
     if location:
         headers["Location"] = location
-    if outcome.customer is None or outcome.status == 204:
+    if outcome.body is None or outcome.status == 204:
         return Response(status_code=204, headers=headers)
     return Response(
-        orjson.dumps(outcome.customer),
+        orjson.dumps(outcome.body),
         status_code=outcome.status,
         media_type="application/json",
         headers=headers,
@@ -99,8 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     ) -> Response:
         outcome = commands.create(principal, body, idempotency_key)
-        assert outcome.customer is not None
-        return _answer(outcome, location=f"{PREFIX}/{outcome.customer['id']}")
+        assert outcome.body is not None
+        return _answer(outcome, location=f"{PREFIX}/{outcome.body['id']}")
 
     @app.put(
         PREFIX + "/{customer_id}",

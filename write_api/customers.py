@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile
-from eventstore.application import Customers
 from eventstore.keys import keyed_hash
 from eventstore.recorder import (
-    CLAIM_CONSTRAINT,
     IDEMPOTENCY_CONSTRAINT,
     Claim,
     IdempotencyRecord,
@@ -27,25 +21,15 @@ from eventstore.recorder import (
     violated_constraint,
 )
 from service.auth import Permission, Principal
+from write_api.commands import Commands, Outcome
 
 EMAIL = "email"  # unique_claims scope of customer e-mail addresses
 
-# Reloading and re-deciding is safe for commands without If-Match: the aggregate re-checks.
-_CONCURRENCY_RETRIES = 3
 
-
-@dataclass(frozen=True)
-class Outcome:
-    customer: dict[str, Any] | None
-    version: int
-    consistency_token: int
-    status: int = 200
-
-
-class CustomerCommands:
-    def __init__(self, app: Customers) -> None:
-        self.app = app
-        self.settings = app.settings
+class CustomerCommands(Commands[Customer]):
+    kind = "customer"
+    aggregate_type = Customer
+    claim_conflict = DomainError(Code.CONFLICT, "e-mail address already registered", field="email")
 
     # --- commands -------------------------------------------------------------------
 
@@ -69,7 +53,7 @@ class CustomerCommands:
                 principal.org, idempotency_key, request_hash, customer.id, customer.version, 201
             )
         try:
-            token = self._save(
+            token = self.save(
                 customer,
                 new_keys=[key],
                 claims=[self._claim(principal.org, customer.email, customer.id)],
@@ -106,7 +90,7 @@ class CustomerCommands:
             )
             return {}
 
-        return self._command(principal, customer_id, if_match, decide)
+        return self.command(principal, customer_id, if_match, decide)
 
     def verify_email(self, principal: Principal, customer_id: UUID, token: str) -> Outcome:
         principal.require(Permission.WRITE)
@@ -119,7 +103,7 @@ class CustomerCommands:
                 "claims": [self._claim(principal.org, customer.email, customer.id)],
             }
 
-        return self._command(principal, customer_id, None, decide)
+        return self.command(principal, customer_id, None, decide)
 
     def set_active_orders(self, principal: Principal, customer_id: UUID, count: int) -> Outcome:
         principal.require(Permission.ORDERS)
@@ -128,7 +112,7 @@ class CustomerCommands:
             customer.set_active_orders(count)
             return {}
 
-        return self._command(principal, customer_id, None, decide)
+        return self.command(principal, customer_id, None, decide)
 
     def delete(self, principal: Principal, customer_id: UUID, if_match: int | None) -> Outcome:
         """Lifecycle deletion: status DELETED, e-mail freed for a new registration."""
@@ -138,73 +122,19 @@ class CustomerCommands:
             customer.delete(actor=principal.sub)
             return {"releases": [self._release(principal.org, customer.email)]}
 
-        return self._command(principal, customer_id, if_match, decide)
+        return self.command(principal, customer_id, if_match, decide)
 
     # --- mechanics ------------------------------------------------------------------
 
-    def _command(
-        self,
-        principal: Principal,
-        customer_id: UUID,
-        if_match: int | None,
-        decide: Callable[[Customer], dict[str, Any]],
-    ) -> Outcome:
-        for attempt in range(_CONCURRENCY_RETRIES):
-            customer = self.load(principal, customer_id)
-            if if_match is not None and customer.version != if_match:
-                raise DomainError(
-                    Code.PRECONDITION_FAILED,
-                    f"If-Match version {if_match} is stale; current version is {customer.version}",
-                )
-            side_writes = decide(customer)
-            if not customer.pending_events:
-                token = self.app.recorder.notification_id(customer.id, customer.version)  # type: ignore[attr-defined]
-                return Outcome(customer.public(), customer.version, token)
-            try:
-                token = self._save(customer, **side_writes)
-            except IntegrityError:  # the aggregate moved on between load and save
-                if if_match is not None:
-                    raise DomainError(
-                        Code.PRECONDITION_FAILED, "the customer was changed concurrently"
-                    ) from None
-                if attempt == _CONCURRENCY_RETRIES - 1:
-                    raise DomainError(
-                        Code.CONFLICT, "the customer is being changed concurrently; retry"
-                    ) from None
-                continue
-            return Outcome(customer.public(), customer.version, token)
-        raise AssertionError("unreachable")
-
-    def load(self, principal: Principal, customer_id: UUID) -> Customer:
-        customer: object = None
-        with contextlib.suppress(AggregateNotFoundError):
-            customer = self.app.repository.get(customer_id)
-        if not isinstance(customer, Customer) or customer.org_id != principal.org:
-            raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
-        return customer
-
-    def _save(self, customer: Customer, **side_writes: Any) -> int:
-        try:
-            recordings = self.app.save(customer, **side_writes)
-        except IntegrityError as e:
-            if violated_constraint(e) == CLAIM_CONSTRAINT:
-                raise DomainError(
-                    Code.CONFLICT, "e-mail address already registered", field="email"
-                ) from None
-            raise
-        return recordings[-1].notification.id
-
     def _replay(self, org: str, key: str, request_hash: bytes) -> Outcome | None:
-        record = self.app.recorder.find_idempotency(  # type: ignore[attr-defined]
-            org, key, self.settings.idempotency_ttl_hours
-        )
+        record = self.app.recorder.find_idempotency(org, key, self.settings.idempotency_ttl_hours)
         if record is None:
             return None
         if record.request_hash != request_hash:
             raise invalid("Idempotency-Key", "this key was already used with a different request")
         customer: object = self.app.repository.get(record.customer_id, version=record.version)
         assert isinstance(customer, Customer)
-        token = self.app.recorder.notification_id(record.customer_id, record.version)  # type: ignore[attr-defined]
+        token = self.app.recorder.notification_id(record.customer_id, record.version)
         return Outcome(customer.public(), record.version, token, status=record.status)
 
     def _claim(self, org: str, email: str, customer_id: UUID) -> Claim:

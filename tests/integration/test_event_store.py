@@ -49,8 +49,8 @@ def test_no_plaintext_personal_data_in_any_table(
     marker = uuid.uuid4().hex[:10]
     email, name = f"plain.{marker}@example.com", f"Zebulon {marker}"
     out = commands.create(admin(org), profile(email, name), idempotency_key=uuid.uuid4().hex)
-    assert out.customer is not None
-    customer_id = uuid.UUID(out.customer["id"])
+    assert out.body is not None
+    customer_id = uuid.UUID(out.body["id"])
     commands.update(
         admin(org), customer_id, profile(f"next.{marker}@example.com", name + " Jr"), None, None
     )
@@ -77,8 +77,8 @@ def test_key_and_email_claim_commit_with_the_event(
 ) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     out = commands.create(admin(org), profile(f"a.{uuid.uuid4().hex[:6]}@example.com", "Ann"))
-    assert out.customer is not None
-    customer_id = uuid.UUID(out.customer["id"])
+    assert out.body is not None
+    customer_id = uuid.UUID(out.body["id"])
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
         assert conn.execute(
@@ -116,8 +116,8 @@ def test_failed_save_leaves_no_key_or_claim(commands: CustomerCommands, migrated
 def test_ciphertext_is_bound_to_its_event(commands: CustomerCommands) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     out = commands.create(admin(org), profile(f"b.{uuid.uuid4().hex[:6]}@example.com", "Bea"))
-    assert out.customer is not None
-    customer_id = uuid.UUID(out.customer["id"])
+    assert out.body is not None
+    customer_id = uuid.UUID(out.body["id"])
     stored = commands.app.recorder.select_events(customer_id)[0]
     moved = StoredEvent(customer_id, 2, stored.topic, stored.state)  # replayed at another version
     with pytest.raises(InvalidTag):
@@ -129,8 +129,8 @@ def test_destroyed_key_decodes_to_placeholder(
 ) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     out = commands.create(admin(org), profile(f"c.{uuid.uuid4().hex[:6]}@example.com", "Cid"))
-    assert out.customer is not None
-    customer_id = uuid.UUID(out.customer["id"])
+    assert out.body is not None
+    customer_id = uuid.UUID(out.body["id"])
     assert migrated.database_url
     with psycopg.connect(migrated.database_url) as conn:
         conn.execute(
