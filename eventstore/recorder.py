@@ -98,21 +98,29 @@ class CustomerRecorder(PostgresApplicationRecorder):
         idempotency: IdempotencyRecord | None = None,
         **kwargs: Any,
     ) -> None:
-        # The idempotency record goes first: concurrent retries of one request must meet on
-        # its key (and replay) before they meet on the e-mail claim (and look like a conflict).
-        if idempotency is not None:
-            i = idempotency
-            curs.execute(
-                RECORD_IDEMPOTENCY,
-                (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
-            )
-        if new_keys:
-            curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
-        # Releases first: a rename within one save frees the old name before taking the new.
-        if releases:
-            curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])
-        if claims:
-            curs.executemany(CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims])
+        # A nested pipeline block syncs on exit: a unique violation surfaces here as the
+        # IntegrityError it is. Left to the outer pipeline it can come back as "pipeline
+        # aborted" (an OperationalError, which the library retries, then answers as a 500).
+        with curs.connection.pipeline():
+            # The idempotency record goes first: concurrent retries of one request must meet on
+            # its key (and replay) before they meet on the e-mail claim (and look like a conflict).
+            if idempotency is not None:
+                i = idempotency
+                curs.execute(
+                    RECORD_IDEMPOTENCY,
+                    (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
+                )
+            if new_keys:
+                curs.executemany(
+                    INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys]
+                )
+            # Releases first: a rename within one save frees the old name before taking the new.
+            if releases:
+                curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])
+            if claims:
+                curs.executemany(
+                    CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims]
+                )
 
 
 FIND_IDEMPOTENCY = (

@@ -20,7 +20,7 @@ from write_api.customers import CustomerCommands
 
 @pytest.fixture
 def commands(migrated: Settings) -> Iterator[CustomerCommands]:
-    app = Customers(migrated, pool_size=2)
+    app = Customers(migrated, pool_size=8)
     try:
         yield CustomerCommands(app)
     finally:
@@ -144,3 +144,27 @@ def test_destroyed_key_decodes_to_placeholder(
         fresh.close()
     assert isinstance(event, Shredded)
     assert event.originator_id == customer_id
+
+
+def test_concurrent_claims_fail_only_as_conflicts(commands: CustomerCommands) -> None:
+    """Racing claims of one name must lose as a 409, never as a pipeline error (a 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from domain.errors import Code, DomainError
+
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    outcomes: dict[str, int] = {}
+    for _ in range(10):
+        email = f"race.{uuid.uuid4().hex[:6]}@example.com"
+
+        def attempt(_: int, email: str = email) -> str:
+            try:
+                commands.create(admin(org), profile(email, "Racer"))
+            except DomainError as e:
+                return e.code
+            return "created"
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for result in pool.map(attempt, range(16)):
+                outcomes[result] = outcomes.get(result, 0) + 1
+    assert outcomes == {"created": 10, Code.CONFLICT: 150}
