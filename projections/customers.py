@@ -1,13 +1,14 @@
-"""customers_view + customers_docs: one row each per customer.
+"""customers_view + customers_docs + segment_facts: one row each per customer.
 
 customers_view holds narrow typed columns for list filters and sorts; customers_docs holds
 `doc`, a `json` value with exactly `domain.customer.representation(...)` as orjson rendered it
-(field order kept), so the read API returns its bytes untouched.
+(field order kept), so the read API returns its bytes untouched; segment_facts holds what
+segment criteria read (`domain.segment_facts.customer_facts`, see projections/segment_sql.py).
 
 A batch costs a fixed number of statements whatever its size: one SELECT of the docs the batch
 touches (ids not created in the batch), a fold of the events in Python, then one binary COPY
-into a temp table and one INSERT ... ON CONFLICT DO UPDATE per table (one DELETE per table
-for erasures).
+into a temp table per row shape and one INSERT ... ON CONFLICT DO UPDATE per table (one DELETE
+per table for erasures).
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from domain.customer import representation
+from domain.segment_facts import customer_facts
 from domain.values import CustomerStatus, utc_iso
 from eventstore.mapper import Shredded
-from projections import positions
+from projections import positions, segment_sql
 from projections.positions import Connection
 
 log = logging.getLogger(__name__)
 
 VIEW = "customers_view"  # also the name of its row in `positions`
 DOCS = "customers_docs"
+FACTS = segment_sql.TABLE
 
 _PREFIX = "domain.customer:Customer."  # every Customer event; other aggregates are skipped
 CREATED = _PREFIX + "Created"
@@ -94,12 +97,16 @@ _TYPES = (
     "text",
 )
 _STAGE = sql.Identifier("customers_view_batch")
+_FACTS_STAGE = sql.Identifier("segment_facts_batch")
 _VIEW = sql.Identifier(VIEW)
 _DOCS = sql.Identifier(DOCS)
+_FACTS = sql.Identifier(FACTS)
 _VIEW_COLUMNS = [c for c in _COLUMNS if c != "doc"]
 
 
-def _upsert(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+def _upsert(
+    table: sql.Identifier, columns: Sequence[str], stage: sql.Identifier = _STAGE
+) -> sql.Composed:
     return sql.SQL(
         "INSERT INTO {table} AS t ({cols}) SELECT {values} FROM {stage}"
         " ON CONFLICT (id) DO UPDATE SET {updates} WHERE t.version < EXCLUDED.version"
@@ -110,7 +117,7 @@ def _upsert(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
             sql.SQL("{}::json").format(sql.Identifier(c)) if c == "doc" else sql.Identifier(c)
             for c in columns
         ),
-        stage=_STAGE,
+        stage=stage,
         updates=sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
             for c in columns
@@ -119,21 +126,36 @@ def _upsert(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
     )
 
 
-CREATE_STAGE = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-    _STAGE,
-    sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-        for c, t in zip(_COLUMNS, _TYPES, strict=True)
-    ),
-)
-COPY_STAGE = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-    _STAGE, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
-)
+def _create_stage(
+    stage: sql.Identifier, columns: Sequence[str], types: Sequence[str]
+) -> sql.Composed:
+    return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+        stage,
+        sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+            for c, t in zip(columns, types, strict=True)
+        ),
+    )
+
+
+def _copy_stage(stage: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        stage, sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+
+
+CREATE_STAGE = _create_stage(_STAGE, _COLUMNS, _TYPES)
+COPY_STAGE = _copy_stage(_STAGE, _COLUMNS)
+CREATE_FACTS_STAGE = _create_stage(_FACTS_STAGE, segment_sql.COLUMNS, segment_sql.TYPES)
+COPY_FACTS_STAGE = _copy_stage(_FACTS_STAGE, segment_sql.COLUMNS)
 UPSERT_VIEW = _upsert(_VIEW, _VIEW_COLUMNS)
 UPSERT_DOCS = _upsert(_DOCS, ["id", "org_id", "version", "doc"])
+UPSERT_FACTS = _upsert(_FACTS, segment_sql.COLUMNS, _FACTS_STAGE)
 LOAD = sql.SQL("SELECT org_id, id, doc FROM {} WHERE id = ANY(%s)").format(_DOCS)
-DELETE = [sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table) for table in (_VIEW, _DOCS)]
-TRUNCATE = sql.SQL("TRUNCATE {}, {}").format(_VIEW, _DOCS)
+DELETE = [
+    sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table) for table in (_VIEW, _DOCS, _FACTS)
+]
+TRUNCATE = sql.SQL("TRUNCATE {}, {}, {}").format(_VIEW, _DOCS, _FACTS)
 
 
 class RawJsonLoader(Loader):
@@ -220,6 +242,16 @@ class _State:
             orjson.dumps(doc).decode(),
         )
 
+    def facts_row(self) -> tuple[Any, ...]:
+        """The customer's segment_facts row (see domain.segment_facts.customer_facts)."""
+        facts = customer_facts(
+            self.profile,
+            status=self.status,
+            created_at=self.created_at,
+            last_activity=self.last_activity,
+        )
+        return segment_sql.facts_row(self.org_id, self.id, self.version, facts)
+
 
 class UnknownCustomerEvent(Exception):
     """A Customer event this projection has no rule for: halt rather than drift."""
@@ -262,6 +294,7 @@ class CustomersView:
     def prepare(self, conn: Connection) -> None:
         use_raw_json(conn)
         conn.execute(CREATE_STAGE)
+        conn.execute(CREATE_FACTS_STAGE)
 
     def truncate(self, conn: Connection) -> None:
         conn.execute(TRUNCATE)
@@ -341,13 +374,23 @@ class CustomersView:
             for delete in DELETE:
                 conn.execute(delete, (list(erased),))
         if dirty:
-            with conn.cursor() as cur:
-                with cur.copy(COPY_STAGE) as copy:
-                    copy.set_types(_TYPES)
-                    for cid in dirty:
-                        copy.write_row(states[cid].row())
-                cur.execute(UPSERT_VIEW)
-                cur.execute(UPSERT_DOCS)
+            _write(conn, [states[cid] for cid in dirty])
+
+
+def _write(conn: Connection, states: Sequence[_State]) -> None:
+    """Upsert the rows of `states` into customers_view, customers_docs and segment_facts."""
+    with conn.cursor() as cur:
+        with cur.copy(COPY_STAGE) as copy:
+            copy.set_types(_TYPES)
+            for state in states:
+                copy.write_row(state.row())
+        with cur.copy(COPY_FACTS_STAGE) as copy:
+            copy.set_types(segment_sql.TYPES)
+            for state in states:
+                copy.write_row(state.facts_row())
+        cur.execute(UPSERT_VIEW)
+        cur.execute(UPSERT_DOCS)
+        cur.execute(UPSERT_FACTS)
 
 
 def lag(conn: Connection) -> int:

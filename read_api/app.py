@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.application import EVENTS_TABLE
 from projections.customers import VIEW, use_raw_json
 from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
-from read_api import customers
+from read_api import customers, segments
 from read_api.consistency import PositionWatcher
 from service import logs, problems
 from service.settings import Settings
@@ -65,6 +65,8 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
     logs.install(app)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
+    # Before the customers router: /customers/segments must not match /customers/{id}.
+    app.include_router(segments.router)
     app.include_router(customers.router)
 
     @app.get("/health", tags=["operations"])

@@ -20,6 +20,7 @@ class Permission(StrEnum):
     DELETE = "customers:delete"
     ORDERS = "customers:orders"
     SUSPEND = "customers:suspend"
+    SEGMENTS = "segments:write"
 
 
 class Role(StrEnum):
@@ -33,7 +34,9 @@ class Role(StrEnum):
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.MANAGER: frozenset({Permission.READ, Permission.WRITE, Permission.DELETE}),
+    Role.MANAGER: frozenset(
+        {Permission.READ, Permission.WRITE, Permission.DELETE, Permission.SEGMENTS}
+    ),
     Role.ANALYST: frozenset({Permission.READ}),
     Role.SUPPORT: frozenset({Permission.READ, Permission.WRITE}),
     Role.DPO: frozenset({Permission.READ, Permission.DELETE}),

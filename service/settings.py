@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     projection_batch_size: int = 2000
     relay_batch_size: int = 500
 
+    # Rules engine that segment ruleIds must reference; unset = not validated (warned at start).
+    rules_engine_url: str | None = None
+    rules_engine_timeout_seconds: float = 2.0
+    rules_engine_retries: int = 2
+    rules_engine_breaker_failures: int = 5
+    rules_engine_breaker_reset_seconds: float = 30.0
+
     log_level: str = "INFO"
 
     def master_key_bytes(self) -> bytes:

@@ -12,16 +12,27 @@ import orjson
 from fastapi import Depends, FastAPI, Header, Request, Response
 
 from domain.errors import invalid
+from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from service import logs, problems
 from service.auth import CurrentPrincipal
+from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api.commands import Outcome
 from write_api.customers import CustomerCommands
-from write_api.schemas import ActiveOrders, CustomerCreate, CustomerUpdate, EmailVerification
+from write_api.schemas import (
+    ActiveOrders,
+    CustomerCreate,
+    CustomerUpdate,
+    EmailVerification,
+    SegmentCreate,
+    SegmentUpdate,
+)
+from write_api.segments import SegmentCommands
 
 PREFIX = "/api/v1/customers"
+SEGMENTS = PREFIX + "/segments"
 _ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,9})"?$')
 _ERRORS = problems.problem_responses(
     {
@@ -42,6 +53,14 @@ def _commands(request: Request) -> CustomerCommands:
 
 
 Commands = Annotated[CustomerCommands, Depends(_commands)]
+
+
+def _segment_commands(request: Request) -> SegmentCommands:
+    commands: SegmentCommands = request.app.state.segments
+    return commands
+
+
+Segments = Annotated[SegmentCommands, Depends(_segment_commands)]
 
 
 def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
@@ -77,10 +96,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         es = Customers(settings or get_settings())
+        rules = RulesEngine(es.settings)
         app.state.commands = CustomerCommands(es)
+        app.state.segments = SegmentCommands(es, rules)
         try:
             yield
         finally:
+            rules.close()
             es.close()
 
     app = FastAPI(title="Customer Management — commands", version="1", lifespan=lifespan)
@@ -144,6 +166,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         customer_id: UUID, body: ActiveOrders, principal: CurrentPrincipal, commands: Commands
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
+
+    @app.post(
+        SEGMENTS,
+        status_code=201,
+        response_model=None,
+        responses={201: {"model": SegmentPublic}, **_ERRORS},
+    )
+    def create_segment(
+        body: SegmentCreate, principal: CurrentPrincipal, segments: Segments
+    ) -> Response:
+        outcome = segments.create(principal, body)
+        assert outcome.body is not None
+        return _answer(outcome, location=f"{SEGMENTS}/{outcome.body['id']}")
+
+    @app.put(
+        SEGMENTS + "/{segment_id}",
+        response_model=None,
+        responses={200: {"model": SegmentPublic}, **_ERRORS},
+    )
+    def update_segment(
+        segment_id: UUID,
+        body: SegmentUpdate,
+        principal: CurrentPrincipal,
+        segments: Segments,
+        if_match: IfMatch,
+    ) -> Response:
+        definition = SegmentDefinition.model_validate(body.model_dump(exclude={"status"}))
+        return _answer(segments.update(principal, segment_id, definition, body.status, if_match))
+
+    @app.delete(SEGMENTS + "/{segment_id}", status_code=204, response_model=None, responses=_ERRORS)
+    def delete_segment(
+        segment_id: UUID, principal: CurrentPrincipal, segments: Segments, if_match: IfMatch
+    ) -> Response:
+        outcome = segments.delete(principal, segment_id, if_match)
+        return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

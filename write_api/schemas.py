@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from domain.segment import SegmentDefinition, SegmentStatus
 from domain.values import CustomerStatus, Model, Profile
 
 
@@ -23,3 +24,11 @@ class EmailVerification(Model):
 
 class ActiveOrders(Model):
     active_orders: Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class SegmentCreate(SegmentDefinition):
+    pass
+
+
+class SegmentUpdate(SegmentDefinition):
+    status: SegmentStatus | None = None

@@ -1,0 +1,171 @@
+"""The Segment aggregate: a named, rule-backed set of customers of one organization."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from eventsourcing.domain import Aggregate, event
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+
+from domain.criteria import SegmentCriteria
+from domain.errors import Code, DomainError
+from domain.values import Model, utc_iso
+
+
+class SegmentStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    INACTIVE = "INACTIVE"
+    CALCULATING = "CALCULATING"
+    ERROR = "ERROR"
+
+
+class SegmentKind(StrEnum):
+    DYNAMIC = "DYNAMIC"  # members are whoever matches the criteria
+    STATIC = "STATIC"  # members are assigned explicitly
+
+
+SegmentName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class SegmentDefinition(Model):
+    """What a client sets on a segment (create and full update share it)."""
+
+    name: SegmentName
+    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    kind: SegmentKind = SegmentKind.DYNAMIC
+    criteria: SegmentCriteria | None = Field(default=None, validate_default=True)
+
+    @field_validator("criteria")
+    @classmethod
+    def _criteria_match_kind(
+        cls, criteria: SegmentCriteria | None, info: ValidationInfo
+    ) -> SegmentCriteria | None:
+        kind = info.data.get("kind")
+        if kind == SegmentKind.DYNAMIC and criteria is None:
+            raise ValueError("a DYNAMIC segment needs criteria")
+        if kind == SegmentKind.STATIC and criteria is not None:
+            raise ValueError("a STATIC segment has no criteria; assign members instead")
+        return criteria
+
+
+def name_key(name: str) -> str:
+    """Uniqueness is case- and whitespace-insensitive: 'VIP  Buyers' == 'vip buyers'."""
+    return " ".join(name.split()).casefold()
+
+
+class Segment(Aggregate):
+    @event("Created")
+    def __init__(self, org_id: str, definition: dict[str, Any], actor: str) -> None:
+        self.org_id = org_id
+        self.definition = definition
+        self.created_by = actor
+        self.status = SegmentStatus.ACTIVE
+        self.deleted = False
+
+    @classmethod
+    def define(cls, org_id: str, definition: SegmentDefinition, actor: str) -> Segment:
+        return cls(org_id=org_id, definition=definition.dump(), actor=actor)
+
+    @property
+    def name(self) -> str:
+        return str(self.definition["name"])
+
+    def redefine(self, definition: SegmentDefinition, actor: str) -> None:
+        self._check_live()
+        new = definition.dump()
+        if new["kind"] != self.definition["kind"]:
+            raise DomainError(Code.CONFLICT, "a segment's kind cannot change", field="kind")
+        changes = {k: v for k, v in new.items() if self.definition.get(k) != v}
+        if changes:
+            self._redefine(changes=changes, actor=actor)
+
+    def set_status(self, status: SegmentStatus, actor: str) -> None:
+        """Clients switch between ACTIVE and INACTIVE; the engine owns CALCULATING / ERROR."""
+        self._check_live()
+        if status not in {SegmentStatus.ACTIVE, SegmentStatus.INACTIVE}:
+            raise DomainError(
+                Code.INVALID, "status can be set to ACTIVE or INACTIVE only", field="status"
+            )
+        if status != self.status:
+            self._change_status(status=status, actor=actor)
+
+    def delete(self, actor: str) -> None:
+        self._check_live()
+        self._delete(actor=actor)
+
+    def _check_live(self) -> None:
+        if self.deleted:
+            raise DomainError(Code.NOT_FOUND, f"segment {self.id} not found")
+
+    def public(self) -> dict[str, Any]:
+        return representation(
+            segment_id=str(self.id),
+            definition=self.definition,
+            status=self.status,
+            created_by=self.created_by,
+            created_at=utc_iso(self.created_on),
+            updated_at=utc_iso(self.modified_on),
+            version=self.version,
+        )
+
+    @event("Redefined")
+    def _redefine(self, changes: dict[str, Any], actor: str) -> None:
+        self.definition = {**self.definition, **changes}
+
+    @event("StatusChanged")
+    def _change_status(self, status: SegmentStatus, actor: str) -> None:
+        self.status = SegmentStatus(status)
+
+    @event("Deleted")
+    def _delete(self, actor: str) -> None:
+        self.deleted = True
+
+
+class SegmentPublic(Model):
+    """A segment as every API answer shows it."""
+
+    id: str
+    name: str
+    description: str
+    rule_id: str
+    kind: SegmentKind
+    criteria: dict[str, Any] | None
+    customer_count: int
+    status: SegmentStatus
+    created_by: str
+    created_at: str
+    updated_at: str
+    last_calculated: str | None
+    version: int
+
+
+def representation(
+    *,
+    segment_id: str,
+    definition: dict[str, Any],
+    status: str,
+    created_by: str,
+    created_at: str,
+    updated_at: str,
+    version: int,
+    customer_count: int = 0,
+    last_calculated: str | None = None,
+) -> dict[str, Any]:
+    """The public JSON of a segment; shared by write answers and the segments view."""
+    return {
+        "id": segment_id,
+        "name": definition["name"],
+        "description": definition["description"],
+        "ruleId": definition["ruleId"],
+        "kind": definition["kind"],
+        "criteria": definition["criteria"],
+        "customerCount": customer_count,
+        "status": status,
+        "createdBy": created_by,
+        "createdAt": created_at,
+        "updatedAt": updated_at,
+        "lastCalculated": last_calculated,
+        "version": version,
+    }
