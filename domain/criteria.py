@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -769,11 +769,14 @@ def lower(criteria: SegmentCriteria) -> Lowered:
 # --------------------------------------------------------------------------- Python predicate
 
 
-def check_as_of(as_of: datetime) -> None:
+def check_as_of(as_of: datetime) -> datetime:
+    """`as_of` in UTC: aware-datetime arithmetic in a zone with DST is wall-clock arithmetic,
+    so both evaluators shift days from the UTC instant only."""
     if as_of.tzinfo is None or as_of.utcoffset() is None:
         raise ValueError("as_of must be timezone-aware")
     if not 1900 <= as_of.year <= 9000:
         raise ValueError("as_of must lie between the years 1900 and 9000")
+    return as_of.astimezone(UTC)
 
 
 def evaluate(condition: Condition, facts: CustomerFacts, as_of: datetime) -> bool:
@@ -852,7 +855,7 @@ def explain(
     criteria: SegmentCriteria, facts: CustomerFacts, as_of: datetime
 ) -> list[tuple[str, bool]]:
     """Criterion by criterion: (path, holds). The first entry is the status check."""
-    check_as_of(as_of)
+    as_of = check_as_of(as_of)
     verdicts = [("status", facts.status != DELETED_STATUS)]
     verdicts += [(path, evaluate(c, facts, as_of)) for path, c in lower(criteria)]
     return verdicts
@@ -860,7 +863,7 @@ def explain(
 
 def predicate(criteria: SegmentCriteria, as_of: datetime) -> Callable[[CustomerFacts], bool]:
     """Lower once, evaluate many customers."""
-    check_as_of(as_of)
+    as_of = check_as_of(as_of)
     conditions = [c for _, c in lower(criteria)]
 
     def holds(facts: CustomerFacts) -> bool:

@@ -95,14 +95,15 @@ def facts_from_row(row: Sequence[Any]) -> CustomerFacts:
     return CustomerFacts(**values)
 
 
-_LOAD = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
+# id + the fact columns of some customers (also for async callers: rows -> facts_from_row).
+LOAD_FACTS = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
     sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
 )
 
 
 def load_facts(conn: psycopg.Connection[Any], ids: Iterable[UUID]) -> dict[UUID, CustomerFacts]:
     """The stored facts of some customers (absent: erased or not projected yet)."""
-    return {row[0]: facts_from_row(row[1:]) for row in conn.execute(_LOAD, (list(ids),))}
+    return {row[0]: facts_from_row(row[1:]) for row in conn.execute(LOAD_FACTS, (list(ids),))}
 
 
 # --------------------------------------------------------------------------- compiler
@@ -283,8 +284,7 @@ def _where(c: _Compiler, criteria: SegmentCriteria) -> sql.Composable:
 def compile_where(criteria: SegmentCriteria, as_of: datetime) -> tuple[sql.Composed, list[Any]]:
     """The criteria (and "not deleted") as one condition over `segment_facts f`, with `%s`
     placeholders; for composing counts, samples or joins with the caller's own SQL."""
-    check_as_of(as_of)
-    c = _Compiler(as_of)
+    c = _Compiler(check_as_of(as_of))
     return c.finish(sql.SQL("({})").format(_where(c, criteria)))
 
 
@@ -293,8 +293,7 @@ def compile_criteria(
 ) -> tuple[sql.Composed, list[Any]]:
     """`SELECT f.id FROM segment_facts f WHERE f.org_id = %s AND ...` and its parameters:
     the ids of the organization's customers that match as of `as_of`."""
-    check_as_of(as_of)
-    c = _Compiler(as_of)
+    c = _Compiler(check_as_of(as_of))
     query = sql.SQL("SELECT f.id FROM {} f WHERE f.org_id = {} AND {}").format(
         sql.Identifier(TABLE), c.param(org_id, "text"), _where(c, criteria)
     )

@@ -13,6 +13,7 @@ within float rounding of a radius.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.criteria import FIELDS, OPERATORS, FieldType, Operator, SegmentCriteria, predicate
-from domain.segment_facts import CustomerFacts, customer_facts, days_since
+from domain.segment_facts import (
+    EARTH_RADIUS_KM,
+    CustomerFacts,
+    customer_facts,
+    days_since,
+    haversine_a,
+)
 from domain.values import Gender, Profile
 from projections import segment_sql
 from service.settings import Settings
@@ -83,6 +90,14 @@ def purchases(draw: st.DrawFn, n: int) -> dict[str, Any]:
     }
 
 
+offsets = st.integers(-150, 150)
+
+
+def near(centre: float, hundredths: int, limit: float) -> float:
+    """A coordinate with two decimals close to `centre`, clamped to [-limit, limit]."""
+    return max(-limit, min(limit, round(centre + hundredths / 100, 2)))
+
+
 def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -90,8 +105,9 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
 @st.composite
 def customers(draw: st.DrawFn, n: int) -> CustomerFacts:
     location = None
-    if draw(st.booleans()):
+    if draw(st.integers(0, 2)) > 0:
         lat0, lon0 = draw(st.sampled_from(CENTRES))
+        shape = draw(st.sampled_from(["both", "both", "both", "lat", "lon"]))
         location = drop_none(
             {
                 "country": draw(st.sampled_from(COUNTRIES)),
@@ -100,20 +116,8 @@ def customers(draw: st.DrawFn, n: int) -> CustomerFacts:
                 "postalCode": draw(
                     maybe(st.sampled_from(["28001", "28001 ", "SW1A 1AA", "sw1a 1aa"]))
                 ),
-                "latitude": draw(
-                    maybe(
-                        st.integers(-150, 150).map(
-                            lambda d: max(-90, min(90, round(lat0 + d / 100, 2)))
-                        )
-                    )
-                ),
-                "longitude": draw(
-                    maybe(
-                        st.integers(-150, 150).map(
-                            lambda d: max(-180, min(180, round(lon0 + d / 100, 2)))
-                        )
-                    )
-                ),
+                "latitude": None if shape == "lon" else near(lat0, draw(offsets), 90),
+                "longitude": None if shape == "lat" else near(lon0, draw(offsets), 180),
             }
         )
     custom = drop_none(
@@ -250,8 +254,8 @@ CRITERIA: list[tuple[str, str, st.SearchStrategy[Any]]] = [
             st.sampled_from([1, 5, 50, 100.5, 150, 1000, 20040]),
         ).map(
             lambda t: {
-                "latitude": max(-90, min(90, round(t[0][0] + t[1] / 100, 2))),
-                "longitude": max(-180, min(180, round(t[0][1] + t[2] / 100, 2))),
+                "latitude": near(t[0][0], t[1], 90),
+                "longitude": near(t[0][1], t[2], 180),
                 "radiusKm": t[3],
             }
         ),
@@ -320,7 +324,14 @@ def anchored(draw: st.DrawFn, people: tuple[CustomerFacts, ...]) -> dict[str, An
     """A criterion whose bound sits on (or one unit beside) a generated customer's value."""
     f = draw(st.sampled_from(people))
     step = draw(st.sampled_from([-1, 0, 0, 1]))
-    kind = draw(st.sampled_from(["days", "days", "money", "frequency", "rule", "rule", "age"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                *("days", "days", "money", "money", "frequency"),
+                *("rule", "rule", "age", "distance", "distance"),
+            ]
+        )
+    )
     if kind == "days":
         present = [k for k in MOMENTS if getattr(f, k) is not None]
         fact = draw(st.sampled_from(present))
@@ -359,6 +370,14 @@ def anchored(draw: st.DrawFn, people: tuple[CustomerFacts, ...]) -> dict[str, An
             return {
                 "behavioral": {"purchaseFrequency": {**one_sided(draw, rate), "period": period}}
             }
+    if kind == "distance" and f.latitude is not None and f.longitude is not None:
+        lat0, lon0 = draw(st.sampled_from(CENTRES))
+        a = haversine_a(f.latitude, f.longitude, lat0, lon0)
+        km = 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
+        radius = round(km + draw(st.sampled_from([-0.01, 0, 0.01])), 2)
+        if 0 < radius <= 20040:
+            centre = {"latitude": lat0, "longitude": lon0, "radiusKm": radius}
+            return {"geographic": {"distanceFrom": centre}}
     if kind == "age" and f.age is not None:
         return {"demographics": {"ageRange": one_sided(draw, min(150, max(0, f.age + step)))}}
     # a custom rule anchored on one of the customer's scalar or set values
@@ -369,25 +388,22 @@ def anchored(draw: st.DrawFn, people: tuple[CustomerFacts, ...]) -> dict[str, An
     v = getattr(f, spec.fact)
     if spec.type == FieldType.TAGS:
         v = draw(st.sampled_from(sorted(v))) if v else None
-    if v is None:
-        return {
-            "customRules": [
-                {"field": name, "operator": draw(st.sampled_from(["exists", "not_exists"]))}
-            ]
-        }
+    if v is None or draw(st.integers(0, 3)) == 0:
+        presence = draw(st.sampled_from(["exists", "not_exists"]))
+        return {"customRules": [{"field": name, "operator": presence}]}
     op = draw(
         st.sampled_from(sorted(OPERATORS[spec.type] - {Operator.EXISTS, Operator.NOT_EXISTS}))
     )
     if spec.type == FieldType.NUMBER:
         v = v + step
     elif spec.type in (FieldType.TEXT, FieldType.TAGS):
-        variant = draw(st.sampled_from(["same", "upper", "prefix", "middle"]))
-        if variant == "upper":
-            v = v.upper()
-        elif variant == "prefix":
+        inside = op in (Operator.CONTAINS, Operator.STARTS_WITH) and draw(st.booleans())
+        if inside and spec.type == FieldType.TEXT and len(v) > 1:
+            v = v[draw(st.integers(1, len(v) - 1)) :]  # a part of it that is not a prefix
+        elif op == Operator.STARTS_WITH:
             v = v[: draw(st.integers(1, len(v)))]
-        elif variant == "middle" and len(v) > 2:
-            v = v[1:-1]
+        if draw(st.booleans()):
+            v = v.upper()
         v = v if v.strip() else "x"
     if op == Operator.BETWEEN:
         value = (
@@ -406,7 +422,7 @@ def anchored(draw: st.DrawFn, people: tuple[CustomerFacts, ...]) -> dict[str, An
 def criteria(draw: st.DrawFn, people: tuple[CustomerFacts, ...]) -> SegmentCriteria:
     data: dict[str, Any] = {"customRules": []}
     for _ in range(draw(st.integers(1, 2))):
-        if people and draw(st.booleans()):
+        if people and draw(st.integers(0, 2)) > 0:
             part = draw(anchored(people))
         elif draw(st.integers(0, 3)) == 0:
             part = {"customRules": [draw(custom_rules())]}
@@ -443,7 +459,7 @@ def insert(conn: psycopg.Connection[Any], org: str, rows: dict[uuid.UUID, Custom
 def test_sql_and_python_agree(conn: psycopg.Connection[Any], data: st.DataObject) -> None:
     size = data.draw(st.integers(0, 30), label="customers")
     people = data.draw(st.tuples(*(customers(i) for i in range(size))), label="people")
-    many = data.draw(st.lists(criteria(people), min_size=1, max_size=12), label="criteria")
+    many = data.draw(st.lists(criteria(people), min_size=8, max_size=32), label="criteria")
     org = f"prop-{uuid.uuid4()}"
     rows = {uuid.uuid4(): facts for facts in people}
     with conn.transaction(force_rollback=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from psycopg import sql
@@ -396,7 +397,7 @@ def test_days_since_floors() -> None:
 
 def test_facts_row_matches_columns() -> None:
     f = customer_facts(profile(), status="ACTIVE", created_at=AS_OF, last_activity=AS_OF)
-    row = facts_row("org", __import__("uuid").uuid4(), 3, f)
+    row = facts_row("org", uuid4(), 3, f)
     assert len(row) == len(COLUMNS) == len(TYPES)
     assert row[COLUMNS.index("tags")] == ["newsletter", "vip"]
 
@@ -655,3 +656,15 @@ def test_where_composes_with_caller_sql() -> None:
     where, params = compile_where(crit(SPEC_EXAMPLE), AS_OF)
     query = sql.SQL("SELECT count(*) FROM segment_facts f WHERE f.org_id = %s AND {}").format(where)
     assert query.as_string(None).count("%s") == len(params) + 1
+
+
+def test_days_are_counted_on_the_utc_instant_even_across_dst() -> None:
+    from zoneinfo import ZoneInfo
+
+    as_of = datetime(2026, 3, 29, 12, 0, tzinfo=ZoneInfo("Europe/Madrid"))  # DST began at 02:00
+    c = rule("daysSinceCreated", "equals", 1)
+    exactly_one_day = as_of.astimezone(UTC) - DAY
+    assert matches(c, facts(created_at=exactly_one_day), as_of)
+    assert not matches(c, facts(created_at=exactly_one_day + US), as_of)
+    _, params = compile_criteria(c, "org", as_of)
+    assert exactly_one_day in params and exactly_one_day - DAY in params
