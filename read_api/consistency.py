@@ -23,10 +23,21 @@ from psycopg import sql
 from domain.errors import Code, DomainError, invalid
 from projections.positions import POSITIONS_CHANNEL
 from service.auth import CurrentPrincipal
+from service.problems import problem_responses
 
 log = logging.getLogger(__name__)
 
 HEADER = "X-Consistency-Token"
+
+# The problem answers every read endpoint may give (OpenAPI `responses`).
+READ_PROBLEMS = problem_responses(
+    {
+        401: "Missing or invalid bearer token",
+        403: "The token's roles lack customers:read",
+        422: "Invalid input; `errors[].field` names it",
+        503: "Consistency token not reached in time, or the database is unavailable",
+    }
+)
 _MAX_TOKEN = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _POLL = 1.0

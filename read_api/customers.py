@@ -29,7 +29,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
-from read_api.consistency import consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CurrentPrincipal, Permission
 from service.problems import problem_responses
 
@@ -181,14 +181,7 @@ router = APIRouter(
     dependencies=[consistent_with(VIEW)],
 )
 
-_PROBLEMS = problem_responses(
-    {
-        401: "Missing or invalid bearer token",
-        403: "The token's roles lack customers:read",
-        422: "Invalid input; `errors[].field` names it",
-        503: "Consistency token not reached in time, or the database is unavailable",
-    }
-)
+
 _CUSTOMER_JSON: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The customer (spec 'Customer Response'); ETag is its version.",
@@ -196,7 +189,7 @@ _CUSTOMER_JSON: dict[int | str, dict[str, Any]] = {
     },
     304: {"description": "Not modified (If-None-Match matched the ETag)"},
     **problem_responses({404: "No such customer in the caller's organization"}),
-    **_PROBLEMS,
+    **READ_PROBLEMS,
 }
 _PAGE_JSON: dict[int | str, dict[str, Any]] = {
     200: {
@@ -215,7 +208,7 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    **_PROBLEMS,
+    **READ_PROBLEMS,
 }
 
 

@@ -16,7 +16,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentPublic, SegmentStatus, representation
 from domain.values import utc_iso
 from projections.segments import VIEW
-from read_api.consistency import consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CurrentPrincipal, Permission
 from service.problems import problem_responses
 
@@ -36,14 +36,6 @@ router = APIRouter(
     prefix="/api/v1/customers/segments",
     tags=["segments"],
     dependencies=[consistent_with(VIEW)],
-)
-_PROBLEMS = problem_responses(
-    {
-        401: "Missing or invalid bearer token",
-        403: "The token's roles lack customers:read",
-        422: "Invalid input; `errors[].field` names it",
-        503: "Consistency token not reached in time, or the database is unavailable",
-    }
 )
 
 
@@ -86,7 +78,7 @@ def _pool(request: Request) -> AsyncConnectionPool[Any]:
     response_class=Response,
     responses={
         200: {"description": "{items: [segment...], nextCursor, limit}"},
-        **_PROBLEMS,
+        **READ_PROBLEMS,
     },
 )
 async def list_segments(
@@ -120,7 +112,7 @@ async def list_segments(
     responses={
         200: {"model": SegmentPublic, "description": "The segment; ETag is its version."},
         **problem_responses({404: "No such segment in the caller's organization"}),
-        **_PROBLEMS,
+        **READ_PROBLEMS,
     },
 )
 async def get_segment(request: Request, segment_id: UUID, principal: CurrentPrincipal) -> Response:
