@@ -374,7 +374,10 @@ def test_projection_is_exactly_once_across_a_sigkill(settings: Settings, app: Cu
     total = max_id(app)
     assert total >= 6000
 
-    child_env = {**os.environ, "DATABASE_URL": str(settings.database_url), "PYTHONPATH": str(REPO)}
+    child_url = psycopg.conninfo.make_conninfo(
+        str(settings.database_url), application_name="killed-projector"
+    )
+    child_env = {**os.environ, "DATABASE_URL": child_url, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, "7"],
         env=child_env,
@@ -391,6 +394,15 @@ def test_projection_is_exactly_once_across_a_sigkill(settings: Settings, app: Cu
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(10)
+    # A COMMIT sent just before the kill still completes server-side: wait for the killed
+    # client's backends to end before reading where it stopped.
+    with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-projector'"
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the killed projector's backend lingers"
+            time.sleep(0.01)
     killed_at = position(settings)
     assert 0 < killed_at < total, "the kill must land mid-stream"
 
