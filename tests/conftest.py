@@ -195,3 +195,25 @@ def migrated(env: Settings) -> Settings:
 
     migrate(env)
     return env
+
+
+@pytest.fixture(scope="module")
+def scratch_settings(
+    env: Settings, pg_admin_url: str, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
+    """A migrated database of the calling module's own (for tests that truncate or rebuild)."""
+    from eventstore.application import Customers
+    from eventstore.migrate import migrate
+
+    dbname = f"{request.module.__name__.rsplit('.', 1)[-1]}_{secrets.token_hex(4)}"[:60]
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    url = embedded.with_database(pg_admin_url, dbname)
+    migrate(url)
+    scratch = env.model_copy(update={"database_url": url})
+    Customers(scratch, create_table=True).close()
+    yield scratch
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )

@@ -38,20 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def settings(env: Settings, pg_admin_url: str) -> Iterator[Settings]:
-    """A scratch database of this module, migrated, with the event table created."""
-    dbname = f"projection_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = embedded.with_database(pg_admin_url, dbname)
-    migrate(url)
-    s = env.model_copy(update={"database_url": url})
-    Customers(s, create_table=True).close()
-    yield s
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-        )
+def settings(scratch_settings: Settings) -> Settings:
+    return scratch_settings
 
 
 @pytest.fixture

@@ -13,18 +13,15 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from domain.criteria import SegmentCriteria, predicate
 from domain.customer import Customer
 from domain.segment_facts import CustomerFacts, customer_facts
 from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
-from eventstore.migrate import migrate
 from projections import customers as view
 from projections import segment_sql
 from projections.runner import ViewRunner, rebuild_view
-from service import embedded
 from service.settings import Settings
 
 NOW = datetime.now(UTC)
@@ -32,19 +29,8 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-def settings(env: Settings, pg_admin_url: str) -> Iterator[Settings]:
-    dbname = f"segment_facts_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = embedded.with_database(pg_admin_url, dbname)
-    migrate(url)
-    s = env.model_copy(update={"database_url": url})
-    Customers(s, create_table=True).close()
-    yield s
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-        )
+def settings(scratch_settings: Settings) -> Settings:
+    return scratch_settings
 
 
 @pytest.fixture
