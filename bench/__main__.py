@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
 
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: stop the child processes and drop the database too
+
+    signal.signal(signal.SIGTERM, terminate)
     bench = Bench(args)
     failed = False
     try:

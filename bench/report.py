@@ -97,7 +97,7 @@ principle 7). See "How to run" below.
 
 ```sh
 make bench                                   # 1,000,000 customers, 20 s per HTTP phase
-.venv/bin/python -m bench --customers 100000 --duration 10   # a quick run (~4 min)
+.venv/bin/python -m bench --customers 100000 --duration 10   # a quick run (~5 min)
 .venv/bin/python -m bench --help             # every knob; --no-write keeps this file
 ```
 
