@@ -1,6 +1,7 @@
 """Domain event → thin public event for the NATS stream (see docs/events.md).
 
-Pure functions, no I/O. A public event carries ids, the event type, the organization,
+Pure functions, no I/O. A public event carries ids (customer ids included: pseudonymous keys,
+never contact data), the event type, the organization,
 changed field NAMES, status values, counts, timestamps and the aggregate version — never a
 profile value (e-mail, name, location …) and never the actor. Events that are not published
 (shredded events of erased customers, event types without a public form) map to None.
@@ -29,7 +30,14 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "ActiveOrdersChanged": ("ActiveOrdersChanged", "customer.active_orders_changed"),
     "Deleted": ("CustomerDeleted", "customer.deleted"),
 }
-KINDS: dict[str, str] = dict(PUBLIC_TYPES.values())
+# Membership events (domain.membership) keep their names; their streams are segments'.
+_MEMBERSHIP_MODULE = "domain.membership"
+MEMBERSHIP_KINDS: dict[str, str] = {
+    "SegmentJoined": "segment.joined",
+    "SegmentLeft": "segment.left",
+    "SegmentCalculated": "segment.calculated",
+}
+KINDS: dict[str, str] = {**dict(PUBLIC_TYPES.values()), **MEMBERSHIP_KINDS}
 
 # An org id is used verbatim as a subject token when it is this safe; otherwise the token is
 # "_" + 32 hex digits of its SHA-256. A verbatim token never starts with "_", so the two
@@ -108,4 +116,29 @@ def public_event(event: object, org_id: str) -> dict[str, Any] | None:
         public["to"] = str(state["status"])
     elif name == "ActiveOrdersChanged":
         public["count"] = int(state["active_orders"])
+    return public
+
+
+def membership_event(event: object) -> dict[str, Any] | None:
+    """The public form of a segment membership event (ids and counts only), else None."""
+    cls = type(event)
+    if cls.__module__ != _MEMBERSHIP_MODULE or cls.__name__ not in MEMBERSHIP_KINDS:
+        return None
+    state = vars(event)
+    public: dict[str, Any] = {
+        "id": f"{state['originator_id']}:{state['originator_version']}",
+        "type": cls.__name__,
+        "orgId": state["org_id"],
+        "segmentId": state["segment_id"],
+        "occurredAt": utc_iso(state["timestamp"]),
+        "version": state["originator_version"],
+    }
+    if cls.__name__ == "SegmentCalculated":
+        public["jobId"] = state["job_id"]
+        public["memberCount"] = state["member_count"]
+        public["joined"] = state["joined"]
+        public["left"] = state["left"]
+    else:
+        public["customerIds"] = state["customer_ids"]
+        public["reason"] = state["reason"]
     return public

@@ -1,4 +1,5 @@
-"""Application recorder that writes keys and uniqueness claims in the event's transaction."""
+"""Application recorder that writes keys, uniqueness claims, segment members and queued
+calculations in the event's transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
+from domain.membership import Change
 from eventstore.keys import WrappedKey
 
 
@@ -42,12 +44,32 @@ class IdempotencyRecord:
     status: int
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """Queue a calculation of a segment (coalesced with one already queued)."""
+
+    job_id: UUID
+    org_id: str
+    segment_id: UUID
+    reason: str
+    requested_by: str
+
+
 INSERT_KEY = "INSERT INTO customer_keys (customer_id, org_id, wrapped_key) VALUES (%s, %s, %s)"
 CLAIM = "INSERT INTO unique_claims (scope, org_id, key_hash, owner_id) VALUES (%s, %s, %s, %s)"
 RELEASE = "DELETE FROM unique_claims WHERE scope = %s AND org_id = %s AND key_hash = %s"
 RECORD_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys (org_id, key, request_hash, customer_id, version, status)"
     " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+ADD_MEMBERS = "INSERT INTO segment_members (segment_id, customer_id) SELECT %s, unnest(%s::uuid[])"
+REMOVE_MEMBERS = (
+    "DELETE FROM segment_members WHERE segment_id = %s AND customer_id = ANY(%s::uuid[])"
+)
+QUEUE_JOB = (
+    "INSERT INTO segment_jobs (id, org_id, segment_id, reason, state, requested_by)"
+    " SELECT %(id)s, %(org)s, %(segment)s, %(reason)s, 'QUEUED', %(by)s WHERE NOT EXISTS"
+    " (SELECT 1 FROM segment_jobs WHERE segment_id = %(segment)s AND state = 'QUEUED')"
 )
 
 # Unique constraints whose violation means a business conflict, not a concurrency retry.
@@ -96,6 +118,8 @@ class CustomerRecorder(PostgresApplicationRecorder):
         releases: Sequence[Release] = (),
         claims: Sequence[Claim] = (),
         idempotency: IdempotencyRecord | None = None,
+        membership: Sequence[Change] = (),
+        jobs: Sequence[JobRequest] = (),
         **kwargs: Any,
     ) -> None:
         # A nested pipeline block syncs on exit: a unique violation surfaces here as the
@@ -120,6 +144,24 @@ class CustomerRecorder(PostgresApplicationRecorder):
             if claims:
                 curs.executemany(
                     CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims]
+                )
+            # Members change with the events that say so; a stale diff fails here (primary
+            # key) or on the stream's version, and the caller decides again.
+            for change in membership:
+                if change.left:
+                    curs.execute(REMOVE_MEMBERS, (change.segment_id, list(change.left)))
+                if change.joined:
+                    curs.execute(ADD_MEMBERS, (change.segment_id, list(change.joined)))
+            for job in jobs:
+                curs.execute(
+                    QUEUE_JOB,
+                    {
+                        "id": job.job_id,
+                        "org": job.org_id,
+                        "segment": job.segment_id,
+                        "reason": job.reason,
+                        "by": job.requested_by,
+                    },
                 )
 
 

@@ -38,7 +38,13 @@ from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded
-from eventstore.public_events import customer_id, event_org, public_event, subject
+from eventstore.public_events import (
+    customer_id,
+    event_org,
+    membership_event,
+    public_event,
+    subject,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -371,6 +377,10 @@ class Relay:
         batch: list[Outgoing] = []
         for notification_id, event in events:
             cid = customer_id(event)
+            membership = membership_event(event)
+            if membership is not None:
+                batch.append(self._outgoing(notification_id, membership))
+                continue
             if cid is None or isinstance(event, Shredded):
                 batch.append(Outgoing(notification_id))
                 continue
@@ -381,15 +391,13 @@ class Relay:
             if public is None:
                 batch.append(Outgoing(notification_id))
                 continue
-            batch.append(
-                Outgoing(
-                    notification_id,
-                    subject(self.prefix, public),
-                    orjson.dumps(public),
-                    public["id"],
-                )
-            )
+            batch.append(self._outgoing(notification_id, public))
         return batch
+
+    def _outgoing(self, notification_id: int, public: dict[str, Any]) -> Outgoing:
+        return Outgoing(
+            notification_id, subject(self.prefix, public), orjson.dumps(public), public["id"]
+        )
 
     def _resolve_orgs(self, events: Any) -> None:
         """Fill the customer → org cache for a batch: from Created events, else one query."""

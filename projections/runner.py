@@ -26,6 +26,7 @@ from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
 from projections.customers import CustomersView
+from projections.membership import MembershipView
 from projections.positions import POSITIONS_CHANNEL, Connection, read_position
 from projections.segments import SegmentsView
 from service.settings import Settings
@@ -58,7 +59,7 @@ class View(Protocol):
 
 def views() -> list[View]:
     """Every read model the projector process maintains."""
-    return [CustomersView(), SegmentsView()]
+    return [CustomersView(), SegmentsView(), MembershipView()]
 
 
 class ViewRunner:

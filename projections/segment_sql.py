@@ -100,6 +100,10 @@ LOAD_FACTS = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
     sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
 )
 
+LOAD_FACTS_WITH_ORG = sql.SQL("SELECT id, org_id, {} FROM {} WHERE id = ANY(%s)").format(
+    sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
+)
+
 
 def load_facts(conn: psycopg.Connection[Any], ids: Iterable[UUID]) -> dict[UUID, CustomerFacts]:
     """The stored facts of some customers (absent: erased or not projected yet)."""

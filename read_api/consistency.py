@@ -135,8 +135,8 @@ def parse_token(value: str) -> int:
     return int(text)
 
 
-def consistent_with(view: str) -> Any:
-    """A dependency for endpoints reading `view`: waits for the token, if the request has one."""
+def consistent_with(*views: str) -> Any:
+    """A dependency for endpoints reading `views`: waits for the token, if the request has one."""
 
     async def wait_for_token(
         request: Request,
@@ -154,12 +154,13 @@ def consistent_with(view: str) -> Any:
         position = parse_token(token)
         watcher: PositionWatcher = request.app.state.positions
         timeout: float = request.app.state.settings.consistency_wait_seconds
-        if not await watcher.wait(view, position, timeout):
-            raise DomainError(
-                Code.UNAVAILABLE,
-                f"the read model has not caught up with consistency token {position}"
-                f" within {timeout:g} s; retry later",
-            )
+        for view in views:
+            if not await watcher.wait(view, position, timeout):
+                raise DomainError(
+                    Code.UNAVAILABLE,
+                    f"the read model has not caught up with consistency token {position}"
+                    f" within {timeout:g} s; retry later",
+                )
 
     return Depends(wait_for_token)
 

@@ -1,6 +1,8 @@
 """GET /api/v1/customers and /api/v1/customers/{id}: SQL over customers_view, JSON rendered by
 PostgreSQL (the stored `doc`s) and returned as bytes.
 
+`segments` is the one field not stored in the doc (see GET_ONE).
+
 List pagination is keyset on (sort key, id). The cursor is opaque: the last row's sort key and
 id, AES-GCM sealed (a name or e-mail must not travel in clear in URLs and access logs, and a
 tampered cursor must be detected, not trusted).
@@ -21,12 +23,12 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Header, Query, Request, Response
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
-from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country
+from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
@@ -99,9 +101,27 @@ SELECT coalesce(json_agg(d.doc ORDER BY n.rn) FILTER (WHERE n.rn <= %(limit)s), 
 FROM numbered n JOIN {docs} d ON d.id = n.id
 """
 
-GET_ONE = sql.SQL("SELECT doc, version FROM {} WHERE id = %s AND org_id = %s").format(
-    sql.Identifier(DOCS)
+# `segments` of the stored doc is always empty: memberships change without the customer
+# changing, so they are read from segment_membership and put in at answer time.
+GET_ONE = sql.SQL(
+    "SELECT d.doc, d.version, ARRAY(SELECT m.segment_id::text FROM segment_membership m"
+    " WHERE m.customer_id = d.id AND m.left_at IS NULL ORDER BY 1)"
+    " FROM {} d WHERE d.id = %s AND d.org_id = %s"
+).format(sql.Identifier(DOCS))
+ACTIVE_SEGMENTS = (
+    "SELECT customer_id::text, array_agg(segment_id::text ORDER BY segment_id)"
+    " FROM segment_membership WHERE customer_id = ANY(%s) AND left_at IS NULL GROUP BY 1"
 )
+EXISTS = sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
+_STINTS = (
+    "SELECT m.segment_id, s.name, m.joined_at, m.join_reason, m.left_at, m.leave_reason"
+    " FROM segment_membership m LEFT JOIN segments_view s ON s.id = m.segment_id"
+    " WHERE m.customer_id = %(id)s AND m.org_id = %(org)s AND {}"
+    " ORDER BY m.joined_at, m.segment_id"
+)
+STINTS_NOW = _STINTS.format("m.left_at IS NULL")
+STINTS_AS_OF = _STINTS.format("m.joined_at <= %(at)s AND (m.left_at IS NULL OR m.left_at > %(at)s)")
+STINTS_ALL = _STINTS.format("true")
 
 
 @lru_cache(maxsize=1024)
@@ -285,8 +305,10 @@ async def list_customers(
         # (LIKE prefix, selectivity of each filter) and pick the right index.
         cur = await conn.execute(query, params, prepare=False)
         row = await cur.fetchone()
-    assert row is not None
-    items, count, last_key, last_id = row
+        assert row is not None
+        items, count, last_key, last_id = row
+        if count:
+            items = await _with_segments(conn, items)
     next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
     body = b"".join(
         (
@@ -319,8 +341,71 @@ async def get_customer(
         row = await cur.fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
-    doc, version = row
+    doc, version, segments = row
     etag = f'"{version}"'
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})
+    if segments:
+        doc = orjson.dumps({**orjson.loads(doc), "segments": segments})
     return _json(doc, {"ETag": etag})
+
+
+async def _with_segments(conn: AsyncConnection[Any], items: bytes) -> bytes:
+    """The page's docs with their current segments (parsed only when some have any)."""
+    docs = orjson.loads(items)
+    cur = await conn.execute(ACTIVE_SEGMENTS, ([d["id"] for d in docs],))
+    found = dict(await cur.fetchall())
+    if not found:
+        return items
+    for d in docs:
+        d["segments"] = found.get(d["id"], [])
+    return orjson.dumps(docs)
+
+
+@router.get(
+    "/{id}/segments",
+    responses={
+        200: {
+            "description": "{customerId, asOf, items: [{segmentId, name, joinedAt,"
+            " joinReason, leftAt, leaveReason, active}]}"
+        },
+        **problem_responses({404: "No such customer in the caller's organization"}),
+        **READ_PROBLEMS,
+    },
+)
+async def customer_segments(
+    request: Request,
+    principal: CurrentPrincipal,
+    id: UUID,
+    as_of: Annotated[
+        AwareDatetime | None,
+        Query(alias="asOf", description="RFC 3339: the segments the customer was in then"),
+    ] = None,
+    history: Annotated[
+        bool, Query(description="every stint, past ones included (ignores asOf)")
+    ] = False,
+) -> dict[str, Any]:
+    """The segments the customer is in now (or was in at `asOf`), oldest membership first."""
+    principal.require(Permission.READ)
+    query = STINTS_ALL if history else STINTS_NOW if as_of is None else STINTS_AS_OF
+    async with _pool(request).connection() as conn:
+        if await (await conn.execute(EXISTS, (id, principal.org))).fetchone() is None:
+            raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+        cur = await conn.execute(query, {"id": id, "org": principal.org, "at": as_of})
+        rows = await cur.fetchall()
+    return {
+        "customerId": str(id),
+        "asOf": utc_iso(as_of) if as_of and not history else None,
+        "items": [
+            {
+                "segmentId": str(sid),
+                "name": name,
+                "joinedAt": utc_iso(joined),
+                "joinReason": join_reason,
+                "leftAt": utc_iso(left) if left else None,
+                "leaveReason": leave_reason,
+                "active": left is None,
+            }
+            for sid, name, joined, join_reason, left, leave_reason in rows
+        ],
+    }

@@ -1,41 +1,86 @@
-"""GET /api/v1/customers/segments[/{id}]: SQL over segments_view."""
+"""Reading segments: definitions (segments_view), members and their history
+(segment_membership), explanations, previews, calculation jobs."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
+from pydantic import AwareDatetime, Field
 
+from domain.criteria import SegmentCriteria, explain
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentPublic, SegmentStatus, representation
-from domain.values import utc_iso
+from domain.values import Model, utc_iso
+from eventstore.jobs import GET_JOB, render_job
+from projections.customers import use_raw_json
+from projections.membership import VIEW as MEMBERSHIP
+from projections.segment_sql import LOAD_FACTS_WITH_ORG, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CurrentPrincipal, Permission
 from service.problems import problem_responses
 
-_COLUMNS = (
-    "id, status, created_by, created_at, updated_at, version, definition,"
-    " customer_count, last_calculated"
-)
-GET = f"SELECT {_COLUMNS} FROM segments_view WHERE org_id = %(org)s AND id = %(id)s"  # noqa: S608
+# The shown status: CALCULATING while a job is open, ERROR when the last finished job failed,
+# else the definition's ACTIVE / INACTIVE.
+_SELECT = """
+SELECT s.id,
+       CASE WHEN EXISTS (SELECT 1 FROM segment_jobs j
+                         WHERE j.segment_id = s.id AND j.state IN ('QUEUED', 'RUNNING'))
+            THEN 'CALCULATING'
+            WHEN (SELECT j.state FROM segment_jobs j
+                  WHERE j.segment_id = s.id AND j.state IN ('SUCCEEDED', 'FAILED')
+                  ORDER BY j.created_at DESC LIMIT 1) = 'FAILED'
+            THEN 'ERROR'
+            ELSE s.status END AS status,
+       s.created_by, s.created_at, s.updated_at, s.version, s.definition,
+       coalesce(st.customer_count, 0), st.last_calculated
+FROM segments_view s LEFT JOIN segment_stats st ON st.segment_id = s.id
+WHERE s.org_id = %(org)s
+"""
+GET = _SELECT + " AND s.id = %(id)s"
 LIST = (
-    f"SELECT {_COLUMNS} FROM segments_view WHERE org_id = %(org)s"  # noqa: S608
-    " AND (%(status)s::text IS NULL OR status = %(status)s)"
+    f"SELECT * FROM ({_SELECT}) x"  # noqa: S608
+    " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
     " AND (%(after_at)s::timestamptz IS NULL OR (created_at, id) > (%(after_at)s, %(after_id)s))"
     " ORDER BY created_at, id LIMIT %(fetch)s"
 )
+DEFINITION = "SELECT kind, definition FROM segments_view WHERE org_id = %s AND id = %s"
+MEMBERS_NOW = """
+SELECT m.customer_id, m.joined_at, m.join_reason, d.doc
+FROM segment_membership m JOIN customers_docs d ON d.id = m.customer_id
+WHERE m.segment_id = %(id)s AND m.left_at IS NULL
+  AND (%(after)s::uuid IS NULL OR m.customer_id > %(after)s)
+ORDER BY m.customer_id LIMIT %(fetch)s
+"""
+MEMBERS_AS_OF = """
+SELECT m.customer_id, m.joined_at, m.join_reason, d.doc
+FROM segment_membership m JOIN customers_docs d ON d.id = m.customer_id
+WHERE m.segment_id = %(id)s AND m.joined_at <= %(at)s AND (m.left_at IS NULL OR m.left_at > %(at)s)
+  AND (%(after)s::uuid IS NULL OR m.customer_id > %(after)s)
+ORDER BY m.customer_id LIMIT %(fetch)s
+"""
+IS_MEMBER = (
+    "SELECT joined_at FROM segment_membership"
+    " WHERE segment_id = %s AND customer_id = %s AND left_at IS NULL"
+)
+PREVIEW_SAMPLE = (
+    "SELECT d.doc FROM segment_facts f JOIN customers_docs d ON d.id = f.id"
+    " WHERE f.org_id = %s AND {where} ORDER BY f.id LIMIT %s"
+)
+PREVIEW_COUNT = "SELECT count(*) FROM segment_facts f WHERE f.org_id = %s AND {where}"
 
 router = APIRouter(
     prefix="/api/v1/customers/segments",
     tags=["segments"],
-    dependencies=[consistent_with(VIEW)],
+    dependencies=[consistent_with(VIEW, MEMBERSHIP)],
 )
 
 
@@ -126,3 +171,176 @@ async def get_segment(request: Request, segment_id: UUID, principal: CurrentPrin
         media_type="application/json",
         headers={"ETag": f'"{row[5]}"'},
     )
+
+
+def _member_cursor(customer_id: UUID) -> str:
+    return base64.urlsafe_b64encode(customer_id.bytes).decode().rstrip("=")
+
+
+def _decode_member_cursor(cursor: str) -> UUID:
+    try:
+        return UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise invalid("cursor", "not a cursor this endpoint returned") from None
+
+
+async def _definition(
+    conn: AsyncConnection[Any], org: str, segment_id: UUID
+) -> tuple[str, dict[str, Any]]:
+    row = await (await conn.execute(DEFINITION, (org, segment_id))).fetchone()
+    if row is None:
+        raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
+    return row[0], row[1]
+
+
+def _criteria(definition: dict[str, Any]) -> SegmentCriteria | None:
+    raw = definition.get("criteria")
+    return None if raw is None else SegmentCriteria.model_validate(raw)
+
+
+@router.get(
+    "/{segment_id}/customers",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "{items: [{customerId, joinedAt, joinReason, customer}], nextCursor,"
+            " limit, asOf}; members now, or as of `asOf`"
+        },
+        **problem_responses({404: "No such segment in the caller's organization"}),
+        **READ_PROBLEMS,
+    },
+)
+async def segment_customers(
+    *,
+    request: Request,
+    segment_id: UUID,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    as_of: Annotated[
+        AwareDatetime | None,
+        Query(alias="asOf", description="RFC 3339: the members at that moment (history)"),
+    ] = None,
+) -> Response:
+    """The segment's members in customer id order (keyset paginated), each with when and why
+    they joined and the customer's current profile (erased customers are not shown)."""
+    principal.require(Permission.READ)
+    params = {
+        "id": segment_id,
+        "after": _decode_member_cursor(cursor) if cursor else None,
+        "at": as_of,
+        "fetch": limit + 1,
+    }
+    async with _pool(request).connection() as conn:
+        use_raw_json(conn)
+        await _definition(conn, principal.org, segment_id)
+        query = MEMBERS_NOW if as_of is None else MEMBERS_AS_OF
+        rows = await (await conn.execute(query, params)).fetchall()
+    page = rows[:limit]
+    items = b",".join(
+        b'{"customerId":"%s","joinedAt":"%s","joinReason":%s,"customer":%s}'
+        % (str(cid).encode(), utc_iso(at).encode(), orjson.dumps(reason), doc)
+        for cid, at, reason, doc in page
+    )
+    next_cursor = _member_cursor(page[-1][0]) if len(rows) > limit else None
+    body = b'{"items":[%s],"nextCursor":%s,"limit":%d,"asOf":%s}' % (
+        items,
+        orjson.dumps(next_cursor),
+        limit,
+        orjson.dumps(utc_iso(as_of) if as_of else None),
+    )
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/{segment_id}/explain/{customer_id}",
+    responses={
+        200: {"description": "Criterion by criterion, whether the customer meets it"},
+        **problem_responses({404: "No such segment or customer in the caller's organization"}),
+        **READ_PROBLEMS,
+    },
+)
+async def explain_membership(
+    request: Request, segment_id: UUID, customer_id: UUID, principal: CurrentPrincipal
+) -> dict[str, Any]:
+    """Why the customer is or is not a member: each criterion (first: not DELETED) with
+    whether it holds now, whether all hold (`matches`), and the recorded membership."""
+    principal.require(Permission.READ)
+    async with _pool(request).connection() as conn:
+        kind, definition = await _definition(conn, principal.org, segment_id)
+        row = await (await conn.execute(LOAD_FACTS_WITH_ORG, ([customer_id],))).fetchone()
+        if row is None or row[1] != principal.org:
+            raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+        member = await (await conn.execute(IS_MEMBER, (segment_id, customer_id))).fetchone()
+    facts = facts_from_row(row[2:])
+    now = datetime.now(UTC)
+    criteria = _criteria(definition)
+    verdicts = explain(criteria, facts, now) if criteria is not None else []
+    return {
+        "segmentId": str(segment_id),
+        "customerId": str(customer_id),
+        "kind": kind,
+        "asOf": utc_iso(now),
+        "matches": all(holds for _, holds in verdicts) if criteria is not None else None,
+        "member": member is not None,
+        "memberSince": utc_iso(member[0]) if member else None,
+        "criteria": [{"criterion": path, "holds": holds} for path, holds in verdicts],
+    }
+
+
+class Preview(Model):
+    criteria: SegmentCriteria
+    sample_size: Annotated[int, Field(ge=0, le=100)] = 10
+
+
+@router.post(
+    "/preview",
+    response_class=Response,
+    responses={
+        200: {"description": "{count, sample: [customer...], asOf}; nothing is saved"},
+        **problem_responses({422: "Invalid criteria; `errors[].field` names the criterion"}),
+        **READ_PROBLEMS,
+    },
+)
+async def preview(request: Request, body: Preview, principal: CurrentPrincipal) -> Response:
+    """How many of the organization's customers match `criteria` now, and a sample of them
+    (in id order), evaluated by the same SQL a calculation runs."""
+    principal.require(Permission.READ)
+    now = datetime.now(UTC)
+    where, params = compile_where(body.criteria, now)
+    count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
+    sample_sql = sql.SQL(PREVIEW_SAMPLE).format(where=where)
+    async with _pool(request).connection() as conn:
+        use_raw_json(conn)
+        count_row = await (await conn.execute(count_sql, [principal.org, *params])).fetchone()
+        sample: list[tuple[bytes]] = []
+        if body.sample_size:
+            cur = await conn.execute(sample_sql, [principal.org, *params, body.sample_size])
+            sample = await cur.fetchall()
+    assert count_row is not None
+    payload = b'{"count":%d,"sample":[%s],"asOf":"%s"}' % (
+        count_row[0],
+        b",".join(doc for (doc,) in sample),
+        utc_iso(now).encode(),
+    )
+    return Response(payload, media_type="application/json")
+
+
+@router.get(
+    "/{segment_id}/jobs/{job_id}",
+    responses={
+        200: {"description": "A calculation job: state, phase, counts, error"},
+        **problem_responses({404: "No such job of this segment"}),
+        **READ_PROBLEMS,
+    },
+)
+async def get_job(
+    request: Request, segment_id: UUID, job_id: UUID, principal: CurrentPrincipal
+) -> dict[str, Any]:
+    """Poll a calculation: QUEUED -> RUNNING (phase) -> SUCCEEDED | FAILED | CANCELLED."""
+    principal.require(Permission.READ)
+    async with _pool(request).connection() as conn:
+        row = await (await conn.execute(GET_JOB, (principal.org, segment_id, job_id))).fetchone()
+    if row is None:
+        raise DomainError(Code.NOT_FOUND, f"job {job_id} not found")
+    return render_job(row)

@@ -16,7 +16,7 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("customers")
 
-PROCESS_KINDS = ("all", "gateway", "write-api", "read-api", "projector", "relay")
+PROCESS_KINDS = ("all", "gateway", "write-api", "read-api", "projector", "relay", "segments")
 
 
 def _settings(embedded: bool) -> Settings:
@@ -56,6 +56,10 @@ def serve(kind: str, settings: Settings) -> None:
         from projections.runner import run_forever
 
         run_forever(settings)
+    elif kind == "segments":
+        from write_api.engine import run_forever as segments_forever
+
+        segments_forever(settings)
     elif kind == "relay":
         import asyncio
 
@@ -76,7 +80,7 @@ def _die_with_parent() -> None:
 
 
 def _serve_all(settings: Settings) -> None:
-    """Projector and relay as child processes; the REST gateway in this one."""
+    """Projector, relay and segments engine as child processes; the REST gateway in this one."""
     migrate(settings)
     children = [
         subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
@@ -84,7 +88,7 @@ def _serve_all(settings: Settings) -> None:
             env=os.environ.copy(),
             preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
         )
-        for kind in ("projector", "relay")
+        for kind in ("projector", "relay", "segments")
     ]
 
     def _stop_children() -> None:

@@ -16,6 +16,7 @@ from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
 _READ_METHODS = {"GET", "HEAD"}
+_READ_POSTS = {"/api/v1/customers/segments/preview"}  # queries with a body
 
 
 def merged_openapi(*apps: FastAPI) -> dict[str, Any]:
@@ -62,7 +63,9 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or scope.get("path") in {"/openapi.json", "/docs"}:
             await self.own(scope, receive, send)
-        elif scope["type"] == "http" and scope["method"] in _READ_METHODS:
+        elif scope["type"] == "http" and (
+            scope["method"] in _READ_METHODS or scope.get("path") in _READ_POSTS
+        ):
             await self.read(scope, receive, send)
         else:
             await self.write(scope, receive, send)

@@ -26,6 +26,7 @@ from write_api.schemas import (
     CustomerCreate,
     CustomerUpdate,
     EmailVerification,
+    MemberAssignment,
     SegmentCreate,
     SegmentUpdate,
 )
@@ -89,6 +90,16 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
         status_code=outcome.status,
         media_type="application/json",
         headers=headers,
+    )
+
+
+def _job(job: dict[str, object], status: int) -> Response:
+    location = f"{SEGMENTS}/{job['segmentId']}/jobs/{job['id']}"
+    return Response(
+        orjson.dumps(job),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": location},
     )
 
 
@@ -201,6 +212,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         outcome = segments.delete(principal, segment_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+
+    @app.post(
+        SEGMENTS + "/{segment_id}/calculate",
+        status_code=202,
+        responses={202: {"description": "The queued job; poll its Location"}, **_ERRORS},
+    )
+    def calculate_segment(
+        segment_id: UUID, principal: CurrentPrincipal, segments: Segments
+    ) -> Response:
+        """Recalculate the segment over the whole customer base, in the background."""
+        job = segments.calculate(principal, segment_id)
+        return _job(job, 202)
+
+    @app.delete(
+        SEGMENTS + "/{segment_id}/jobs/{job_id}",
+        responses={200: {"description": "The job after the cancellation request"}, **_ERRORS},
+    )
+    def cancel_calculation(
+        segment_id: UUID, job_id: UUID, principal: CurrentPrincipal, segments: Segments
+    ) -> Response:
+        """Cancel a calculation: a queued job ends CANCELLED now; a running one ends
+        CANCELLED before it commits anything (poll the job)."""
+        return _job(segments.cancel(principal, segment_id, job_id), 200)
+
+    @app.post(
+        SEGMENTS + "/{segment_id}/members",
+        responses={200: {"description": "{joined, left}: how many changed"}, **_ERRORS},
+    )
+    def assign_members(
+        segment_id: UUID, body: MemberAssignment, principal: CurrentPrincipal, segments: Segments
+    ) -> dict[str, int]:
+        """Add / remove members of a STATIC segment."""
+        return segments.assign(principal, segment_id, body.add, body.remove)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import Field
 
@@ -32,3 +33,8 @@ class SegmentCreate(SegmentDefinition):
 
 class SegmentUpdate(SegmentDefinition):
     status: SegmentStatus | None = None
+
+
+class MemberAssignment(Model):
+    add: Annotated[list[UUID], Field(default_factory=list, max_length=10_000)]
+    remove: Annotated[list[UUID], Field(default_factory=list, max_length=10_000)]

@@ -1,19 +1,40 @@
-"""Segment use cases: definitions with organization-unique names and a referenced rule."""
+"""Segment use cases: definitions with organization-unique names and a referenced rule,
+calculation jobs, and the explicit members of STATIC segments."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import IntegrityError
+from psycopg.rows import tuple_row
+
 from domain.errors import Code, DomainError
-from domain.segment import Segment, SegmentDefinition, SegmentStatus, name_key
+from domain.membership import Change, Reason, events
+from domain.segment import Segment, SegmentDefinition, SegmentKind, SegmentStatus, name_key
 from eventstore.application import Customers
-from eventstore.recorder import Claim, Release
+from eventstore.jobs import render_job
+from eventstore.recorder import Claim, JobRequest, Release
 from service.auth import Permission, Principal
 from service.rules_engine import RulesEngine
+from write_api import calculation
 from write_api.commands import Commands, Outcome
+from write_api.membership import append, stream_versions
 
 SEGMENT = "segment"  # unique_claims scope of segment names
+# Which of the given customers are live customers of the organization, and which of them
+# are members of the segment now.
+_LIVE_CUSTOMERS = (
+    "SELECT id FROM segment_facts WHERE org_id = %s AND id = ANY(%s) AND status <> 'DELETED'"
+)
+_MEMBERS_AMONG = (
+    "SELECT customer_id FROM segment_members WHERE segment_id = %s AND customer_id = ANY(%s)"
+)
+_RETRIES = 5
 
 
 class SegmentCommands(Commands[Segment]):
@@ -31,8 +52,13 @@ class SegmentCommands(Commands[Segment]):
         principal.require(Permission.SEGMENTS)
         self.rules.check_rule(definition.rule_id)
         segment = Segment.define(principal.org, definition, principal.sub)
-        token = self.save(segment, claims=[self._claim(principal.org, segment.name, segment.id)])
-        return Outcome(segment.public(), segment.version, token, status=201)
+        jobs = self._recalculation(principal, segment)
+        token = self.save(
+            segment,
+            claims=[self._claim(principal.org, segment.name, segment.id)],
+            jobs=jobs,
+        )
+        return Outcome(self._shown(segment, jobs), segment.version, token, status=201)
 
     def update(
         self,
@@ -44,21 +70,29 @@ class SegmentCommands(Commands[Segment]):
     ) -> Outcome:
         principal.require(Permission.SEGMENTS)
 
+        jobs: list[JobRequest] = []
+
         def decide(segment: Segment) -> dict[str, Any]:
             previous = segment.name
+            before = (segment.definition["criteria"], segment.status)
             if definition.rule_id != segment.definition["ruleId"]:
                 self.rules.check_rule(definition.rule_id)
             segment.redefine(definition, principal.sub)
             if status is not None:
                 segment.set_status(status, principal.sub)
-            if name_key(previous) == name_key(segment.name):
-                return {}
-            return {
-                "releases": [self._release(principal.org, previous)],
-                "claims": [self._claim(principal.org, segment.name, segment.id)],
-            }
+            jobs[:] = []
+            if (segment.definition["criteria"], segment.status) != before:
+                jobs.extend(self._recalculation(principal, segment))
+            writes: dict[str, Any] = {"jobs": list(jobs)}
+            if name_key(previous) != name_key(segment.name):
+                writes["releases"] = [self._release(principal.org, previous)]
+                writes["claims"] = [self._claim(principal.org, segment.name, segment.id)]
+            return writes
 
-        return self.command(principal, segment_id, if_match, decide)
+        outcome = self.command(principal, segment_id, if_match, decide)
+        if jobs and outcome.body is not None:
+            return replace(outcome, body={**outcome.body, "status": SegmentStatus.CALCULATING})
+        return outcome
 
     def delete(self, principal: Principal, segment_id: UUID, if_match: int | None) -> Outcome:
         principal.require(Permission.SEGMENTS)
@@ -68,6 +102,96 @@ class SegmentCommands(Commands[Segment]):
             return {"releases": [self._release(principal.org, segment.name)]}
 
         return self.command(principal, segment_id, if_match, decide)
+
+    def calculate(self, principal: Principal, segment_id: UUID) -> dict[str, Any]:
+        """Queue a whole-base calculation; the job (to poll) as the API shows it."""
+        principal.require(Permission.SEGMENTS)
+        segment = self.load(principal, segment_id)
+        if segment.deleted:
+            raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
+        return calculation.queue(
+            self.app, principal.org, segment_id, Reason.CALCULATION, principal.sub
+        )
+
+    def cancel(self, principal: Principal, segment_id: UUID, job_id: UUID) -> dict[str, Any]:
+        """Cancel a queued job at once, a running one before it commits (then it changed
+        nothing); a finished job stays as it ended."""
+        principal.require(Permission.SEGMENTS)
+        with (
+            self.app.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            row = cur.execute(calculation.CANCEL, (principal.org, segment_id, job_id)).fetchone()
+        if row is None:
+            raise DomainError(Code.NOT_FOUND, f"job {job_id} not found")
+        return render_job(row)
+
+    def assign(
+        self,
+        principal: Principal,
+        segment_id: UUID,
+        add: Sequence[UUID],
+        remove: Sequence[UUID],
+    ) -> dict[str, Any]:
+        """Add and remove members of a STATIC segment (reason "manual"). Adding a member or
+        removing a non-member is a no-op; every added id must be a live customer of the
+        organization (422 naming the first that is not)."""
+        principal.require(Permission.SEGMENTS)
+        segment = self.load(principal, segment_id)
+        if segment.deleted:
+            raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
+        if segment.definition["kind"] != SegmentKind.STATIC:
+            raise DomainError(
+                Code.CONFLICT, "members of a DYNAMIC segment follow its criteria", field="kind"
+            )
+        overlap = set(add) & set(remove)
+        if overlap:
+            raise DomainError(
+                Code.INVALID, "a customer cannot be added and removed at once", field="remove"
+            )
+        for _ in range(_RETRIES):
+            with self.app.datastore.transaction(commit=False) as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                live = {r["id"] for r in cur.execute(_LIVE_CUSTOMERS, (principal.org, list(add)))}
+                for i, cid in enumerate(add):
+                    if cid not in live:
+                        raise DomainError(
+                            Code.INVALID, f"customer {cid} not found", field=f"add.{i}"
+                        )
+                ids = [*add, *remove]
+                members = {r["customer_id"] for r in cur.execute(_MEMBERS_AMONG, (segment_id, ids))}
+                version = stream_versions(cur.connection, [segment_id])[segment_id]
+            change = Change(
+                principal.org,
+                segment_id,
+                [str(c) for c in dict.fromkeys(add) if c not in members],
+                [str(c) for c in dict.fromkeys(remove) if c in members],
+                Reason.MANUAL,
+            )
+            try:
+                append(self.app, [change], list(events(change, version, datetime.now(UTC))))
+            except IntegrityError:
+                continue
+            return {"joined": len(change.joined), "left": len(change.left)}
+        raise DomainError(Code.CONFLICT, "the segment's members are being changed concurrently")
+
+    def _recalculation(self, principal: Principal, segment: Segment) -> list[JobRequest]:
+        """The automatic recalculation of an active dynamic segment whose criteria (or
+        status) changed, queued with the change."""
+        if segment.definition["kind"] != SegmentKind.DYNAMIC:
+            return []
+        if segment.status != SegmentStatus.ACTIVE:
+            return []
+        return [
+            JobRequest(
+                uuid.uuid4(), principal.org, segment.id, Reason.CRITERIA_CHANGE, principal.sub
+            )
+        ]
+
+    @staticmethod
+    def _shown(segment: Segment, jobs: Sequence[JobRequest]) -> dict[str, Any]:
+        body = segment.public()
+        return {**body, "status": SegmentStatus.CALCULATING} if jobs else body
 
     def _claim(self, org: str, name: str, segment_id: UUID) -> Claim:
         return Claim(

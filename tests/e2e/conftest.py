@@ -1,4 +1,5 @@
-"""The whole service over real HTTP: uvicorn on a free port, projector running beside it."""
+"""The whole service over real HTTP: uvicorn on a free port, projector and segment engine
+running beside it."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ def serve_in_thread(app: Any) -> Iterator[str]:
 def service_url(migrated: Settings) -> Iterator[str]:
     from projections.runner import Projector
     from service.gateway import Gateway
+    from write_api.engine import SegmentEngine
 
     projector = Projector(migrated)
     projector.start()
+    engine = SegmentEngine(migrated)
+    engine.start()
     try:
         yield from serve_in_thread(Gateway(migrated))
     finally:
+        engine.stop()
         projector.stop()
 
 

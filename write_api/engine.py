@@ -1,0 +1,72 @@
+"""The segments process: the calculation worker and the incremental evaluator, each in a
+thread, sharing one event-sourced application."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from eventstore.application import Customers
+from service.settings import Settings
+from write_api.calculation import Calculator, work
+from write_api.membership import Reevaluator, follow
+
+log = logging.getLogger(__name__)
+
+
+class SegmentEngine:
+    """`start()` / `stop()` run it in daemon threads of this process (tests, benches);
+    `run_forever(settings)` is the `customers serve segments` process."""
+
+    def __init__(self, settings: Settings, *, app: Customers | None = None) -> None:
+        if not settings.database_url:
+            raise RuntimeError("DATABASE_URL is not set")
+        self._url = settings.database_url
+        self._own_app = app is None
+        self.app = app or Customers(settings, pool_size=4)
+        self.calculator = Calculator(self.app)
+        self.reevaluator = Reevaluator(self.app)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(
+                target=work, args=(self.calculator, self._stop), name="calculator", daemon=True
+            ),
+            threading.Thread(
+                target=follow,
+                args=(self.reevaluator, self._url, self._stop),
+                name="reevaluator",
+                daemon=True,
+            ),
+        ]
+        for t in self._threads:
+            t.start()
+        log.info("segment engine started")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        self.calculator.close()
+        self.reevaluator.close()
+        if self._own_app:
+            self.app.close()
+        log.info("segment engine stopped")
+
+
+def run_forever(settings: Settings) -> None:
+    """`customers serve segments`: until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine = SegmentEngine(settings)
+    engine.start()
+    try:
+        stop.wait()
+    finally:
+        engine.stop()

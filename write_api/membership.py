@@ -1,0 +1,259 @@
+"""Appending membership changes, and the incremental re-evaluation of changed customers.
+
+Every membership decision is a diff between what should be and `segment_members` (the write
+side's current members, changed only together with the events). The diff and the membership
+stream's version are read in ONE snapshot; the events are appended at the next versions, so a
+concurrent decision about the same segment (a calculation, another evaluator) makes this save
+fail on the version and it decides again. Re-deciding is always safe: a diff against the
+current state never repeats a join or a leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError
+from psycopg.rows import tuple_row
+
+from domain.criteria import SegmentCriteria, matches
+from domain.membership import Change, Reason, events, stream_id
+from domain.segment import SegmentKind
+from domain.segment_facts import CustomerFacts
+from eventstore.application import EVENTS_TABLE, Customers
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
+from projections import segment_sql
+from projections.customers import VIEW as CUSTOMERS_VIEW
+from projections.positions import POSITIONS_CHANNEL, read_position
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+
+STREAM_VERSIONS = (
+    f"SELECT originator_id, max(originator_version) FROM {EVENTS_TABLE}"  # noqa: S608
+    " WHERE originator_id = ANY(%s) GROUP BY originator_id"
+)
+MEMBERS_OF_CUSTOMERS = (
+    "SELECT segment_id, customer_id FROM segment_members WHERE customer_id = ANY(%s)"
+)
+# The organizations' live dynamic segments, and any segment the customers are in now.
+SEGMENTS_TO_CHECK = (
+    "SELECT id, org_id, kind, status, version, definition FROM segments_view"
+    " WHERE (org_id = ANY(%s) AND status = 'ACTIVE' AND kind = 'DYNAMIC') OR id = ANY(%s)"
+)
+FACTS_WITH_ORG = segment_sql.LOAD_FACTS_WITH_ORG
+_POSITION = "segment_membership_evaluator"
+_ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+_SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
+_RETRIES = 10
+
+
+def stream_versions(conn: Connection, segment_ids: Iterable[UUID]) -> dict[UUID, int]:
+    """The current version of each segment's membership stream (0 = no events yet)."""
+    streams = {stream_id(s): s for s in segment_ids}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        found: dict[UUID, int] = dict(cur.execute(STREAM_VERSIONS, (list(streams),)).fetchall())
+    return {s: int(found.get(stream, 0)) for stream, s in streams.items()}
+
+
+def append(
+    app: Customers, changes: Sequence[Change], new_events: Sequence[DomainEventProtocol[UUID]]
+) -> int:
+    """Append membership events in one transaction with the changes' effect on
+    segment_members. Returns the last notification id (0 when nothing was appended). Raises
+    IntegrityError when a stream moved past the versions the events were built on: the
+    caller decides again."""
+    if not new_events:
+        return 0
+    recordings = app.save(*new_events, membership=[c for c in changes if c])
+    return recordings[-1].notification.id if recordings else 0
+
+
+class _Segment:
+    __slots__ = ("criteria", "id", "kind", "live", "org_id")
+
+    def __init__(self, row: Sequence[Any], criteria: SegmentCriteria | None) -> None:
+        self.id: UUID = row[0]
+        self.org_id: str = row[1]
+        self.kind = SegmentKind(row[2])
+        self.live = row[3] == "ACTIVE"
+        self.criteria = criteria
+
+
+class Reevaluator:
+    """Incremental membership: follows the customers projection and re-evaluates exactly the
+    customers whose facts changed against their organization's active dynamic segments.
+
+    It trails `customers_view` (whose commit also wrote segment_facts) by reading the log up
+    to that view's position, so the facts it reads are at least as new as the events it
+    handles. Its own position is saved after the appends; a crash in between re-handles
+    those customers, which the diff makes harmless.
+    """
+
+    def __init__(self, app: Customers, *, batch_size: int = 2000) -> None:
+        self.app = app
+        self.batch_size = batch_size
+        url = app.settings.database_url
+        assert url
+        self._url = url
+        self._conn: Connection | None = None
+        self._criteria: dict[tuple[UUID, int], SegmentCriteria] = {}
+        self.position = -1
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            conn = psycopg.connect(self._url, autocommit=True)
+            conn.execute(_ENSURE_POSITION, (_POSITION,))
+            self.position = read_position(conn, _POSITION)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def run_once(self) -> int:
+        """Handle every customer change the customers projection has committed; return the
+        number of customers re-evaluated."""
+        conn = self._connection()
+        target = read_position(conn, CUSTOMERS_VIEW)
+        total = 0
+        while self.position < target:
+            batch = self.app.recorder.select_notifications(
+                self.position, self.batch_size, stop=target, inclusive_of_start=False
+            )
+            if not batch:
+                break
+            ids = {
+                n.originator_id
+                for n in batch
+                if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
+            }
+            if ids:
+                self.reevaluate(ids)
+                total += len(ids)
+            self.position = batch[-1].id
+            conn.execute(_SET_POSITION, (self.position, _POSITION))
+        return total
+
+    def reevaluate(self, customer_ids: Iterable[UUID], *, as_of: datetime | None = None) -> int:
+        """Bring the customers' memberships in line with their current facts; returns the
+        last notification id appended (0 when nothing changed)."""
+        ids = list(customer_ids)
+        for _ in range(_RETRIES):
+            changes, versions = self._decide(ids, as_of or datetime.now(UTC))
+            if not changes:
+                return 0
+            at = datetime.now(UTC)
+            new = [e for c in changes for e in events(c, versions[c.segment_id], at)]
+            try:
+                return append(self.app, changes, new)
+            except IntegrityError:
+                continue  # a calculation or another evaluator moved a stream: decide again
+        raise RuntimeError("membership kept changing under the evaluator")
+
+    def _decide(self, ids: list[UUID], as_of: datetime) -> tuple[list[Change], dict[UUID, int]]:
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            facts: dict[UUID, tuple[str, CustomerFacts]] = {
+                row[0]: (row[1], segment_sql.facts_from_row(row[2:]))
+                for row in conn.execute(FACTS_WITH_ORG, (ids,))
+            }
+            current: dict[UUID, set[UUID]] = {}
+            for segment_id, customer_id in conn.execute(MEMBERS_OF_CUSTOMERS, (ids,)):
+                current.setdefault(segment_id, set()).add(customer_id)
+            orgs = sorted({org for org, _ in facts.values()})
+            segments = [
+                _Segment(row, self._parse(row))
+                for row in conn.execute(SEGMENTS_TO_CHECK, (orgs, list(current)))
+            ]
+            joined: dict[UUID, list[str]] = {}
+            left: dict[UUID, list[str]] = {}
+            for segment in segments:
+                members = current.get(segment.id, set())
+                for cid in ids:
+                    found = facts.get(cid)
+                    is_member = cid in members
+                    if found is None:  # erased: leaves every segment
+                        should = False
+                    elif found[0] != segment.org_id:
+                        continue
+                    elif found[1].status == "DELETED":
+                        should = False
+                    elif segment.criteria is not None and segment.live:
+                        should = matches(segment.criteria, found[1], as_of)
+                    else:  # STATIC or INACTIVE: members change only by hand / calculation
+                        should = is_member
+                    if should and not is_member:
+                        joined.setdefault(segment.id, []).append(str(cid))
+                    elif is_member and not should:
+                        left.setdefault(segment.id, []).append(str(cid))
+            by_id = {s.id: s for s in segments}
+            changes = [
+                Change(
+                    by_id[sid].org_id,
+                    sid,
+                    joined.get(sid, []),
+                    left.get(sid, []),
+                    Reason.CUSTOMER_CHANGE,
+                )
+                for sid in sorted(joined.keys() | left.keys())
+            ]
+            versions = stream_versions(conn, [c.segment_id for c in changes]) if changes else {}
+        return changes, versions
+
+    def _parse(self, row: Sequence[Any]) -> SegmentCriteria | None:
+        definition = row[5]
+        if definition.get("criteria") is None:
+            return None
+        key = (row[0], row[4])
+        criteria = self._criteria.get(key)
+        if criteria is None:
+            if len(self._criteria) > 10_000:
+                self._criteria.clear()
+            criteria = SegmentCriteria.model_validate(definition["criteria"])
+            self._criteria[key] = criteria
+        return criteria
+
+
+def follow(reevaluator: Reevaluator, url: str, stop: threading.Event) -> None:
+    """Run `reevaluator` whenever the customers projection commits (fallback: every second);
+    survive outages with backoff."""
+    listener: Connection | None = None
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            if listener is None or listener.closed or listener.broken:
+                listener = psycopg.connect(url, autocommit=True)
+                listener.execute(f"LISTEN {POSITIONS_CHANNEL}")
+            reevaluator.run_once()
+            backoff = 0.1
+            deadline = time.monotonic() + 1.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                woke = any(
+                    n.payload.startswith(CUSTOMERS_VIEW + ":")
+                    for n in listener.notifies(timeout=0.1, stop_after=1)
+                )
+                if woke:
+                    break
+        except Exception:
+            log.exception("membership evaluator error; retrying")
+            reevaluator.close()
+            if listener is not None:
+                listener.close()
+                listener = None
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+    if listener is not None:
+        listener.close()
