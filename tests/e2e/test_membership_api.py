@@ -71,7 +71,9 @@ def latest_job(http: httpx.Client, headers: dict[str, str], segment_id: str) -> 
     return wait_job(http, headers, queued.headers["Location"])
 
 
-def members(http: httpx.Client, headers: dict[str, str], segment_id: str, **params: Any) -> set[str]:
+def members(
+    http: httpx.Client, headers: dict[str, str], segment_id: str, **params: Any
+) -> set[str]:
     seen: set[str] = set()
     cursor: str | None = None
     while True:
@@ -140,9 +142,9 @@ def test_customer_changes_join_and_leave_incrementally(
     assert stints[0]["joinedAt"] <= joined_at.isoformat() <= stints[0]["leftAt"]
     as_of = {"asOf": joined_at.isoformat()}
     assert cid in members(http, h, sid, **as_of)
-    assert [s["segmentId"] for s in http.get(f"{url}/segments", params=as_of, headers=h).json()[
-        "items"
-    ]] == [sid]
+    assert [
+        s["segmentId"] for s in http.get(f"{url}/segments", params=as_of, headers=h).json()["items"]
+    ] == [sid]
     assert http.get(f"{SEGMENTS}/{sid}", headers=h).json()["customerCount"] == 0
 
     # Deleting the customer is leaving too.

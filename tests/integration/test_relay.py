@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg import sql
 
 from domain.customer import Customer
+from domain.membership import Change, Reason, events, stream_id
 from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
@@ -35,6 +37,7 @@ from eventstore.migrate import migrate
 from eventstore.relay import MSG_ID_HEADER, NOTIFICATION_HEADER, POSITION_NAME, Relay
 from service import embedded
 from service.settings import Settings, get_settings
+from write_api.membership import append
 
 ORGS = ("acme", "globex.eu")  # the second one is not a valid subject token: hashed
 
@@ -314,6 +317,40 @@ def test_relays_every_event_once_in_order_without_personal_data(shared: Env) -> 
     raw = b"".join(orjson.dumps(m.data) for m in messages).decode()
     for fragment in ("secret@", "example.org", "example.net", "Secretname", "Valladolid"):
         assert fragment not in raw
+
+
+def test_membership_changes_are_published_as_thin_events(shared: Env) -> None:
+    settings, app = shared.settings, shared.app
+    people = register(app, 700, 3)
+    segment_id = uuid.uuid4()
+    joined = [str(c.id) for c in people]
+    change = Change("acme", segment_id, joined, [], Reason.CUSTOMER_CHANGE)
+    append(app, [change], list(events(change, 0, datetime.now(UTC))))
+    leave = Change("acme", segment_id, [], joined[:1], Reason.CALCULATION)
+    append(app, [leave], list(events(leave, 1, datetime.now(UTC))))
+
+    relay = Relay(settings, app)
+
+    async def scenario() -> None:
+        try:
+            await relay.run_once()
+        finally:
+            await relay.close()
+
+    asyncio.run(scenario())
+    messages = [m for m in asyncio.run(read_stream(settings)) if "segment" in m.subject]
+    prefix = settings.nats_subject_prefix
+    assert [m.subject for m in messages] == [
+        f"{prefix}.acme.segment.joined",
+        f"{prefix}.acme.segment.left",
+    ]
+    assert [m.data["customerIds"] for m in messages] == [joined, joined[:1]]
+    assert [m.data["reason"] for m in messages] == ["customer_change", "calculation"]
+    assert {m.data["segmentId"] for m in messages} == {str(segment_id)}
+    stream = stream_id(segment_id)
+    assert [m.headers[MSG_ID_HEADER] for m in messages] == [f"{stream}:1", f"{stream}:2"]
+    payloads = b"".join(orjson.dumps(m.data) for m in messages)
+    assert not any(c.email.encode() in payloads for c in people)
 
 
 def test_crash_between_publish_and_position_is_deduplicated(shared: Env) -> None:
