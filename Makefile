@@ -54,6 +54,7 @@ format: install
 
 bench: install
 	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench.segments
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

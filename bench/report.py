@@ -112,12 +112,17 @@ its own database `customers_bench` on that server (dropped again at the end unle
 """
 
 
-def write(path: Path, block: str) -> None:
-    generated = f"{BEGIN}\n\n{block}\n{END}"
+def write(path: Path, block: str, marker: str = "results") -> None:
+    """Replace the block between the `marker` markers (a new block goes at the end)."""
+    begin = BEGIN.replace(":results:", f":{marker}:")
+    end = END.replace(":results:", f":{marker}:")
+    generated = f"{begin}\n\n{block}\n{end}"
     if path.exists():
         text = path.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
         if pattern.search(text):
             path.write_text(pattern.sub(lambda _: generated, text, count=1))
-            return
+        else:
+            path.write_text(text.rstrip() + "\n\n" + generated + "\n")
+        return
     path.write_text(_SKELETON.format(block=generated))

@@ -109,10 +109,39 @@ class CustomerRecorder(PostgresApplicationRecorder):
         assert row is not None
         return int(row["notification_id"])
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not kwargs.get("membership"):
+            pipelined: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return pipelined
+        # Membership saves carry megabytes of ids; psycopg's pipeline mode can deadlock with
+        # that much in flight (psycopg issue 685, still seen with 3.3 at ~5 MB), so they run
+        # as plain statements in one transaction: side writes, then the events.
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._side_writes(curs, **kwargs)
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            ids: Sequence[int] | None = self._fetch_ids_after_insert_events(
+                curs, stored_events, **kwargs
+            )
+        return ids
+
     def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # A nested pipeline block syncs on exit: a unique violation surfaces here as the
+        # IntegrityError it is. Left to the outer pipeline it can come back as "pipeline
+        # aborted" (an OperationalError, which the library retries, then answers as a 500).
+        with curs.connection.pipeline():
+            self._side_writes(curs, **kwargs)
+
+    def _side_writes(
         self,
         curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
         *,
         new_keys: Sequence[WrappedKey] = (),
         releases: Sequence[Release] = (),
@@ -122,47 +151,39 @@ class CustomerRecorder(PostgresApplicationRecorder):
         jobs: Sequence[JobRequest] = (),
         **kwargs: Any,
     ) -> None:
-        # A nested pipeline block syncs on exit: a unique violation surfaces here as the
-        # IntegrityError it is. Left to the outer pipeline it can come back as "pipeline
-        # aborted" (an OperationalError, which the library retries, then answers as a 500).
-        with curs.connection.pipeline():
-            # The idempotency record goes first: concurrent retries of one request must meet on
-            # its key (and replay) before they meet on the e-mail claim (and look like a conflict).
-            if idempotency is not None:
-                i = idempotency
-                curs.execute(
-                    RECORD_IDEMPOTENCY,
-                    (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
-                )
-            if new_keys:
-                curs.executemany(
-                    INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys]
-                )
-            # Releases first: a rename within one save frees the old name before taking the new.
-            if releases:
-                curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])
-            if claims:
-                curs.executemany(
-                    CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims]
-                )
-            # Members change with the events that say so; a stale diff fails here (primary
-            # key) or on the stream's version, and the caller decides again.
-            for change in membership:
-                if change.left:
-                    curs.execute(REMOVE_MEMBERS, (change.segment_id, list(change.left)))
-                if change.joined:
-                    curs.execute(ADD_MEMBERS, (change.segment_id, list(change.joined)))
-            for job in jobs:
-                curs.execute(
-                    QUEUE_JOB,
-                    {
-                        "id": job.job_id,
-                        "org": job.org_id,
-                        "segment": job.segment_id,
-                        "reason": job.reason,
-                        "by": job.requested_by,
-                    },
-                )
+        # The idempotency record goes first: concurrent retries of one request must meet on
+        # its key (and replay) before they meet on the e-mail claim (and look like a conflict).
+        if idempotency is not None:
+            i = idempotency
+            curs.execute(
+                RECORD_IDEMPOTENCY,
+                (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
+            )
+        if new_keys:
+            curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
+        # Releases first: a rename within one save frees the old name before taking the new.
+        if releases:
+            curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])
+        if claims:
+            curs.executemany(CLAIM, [(c.scope, c.org_id, c.key_hash, c.owner_id) for c in claims])
+        # Members change with the events that say so; a stale diff fails here (primary key)
+        # or on the stream's version, and the caller decides again.
+        for change in membership:
+            if change.left:
+                curs.execute(REMOVE_MEMBERS, (change.segment_id, list(change.left)))
+            if change.joined:
+                curs.execute(ADD_MEMBERS, (change.segment_id, list(change.joined)))
+        for job in jobs:
+            curs.execute(
+                QUEUE_JOB,
+                {
+                    "id": job.job_id,
+                    "org": job.org_id,
+                    "segment": job.segment_id,
+                    "reason": job.reason,
+                    "by": job.requested_by,
+                },
+            )
 
 
 FIND_IDEMPOTENCY = (

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     rules_engine_breaker_failures: int = 5
     rules_engine_breaker_reset_seconds: float = 30.0
 
+    # Active dynamic segments are recalculated when their last calculation is older than
+    # this (time-relative criteria drift with the clock); 0 = only on demand and on change.
+    segment_recalculation_hours: float = 24.0
+
     log_level: str = "INFO"
 
     def master_key_bytes(self) -> bytes:

@@ -74,6 +74,18 @@ REQUEUE = (
 )
 LOCK_JOB = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, 0))"
 UNLOCK_JOB = "SELECT pg_advisory_unlock(hashtextextended(%s::text, 0))"
+# Time-relative criteria ("last purchase within 30 days") drift with the clock, unseen by
+# the incremental path: active dynamic segments are recalculated when their last
+# calculation is older than the configured interval.
+SCHEDULE = """
+INSERT INTO segment_jobs (id, org_id, segment_id, reason, state, requested_by)
+SELECT gen_random_uuid(), s.org_id, s.id, 'calculation', 'QUEUED', 'scheduler'
+FROM segments_view s JOIN segment_stats st ON st.segment_id = s.id
+WHERE s.status = 'ACTIVE' AND s.kind = 'DYNAMIC'
+  AND st.last_calculated < now() - make_interval(secs => %s)
+  AND NOT EXISTS (SELECT 1 FROM segment_jobs j
+                  WHERE j.segment_id = s.id AND j.state IN ('QUEUED', 'RUNNING'))
+"""
 MEMBER_COUNT = "SELECT count(*) FROM segment_members WHERE segment_id = %s"
 # Joins (matched, not a member) and leaves (a member, no longer matched) in one pass.
 DIFF = """
@@ -136,6 +148,13 @@ class Calculator:
         if requeued:
             log.warning("requeued jobs of a vanished worker", extra={"jobs": requeued})
         return requeued
+
+    def schedule(self, interval_seconds: float) -> int:
+        """Queue recalculations of segments last calculated over `interval_seconds` ago."""
+        queued = self._connection().execute(SCHEDULE, (interval_seconds,)).rowcount
+        if queued:
+            log.info("scheduled recalculations", extra={"jobs": queued})
+        return queued
 
     def run_next(self) -> bool:
         """Run the oldest runnable queued job, if any; False when there was none."""
@@ -290,7 +309,9 @@ def queue(app: Customers, org_id: str, segment_id: UUID, reason: Reason, by: str
     return render_job(row)
 
 
-def work(calculator: Calculator, stop: threading.Event, poll: float = 0.2) -> None:
+def work(
+    calculator: Calculator, stop: threading.Event, recalculate_every: float, poll: float = 0.2
+) -> None:
     """Run queued jobs until `stop`; survive outages with backoff."""
     backoff = 0.1
     next_recovery = 0.0
@@ -298,6 +319,8 @@ def work(calculator: Calculator, stop: threading.Event, poll: float = 0.2) -> No
         try:
             if time.monotonic() >= next_recovery:
                 calculator.recover()
+                if recalculate_every > 0:
+                    calculator.schedule(recalculate_every)
                 next_recovery = time.monotonic() + 10.0
             if not calculator.run_next():
                 stop.wait(poll)

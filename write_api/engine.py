@@ -23,6 +23,7 @@ class SegmentEngine:
         if not settings.database_url:
             raise RuntimeError("DATABASE_URL is not set")
         self._url = settings.database_url
+        self._recalculate_every = settings.segment_recalculation_hours * 3600
         self._own_app = app is None
         self.app = app or Customers(settings, pool_size=4)
         self.calculator = Calculator(self.app)
@@ -34,7 +35,10 @@ class SegmentEngine:
         self._stop.clear()
         self._threads = [
             threading.Thread(
-                target=work, args=(self.calculator, self._stop), name="calculator", daemon=True
+                target=work,
+                args=(self.calculator, self._stop, self._recalculate_every),
+                name="calculator",
+                daemon=True,
             ),
             threading.Thread(
                 target=follow,

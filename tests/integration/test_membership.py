@@ -283,3 +283,29 @@ def test_incremental_changes_racing_calculations_converge(
         settings, "SELECT customer_count FROM segment_stats WHERE segment_id = %s", segment.id
     )
     assert count == len(expected)
+
+
+def test_stale_segments_are_recalculated_on_schedule(
+    settings: Settings, app: Customers, projector: Projector, calculator: Calculator
+) -> None:
+    org = f"org-{secrets.token_hex(3)}"
+    segment = define(app, org)
+    projector.run_once()
+    calculation.queue(app, org, segment.id, calculation.Reason.CALCULATION, "tester")
+    assert calculator.run_next() is True
+    projector.run_once()
+    assert calculator.schedule(3600) == 0  # calculated just now
+    sql(
+        settings,
+        "UPDATE segment_stats SET last_calculated = now() - interval '2 hours'"
+        " WHERE segment_id = %s",
+        segment.id,
+    )
+    assert calculator.schedule(3600) == 1
+    assert calculator.schedule(3600) == 0  # one open job is enough
+    ((by,),) = sql(
+        settings,
+        "SELECT requested_by FROM segment_jobs WHERE segment_id = %s AND state = 'QUEUED'",
+        segment.id,
+    )
+    assert by == "scheduler"
