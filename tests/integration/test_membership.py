@@ -10,14 +10,14 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 
 from domain.criteria import SegmentCriteria
 from domain.customer import Customer
-from domain.membership import SegmentCalculated, SegmentJoined, stream_id
+from domain.membership import Change, Reason, SegmentCalculated, SegmentJoined, events, stream_id
 from domain.segment import Segment, SegmentDefinition
 from domain.values import Profile
 from eventstore.application import Customers
@@ -27,7 +27,7 @@ from read_api.segments import GET as GET_SEGMENT
 from service.settings import Settings
 from write_api import calculation
 from write_api.calculation import Calculator
-from write_api.membership import Reevaluator
+from write_api.membership import Reevaluator, append
 
 NOW = datetime.now(UTC)
 AGE_22_TO_25 = {"demographics": {"ageRange": {"min": 22, "max": 25}}}
@@ -255,7 +255,10 @@ def test_incremental_changes_racing_calculations_converge(
             reevaluator.run_once()
     finally:
         stop.set()
-        worker.join(30)
+        # A job waits for the customers projection to pass every earlier event: keep it going.
+        while worker.is_alive():
+            projector.run_once()
+            worker.join(0.05)
         reevaluator.close()
     assert not errors, errors
     projector.run_once()
@@ -309,3 +312,24 @@ def test_stale_segments_are_recalculated_on_schedule(
         segment.id,
     )
     assert by == "scheduler"
+
+
+def test_a_large_change_lands_in_one_transaction(settings: Settings, app: Customers) -> None:
+    """~6 MB of ids in one save: in psycopg's pipeline mode this much data in flight can
+    deadlock; membership saves go as plain statements (eventstore/recorder.py)."""
+    segment_id = uuid4()
+    ids = [str(uuid4()) for _ in range(150_000)]
+    change = Change("org-large", segment_id, ids, [], Reason.CALCULATION)
+    outcome: list[int] = []
+    saving = threading.Thread(
+        target=lambda: outcome.append(
+            append(app, [change], list(events(change, 0, datetime.now(UTC))))
+        ),
+        daemon=True,
+    )
+    saving.start()
+    saving.join(60)
+    assert not saving.is_alive(), "the save hung"
+    assert outcome and outcome[0] > 0
+    assert len(members(settings, segment_id)) == 150_000
+    assert len(list(app.events.get(stream_id(segment_id)))) == 30
