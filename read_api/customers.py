@@ -110,7 +110,7 @@ GET_ONE = sql.SQL(
 ).format(sql.Identifier(DOCS))
 ACTIVE_SEGMENTS = (
     "SELECT customer_id::text, array_agg(segment_id::text ORDER BY segment_id)"
-    " FROM segment_membership WHERE customer_id = ANY(%s) AND left_at IS NULL GROUP BY 1"
+    " FROM segment_membership WHERE customer_id = ANY(%s::uuid[]) AND left_at IS NULL GROUP BY 1"
 )
 EXISTS = sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
 _STINTS = (

@@ -49,7 +49,6 @@ SEGMENTS_TO_CHECK = (
     "SELECT id, org_id, kind, status, version, definition FROM segments_view"
     " WHERE (org_id = ANY(%s) AND status = 'ACTIVE' AND kind = 'DYNAMIC') OR id = ANY(%s)"
 )
-FACTS_WITH_ORG = segment_sql.LOAD_FACTS_WITH_ORG
 _POSITION = "segment_membership_evaluator"
 _ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
 _SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
@@ -168,7 +167,7 @@ class Reevaluator:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             facts: dict[UUID, tuple[str, CustomerFacts]] = {
                 row[0]: (row[1], segment_sql.facts_from_row(row[2:]))
-                for row in conn.execute(FACTS_WITH_ORG, (ids,))
+                for row in conn.execute(segment_sql.LOAD_FACTS_WITH_ORG, (ids,))
             }
             current: dict[UUID, set[UUID]] = {}
             for segment_id, customer_id in conn.execute(MEMBERS_OF_CUSTOMERS, (ids,)):

@@ -131,6 +131,8 @@ def test_customer_changes_join_and_leave_incrementally(
         (sid, "customer_change", True)
     ]
     assert http.get(url, headers=h).json()["segments"] == [sid]
+    listed = http.get(CUSTOMERS, headers=h).json()["items"]
+    assert [c["segments"] for c in listed if c["id"] == cid] == [[sid]]
 
     put(60)
     eventually(lambda: cid not in members(http, h, sid))
