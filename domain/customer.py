@@ -35,6 +35,7 @@ class Customer(Aggregate):
         self.pending_token: str | None = None
         self.pending_expires_at: str | None = None
         self.active_orders = 0
+        self.erased = False
 
     @classmethod
     def register(cls, org_id: str, profile: Profile, actor: str) -> Customer:
@@ -46,6 +47,13 @@ class Customer(Aggregate):
 
     def public(self) -> dict[str, Any]:
         modified = utc_iso(self.modified_on)
+        if self.erased:  # what is left to say about an erased customer
+            return {
+                "id": str(self.id),
+                "status": "ERASED",
+                "erasedAt": modified,
+                "version": self.version,
+            }
         return representation(
             customer_id=str(self.id),
             profile=self.profile,
@@ -121,6 +129,17 @@ class Customer(Aggregate):
             )
         self._delete(actor=actor)
 
+    def erase(self, *, actor: str) -> None:
+        """Art. 17 erasure, also of a lifecycle-deleted customer. The event carries no
+        personal data; the caller destroys the customer's data key in the same transaction,
+        after which every earlier event is unreadable."""
+        if self.active_orders > 0:
+            raise DomainError(
+                Code.CONFLICT,
+                f"customer has {self.active_orders} active order(s) and cannot be erased",
+            )
+        self._erase(org_id=self.org_id, actor=actor)
+
     # --- guards ---------------------------------------------------------------------
 
     def _check_modifiable(self) -> None:
@@ -175,6 +194,13 @@ class Customer(Aggregate):
     @event("Deleted")
     def _delete(self, actor: str) -> None:
         self.status = CustomerStatus.DELETED
+
+    @event("Erased")
+    def _erase(self, org_id: str, actor: str) -> None:
+        self.erased = True
+        self.status = CustomerStatus.DELETED
+        self.profile = {}
+        self.pending_email = self.pending_token = self.pending_expires_at = None
 
 
 def representation(

@@ -16,6 +16,9 @@ from eventsourcing.utils import get_topic, resolve_topic
 from eventstore.keys import NONCE, KeyStore
 
 CUSTOMER_TOPIC_PREFIX = "domain.customer:"
+# Written as the customer's key is destroyed, and read after it: never encrypted, and
+# carrying no personal data (ids, org, actor).
+ERASED_TOPIC = CUSTOMER_TOPIC_PREFIX + "Customer.Erased"
 _ENCRYPTED = b"\x01"
 
 
@@ -54,7 +57,7 @@ class CustomerMapper(Mapper[UUID]):
         topic = get_topic(type(domain_event))
         payload = orjson.dumps(state, default=_default)
         stored = StoredEvent(originator_id, originator_version, topic, payload)
-        if not topic.startswith(CUSTOMER_TOPIC_PREFIX):
+        if not topic.startswith(CUSTOMER_TOPIC_PREFIX) or topic == ERASED_TOPIC:
             return stored
         cipher = self.keys.cipher(originator_id)
         if cipher is None:

@@ -29,6 +29,7 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "StatusChanged": ("StatusChanged", "customer.status_changed"),
     "ActiveOrdersChanged": ("ActiveOrdersChanged", "customer.active_orders_changed"),
     "Deleted": ("CustomerDeleted", "customer.deleted"),
+    "Erased": ("CustomerErased", "customer.erased"),
 }
 # Membership events (domain.membership) keep their names; their streams are segments'.
 _MEMBERSHIP_MODULE = "domain.membership"

@@ -66,6 +66,14 @@ ADD_MEMBERS = "INSERT INTO segment_members (segment_id, customer_id) SELECT %s, 
 REMOVE_MEMBERS = (
     "DELETE FROM segment_members WHERE segment_id = %s AND customer_id = ANY(%s::uuid[])"
 )
+# Erasure: the data key, uniqueness claims (keyed hashes of the e-mail) and idempotency
+# records (keyed hashes of request bodies) of the customer go with the Erased event.
+SHRED_KEY = (
+    "UPDATE customer_keys SET wrapped_key = NULL, shredded_at = now()"
+    " WHERE customer_id = %s AND wrapped_key IS NOT NULL"
+)
+DROP_CLAIMS = "DELETE FROM unique_claims WHERE owner_id = %s"
+DROP_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE customer_id = %s"
 QUEUE_JOB = (
     "INSERT INTO segment_jobs (id, org_id, segment_id, reason, state, requested_by)"
     " SELECT %(id)s, %(org)s, %(segment)s, %(reason)s, 'QUEUED', %(by)s WHERE NOT EXISTS"
@@ -149,6 +157,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         idempotency: IdempotencyRecord | None = None,
         membership: Sequence[Change] = (),
         jobs: Sequence[JobRequest] = (),
+        erase: UUID | None = None,
         **kwargs: Any,
     ) -> None:
         # The idempotency record goes first: concurrent retries of one request must meet on
@@ -161,6 +170,10 @@ class CustomerRecorder(PostgresApplicationRecorder):
             )
         if new_keys:
             curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
+        if erase is not None:
+            curs.execute(SHRED_KEY, (erase,))
+            curs.execute(DROP_CLAIMS, (erase,))
+            curs.execute(DROP_IDEMPOTENCY, (erase,))
         # Releases first: a rename within one save frees the old name before taking the new.
         if releases:
             curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])

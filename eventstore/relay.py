@@ -37,7 +37,7 @@ from nats.js.errors import NotFoundError
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded
 from eventstore.public_events import (
     customer_id,
     event_org,
@@ -373,6 +373,9 @@ class Relay:
         events: list[tuple[int, object]] = [
             (n.id, self.app.mapper.to_domain_event(n)) for n in notifications
         ]
+        for n in notifications:
+            if n.topic == ERASED_TOPIC:  # a key this process cached is gone for good
+                self.app.keys.forget(UUID(str(n.originator_id)))
         self._resolve_orgs(event for _, event in events)
         batch: list[Outgoing] = []
         for notification_id, event in events:

@@ -29,7 +29,7 @@ from psycopg.adapt import Loader
 from domain.customer import representation
 from domain.segment_facts import customer_facts
 from domain.values import CustomerStatus, utc_iso
-from eventstore.mapper import Shredded
+from eventstore.mapper import ERASED_TOPIC, Shredded
 from projections import positions, segment_sql
 from projections.positions import Connection
 
@@ -47,9 +47,6 @@ EMAIL_VERIFIED = _PREFIX + "EmailVerified"
 STATUS_CHANGED = _PREFIX + "StatusChanged"
 ACTIVE_ORDERS_CHANGED = _PREFIX + "ActiveOrdersChanged"
 DELETED = _PREFIX + "Deleted"
-# Plaintext erasure events (added with the GDPR erasure use case) delete the row like a
-# Shredded event does; list their topics here.
-ERASURE_TOPICS: frozenset[str] = frozenset({_PREFIX + "Erased"})
 
 
 _PROFILE_KEYS = ("email", "name", "age", "gender", "location", "preferences", "tags", "metadata")
@@ -321,7 +318,7 @@ class CustomersView:
         for e in events:
             cid = e.originator_id
             topic = _topic(e)
-            if isinstance(e, Shredded) or topic in ERASURE_TOPICS:
+            if isinstance(e, Shredded) or topic == ERASED_TOPIC:
                 states.pop(cid, None)
                 dirty.discard(cid)
                 erased.add(cid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from eventstore.mapper import ERASED_TOPIC
 from projections.positions import Connection
 
 VIEW = "segment_membership"
@@ -37,6 +38,8 @@ CALCULATED = (
     " ON CONFLICT (segment_id) DO UPDATE"
     " SET customer_count = EXCLUDED.customer_count, last_calculated = EXCLUDED.last_calculated"
 )
+# An erased customer's history goes; the evaluator's SegmentLeft events fix the counts.
+FORGET_CUSTOMER = "DELETE FROM segment_membership WHERE customer_id = %s"
 DROP_STATS = "DELETE FROM segment_stats WHERE segment_id = %s"
 TRUNCATE = "TRUNCATE segment_membership, segment_stats"
 
@@ -46,12 +49,13 @@ def _name(event: Any) -> str:
 
 
 class MembershipView:
-    """A projections.runner.View over the membership streams (and segment deletions)."""
+    """A projections.runner.View over the membership streams (and segment deletions and
+    customer erasures)."""
 
     name = VIEW
 
     def accepts(self, topic: str) -> bool:
-        return topic.startswith(_MEMBERSHIP) or topic == _SEGMENT_DELETED
+        return topic.startswith(_MEMBERSHIP) or topic in {_SEGMENT_DELETED, ERASED_TOPIC}
 
     def prepare(self, conn: Connection) -> None:
         pass
@@ -75,6 +79,8 @@ class MembershipView:
                 continue
             if kind == "SegmentCalculated":
                 conn.execute(CALCULATED, (e.segment_id, e.member_count, e.timestamp))
+            elif kind == "Customer.Erased":
+                conn.execute(FORGET_CUSTOMER, (e.originator_id,))
             elif kind == "Segment.Deleted":
                 conn.execute(END_ALL, (e.timestamp, e.originator_id))
                 conn.execute(DROP_STATS, (e.originator_id,))

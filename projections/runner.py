@@ -25,6 +25,7 @@ from eventsourcing.persistence import Notification
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
+from eventstore.mapper import ERASED_TOPIC
 from projections.customers import CustomersView
 from projections.membership import MembershipView
 from projections.positions import POSITIONS_CHANNEL, Connection, read_position
@@ -139,6 +140,9 @@ class ViewRunner:
         self.app.keys.preload({UUID(str(n.originator_id)) for n in wanted})
         decode = self.app.mapper.to_domain_event
         events = [decode(n) for n in wanted]
+        for n in wanted:
+            if n.topic == ERASED_TOPIC:  # a key this process cached is gone for good
+                self.app.keys.forget(UUID(str(n.originator_id)))
         last = batch[-1].id
         with conn.transaction():
             row = conn.execute(_LOCK_POSITION, (self.view.name,)).fetchone()

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # this (time-relative criteria drift with the clock); 0 = only on demand and on change.
     segment_recalculation_hours: float = 24.0
 
+    # A lifecycle-deleted customer (DELETE /customers/{id}) is erased (Art. 17) this long
+    # after its deletion; 0 = at once (within seconds). Set it to keep a recovery window.
+    erasure_grace_hours: float = 0.0
+
     log_level: str = "INFO"
 
     def master_key_bytes(self) -> bytes:

@@ -176,6 +176,8 @@ def env(
         "CUSTOMERS_NATS_STREAM": nats_names.stream,
         "CUSTOMERS_NATS_SUBJECT_PREFIX": nats_names.subject_prefix,
         "CUSTOMERS_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        # Lifecycle-deleted customers stay readable during tests; erasure is tested on its own.
+        "CUSTOMERS_ERASURE_GRACE_HOURS": "720",
     }
     mp = pytest.MonkeyPatch()
     for key, value in values.items():

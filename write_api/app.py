@@ -158,6 +158,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
 
+    @app.delete(
+        PREFIX + "/{customer_id}/data",
+        responses={
+            200: {"description": "{id, status: ERASED, erasedAt, version}"},
+            **_ERRORS,
+        },
+    )
+    def erase_customer(
+        customer_id: UUID, principal: CurrentPrincipal, commands: Commands
+    ) -> Response:
+        """Erase everything held about the customer (GDPR Art. 17): its data key is destroyed
+        with the Erased event, every read model drops it, and `customer.erased` is published.
+        Irreversible. 409 while the customer has active orders."""
+        return _answer(commands.erase(principal, customer_id))
+
     @app.post(
         PREFIX + "/{customer_id}/email/verify",
         response_model=None,

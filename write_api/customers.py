@@ -124,7 +124,26 @@ class CustomerCommands(Commands[Customer]):
 
         return self.command(principal, customer_id, if_match, decide)
 
+    def erase(self, principal: Principal, customer_id: UUID) -> Outcome:
+        """Art. 17 erasure: the Erased event, the destroyed data key, and the customer's
+        claims and idempotency records go in one transaction; read models follow."""
+        principal.require(Permission.DELETE)
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            customer.erase(actor=principal.sub)
+            return {"erase": customer.id}
+
+        outcome = self.command(principal, customer_id, None, decide)
+        self.app.keys.forget(customer_id)
+        return outcome
+
     # --- mechanics ------------------------------------------------------------------
+
+    def load(self, principal: Principal, aggregate_id: UUID) -> Customer:
+        # An erased customer's events cannot be read any more: it does not exist.
+        if self.app.keys.cipher(aggregate_id) is None:
+            raise DomainError(Code.NOT_FOUND, f"customer {aggregate_id} not found")
+        return super().load(principal, aggregate_id)
 
     def _replay(self, org: str, key: str, request_hash: bytes) -> Outcome | None:
         record = self.app.recorder.find_idempotency(org, key, self.settings.idempotency_ttl_hours)

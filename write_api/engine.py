@@ -1,5 +1,6 @@
-"""The segments process: the calculation worker and the incremental evaluator, each in a
-thread, sharing one event-sourced application."""
+"""The segments process: the calculation worker, the incremental evaluator and the sweep
+that erases lifecycle-deleted customers after the grace period, each in a thread, sharing
+one event-sourced application."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import threading
 from eventstore.application import Customers
 from service.settings import Settings
 from write_api.calculation import Calculator, work
+from write_api.customers import CustomerCommands
+from write_api.erasure import sweep_forever
 from write_api.membership import Reevaluator, follow
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ class SegmentEngine:
         self.app = app or Customers(settings, pool_size=4)
         self.calculator = Calculator(self.app)
         self.reevaluator = Reevaluator(self.app)
+        self.customers = CustomerCommands(self.app)
+        self._grace = settings.erasure_grace_hours * 3600
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -44,6 +49,12 @@ class SegmentEngine:
                 target=follow,
                 args=(self.reevaluator, self._url, self._stop),
                 name="reevaluator",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=sweep_forever,
+                args=(self.customers, self._grace, self._stop),
+                name="erasure",
                 daemon=True,
             ),
         ]

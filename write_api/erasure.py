@@ -1,0 +1,50 @@
+"""Erasure of lifecycle-deleted customers once `CUSTOMERS_ERASURE_GRACE_HOURS` have passed
+since their deletion (0: at the next sweep, every few seconds). Runs in the segments process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+
+from domain.errors import DomainError
+from service.auth import Principal, Role
+from write_api.customers import CustomerCommands
+
+log = logging.getLogger(__name__)
+
+DUE = (
+    "SELECT id, org_id FROM customers_view WHERE status = 'DELETED'"
+    " AND updated_at <= now() - make_interval(secs => %s) ORDER BY updated_at LIMIT %s"
+)
+SWEEP_SECONDS = 5.0
+_BATCH = 500
+
+
+def sweep(commands: CustomerCommands, grace_seconds: float) -> int:
+    """Erase the customers due now; returns how many were erased."""
+    url = commands.settings.database_url
+    assert url
+    with psycopg.connect(url, autocommit=True) as conn:
+        due: list[tuple[Any, str]] = conn.execute(DUE, (grace_seconds, _BATCH)).fetchall()
+    erased = 0
+    for customer_id, org_id in due:
+        retention = Principal(sub="retention", org=org_id, roles=frozenset({Role.ADMIN.value}))
+        try:
+            commands.erase(retention, customer_id)
+            erased += 1
+        except DomainError as e:  # erased meanwhile (404) or active orders again (409)
+            log.info("not erased", extra={"customerId": str(customer_id), "reason": e.code})
+    if erased:
+        log.info("erased deleted customers after the grace period", extra={"count": erased})
+    return erased
+
+
+def sweep_forever(commands: CustomerCommands, grace_seconds: float, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_SECONDS):
+        try:
+            sweep(commands, grace_seconds)
+        except Exception:
+            log.exception("erasure sweep failed; retrying")
