@@ -5,7 +5,6 @@ lifecycle-deleted customers are erased after the grace period."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -20,18 +19,6 @@ from service.auth import Principal
 from service.settings import Settings
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep
-
-
-@pytest.fixture(scope="module")
-def settings(scratch_settings: Settings) -> Settings:
-    return scratch_settings
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Customers]:
-    a = Customers(settings)
-    yield a
-    a.close()
 
 
 def people(app: Customers, org: str, count: int) -> list[Customer]:

@@ -33,18 +33,6 @@ NOW = datetime.now(UTC)
 AGE_22_TO_25 = {"demographics": {"ageRange": {"min": 22, "max": 25}}}
 
 
-@pytest.fixture(scope="module")
-def settings(scratch_settings: Settings) -> Settings:
-    return scratch_settings
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Customers]:
-    a = Customers(settings)
-    yield a
-    a.close()
-
-
 @pytest.fixture
 def projector(settings: Settings, app: Customers) -> Iterator[Projector]:
     p = Projector(settings, app=app)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def settings(scratch_settings: Settings) -> Settings:
-    return scratch_settings
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Customers]:
-    a = Customers(settings)
-    yield a
-    a.close()
 
 
 @pytest.fixture

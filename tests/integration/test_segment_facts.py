@@ -6,13 +6,11 @@ the compiled SQL over the projected rows selects what the Python predicate selec
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
-import pytest
 
 from domain.criteria import SegmentCriteria, predicate
 from domain.customer import Customer
@@ -26,18 +24,6 @@ from service.settings import Settings
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def settings(scratch_settings: Settings) -> Settings:
-    return scratch_settings
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Customers]:
-    a = Customers(settings)
-    yield a
-    a.close()
 
 
 def profile(i: int, **over: Any) -> Profile:
