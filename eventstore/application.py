@@ -51,6 +51,7 @@ class Customers(Application[UUID]):
             "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
         }
         super().__init__(env)
+        self.recorder.audit_key = self.keys.audit_key
 
     def construct_recorder(self) -> CustomerRecorder:
         recorder = super().construct_recorder()

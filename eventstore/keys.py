@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.postgres import PostgresDatastore
 
 NONCE = 12
+AUDIT_KEY_PURPOSE = "audit-log"
 
 
 def derive_key(master_key: bytes, purpose: str) -> bytes:
@@ -45,6 +46,7 @@ class KeyStore:
         self._wrap = AESGCM(derive_key(master_key, "customer-data-key-wrap"))
         self.claim_key = derive_key(master_key, "unique-claims")
         self.request_key = derive_key(master_key, "idempotency-request")
+        self.audit_key = derive_key(master_key, AUDIT_KEY_PURPOSE)
         self._datastore = datastore
         self._cache: OrderedDict[UUID, AESGCM | None] = OrderedDict()
         self._cache_size = cache_size

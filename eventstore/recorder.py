@@ -14,6 +14,8 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from domain.membership import Change
+from eventstore import compliance
+from eventstore.compliance import PrivacyRecord
 from eventstore.keys import WrappedKey
 
 
@@ -91,6 +93,8 @@ def violated_constraint(error: IntegrityError) -> str | None:
 
 
 class CustomerRecorder(PostgresApplicationRecorder):
+    audit_key = b""  # set by the application (derived from the master key)
+
     def find_idempotency(self, org_id: str, key: str, ttl_hours: int) -> IdempotencyRecord | None:
         """The live record for a key; an expired one is deleted so the key can be reused."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -158,6 +162,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         membership: Sequence[Change] = (),
         jobs: Sequence[JobRequest] = (),
         erase: UUID | None = None,
+        privacy: PrivacyRecord | None = None,
         **kwargs: Any,
     ) -> None:
         # The idempotency record goes first: concurrent retries of one request must meet on
@@ -174,6 +179,9 @@ class CustomerRecorder(PostgresApplicationRecorder):
             curs.execute(SHRED_KEY, (erase,))
             curs.execute(DROP_CLAIMS, (erase,))
             curs.execute(DROP_IDEMPOTENCY, (erase,))
+        if privacy is not None:
+            assert self.audit_key, "the audit key is not set"
+            compliance.record(curs.connection, self.audit_key, privacy)
         # Releases first: a rename within one save frees the old name before taking the new.
         if releases:
             curs.executemany(RELEASE, [(r.scope, r.org_id, r.key_hash) for r in releases])

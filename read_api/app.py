@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.application import EVENTS_TABLE
 from projections.customers import VIEW, use_raw_json
 from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
-from read_api import customers, segments
+from read_api import customers, privacy, segments
 from read_api.consistency import PositionWatcher
 from service import logs, problems
 from service.settings import Settings
@@ -68,6 +68,13 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
     # Before the customers router: /customers/segments must not match /customers/{id}.
     app.include_router(segments.router)
     app.include_router(customers.router)
+    app.include_router(privacy.router)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format."""
+        text = await privacy.privacy_metrics(request.app.state.pool)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

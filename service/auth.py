@@ -21,6 +21,7 @@ class Permission(StrEnum):
     ORDERS = "customers:orders"
     SUSPEND = "customers:suspend"
     SEGMENTS = "segments:write"
+    PRIVACY = "privacy:manage"  # erasure, anonymization, export, history, requests, audit
 
 
 class Role(StrEnum):
@@ -39,7 +40,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     ),
     Role.ANALYST: frozenset({Permission.READ}),
     Role.SUPPORT: frozenset({Permission.READ, Permission.WRITE}),
-    Role.DPO: frozenset({Permission.READ, Permission.DELETE}),
+    Role.DPO: frozenset({Permission.READ, Permission.DELETE, Permission.PRIVACY}),
     Role.SERVICE: frozenset({Permission.READ, Permission.WRITE, Permission.ORDERS}),
 }
 

@@ -122,6 +122,23 @@ def _serve_all(settings: Settings) -> None:
         _stop_children()
 
 
+def _verify_audit(settings: Settings) -> int:
+    """Exit 0 when the whole chain verifies, 1 (naming the first bad entry) when not."""
+    import psycopg
+
+    from eventstore.compliance import verify
+    from eventstore.keys import AUDIT_KEY_PURPOSE, derive_key
+
+    assert settings.database_url
+    with psycopg.connect(settings.database_url) as conn:
+        verdict = verify(conn, derive_key(settings.master_key_bytes(), AUDIT_KEY_PURPOSE))
+    if verdict.ok:
+        print(f"audit trail intact: {verdict.entries} entries")
+        return 0
+    print(f"audit trail BROKEN: {verdict.reason}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="customers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p_proj = sub.add_parser("projections", help="projection maintenance")
     p_proj.add_argument("action", choices=["rebuild"])
+
+    p_audit = sub.add_parser("audit", help="audit trail maintenance")
+    p_audit.add_argument("action", choices=["verify"])
 
     p_seed = sub.add_parser("seed", help="generate realistic customers")
     p_seed.add_argument("--count", type=int, required=True)
@@ -170,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from projections.runner import rebuild
 
         print(f"rebuilt: {rebuild(settings)} events replayed")
+    elif args.command == "audit":
+        return _verify_audit(settings)
     elif args.command == "seed":
         from service.seed import seed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 from eventsourcing.persistence import IntegrityError
@@ -12,6 +12,7 @@ from eventsourcing.persistence import IntegrityError
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile
+from eventstore.compliance import PrivacyRecord, RequestType
 from eventstore.keys import keyed_hash
 from eventstore.recorder import (
     IDEMPOTENCY_CONSTRAINT,
@@ -127,11 +128,14 @@ class CustomerCommands(Commands[Customer]):
     def erase(self, principal: Principal, customer_id: UUID) -> Outcome:
         """Art. 17 erasure: the Erased event, the destroyed data key, and the customer's
         claims and idempotency records go in one transaction; read models follow."""
-        principal.require(Permission.DELETE)
+        principal.require(Permission.PRIVACY)
+        request = PrivacyRecord(
+            uuid4(), principal.org, customer_id, RequestType.ERASURE, principal.sub
+        )
 
         def decide(customer: Customer) -> dict[str, Any]:
             customer.erase(actor=principal.sub)
-            return {"erase": customer.id}
+            return {"erase": customer.id, "privacy": request}
 
         outcome = self.command(principal, customer_id, None, decide)
         self.app.keys.forget(customer_id)

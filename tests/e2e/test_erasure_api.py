@@ -131,3 +131,31 @@ def test_erasure_leaves_no_trace(
     # Nor did any log line of the whole scenario.
     logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert not [n for n in needles if n in logged]
+
+
+def test_erasure_is_a_tracked_and_audited_request(http: httpx.Client, auth: TokenFactory) -> None:
+    h = auth()
+    cid = http.post(CUSTOMERS, json=new_customer(), headers=h).json()["id"]
+    assert_problem(http.delete(f"{CUSTOMERS}/{cid}/data", headers=auth("manager")), 403)
+    assert (
+        http.delete(f"{CUSTOMERS}/{cid}/data", headers=auth("dpo", sub="dpo-7")).status_code == 200
+    )
+
+    requests = http.get("/api/v1/privacy/requests", params={"customerId": cid}, headers=h)
+    assert requests.status_code == 200, requests.text
+    (request,) = requests.json()["items"]
+    assert (request["type"], request["status"], request["requestedBy"]) == (
+        "ERASURE",
+        "COMPLETED",
+        "dpo-7",
+    )
+    assert request["overdue"] is False and request["dueAt"] > request["receivedAt"]
+    audit = http.get("/api/v1/audit", params={"customerId": cid}, headers=auth("dpo")).json()
+    assert [(e["action"], e["actor"], e["requestId"]) for e in audit["items"]] == [
+        ("erasure", "dpo-7", request["id"])
+    ]
+    assert_problem(http.get("/api/v1/audit", headers=auth("analyst")), 403)
+    assert_problem(http.get("/api/v1/privacy/requests", headers=auth("support")), 403)
+    metrics = http.get("/metrics").text
+    assert "customers_privacy_requests_open " in metrics
+    assert "customers_privacy_requests_overdue " in metrics

@@ -1,0 +1,157 @@
+"""GET /api/v1/privacy/requests and /api/v1/audit (dpo, admin), and the privacy figures of
+/metrics. Both tables are written transactionally with the operations (no projection lag)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from psycopg_pool import AsyncConnectionPool
+
+from domain.errors import invalid
+from domain.values import utc_iso
+from eventstore.compliance import AUDIT_COLUMNS, RequestType
+from service.auth import CurrentPrincipal, Permission
+from service.problems import problem_responses
+
+_OPEN = "status IN ('RECEIVED', 'IN_PROGRESS')"
+REQUESTS = (
+    "SELECT id, customer_id, type, status, requested_by, received_at, completed_at, due_at,"  # noqa: S608
+    f" outcome, {_OPEN} AND due_at < now() AS overdue FROM privacy_requests"
+    " WHERE org_id = %(org)s"
+    " AND (%(status)s::text IS NULL OR status = %(status)s)"
+    " AND (%(type)s::text IS NULL OR type = %(type)s)"
+    " AND (%(customer)s::uuid IS NULL OR customer_id = %(customer)s)"
+    f" AND (NOT %(overdue)s OR ({_OPEN} AND due_at < now()))"
+    " AND (%(after_at)s::timestamptz IS NULL OR (received_at, id) > (%(after_at)s, %(after_id)s))"
+    " ORDER BY received_at, id LIMIT %(fetch)s"
+)
+AUDIT = (
+    f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE org_id = %(org)s"  # noqa: S608
+    " AND (%(customer)s::uuid IS NULL OR customer_id = %(customer)s)"
+    " AND seq > %(after)s ORDER BY seq LIMIT %(fetch)s"
+)
+OPEN_COUNTS = (
+    f"SELECT count(*) FILTER (WHERE {_OPEN}),"  # noqa: S608
+    f" count(*) FILTER (WHERE {_OPEN} AND due_at < now()) FROM privacy_requests"
+)
+
+router = APIRouter(tags=["privacy"])
+_ERRORS = problem_responses({403: "Needs the dpo or admin role"})
+
+
+def _pool(request: Request) -> AsyncConnectionPool[Any]:
+    pool: AsyncConnectionPool[Any] = request.app.state.pool
+    return pool
+
+
+def _cursor(at: datetime, rid: UUID) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), str(rid)])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        at, rid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), UUID(rid)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise invalid("cursor", "not a cursor this endpoint returned") from None
+
+
+@router.get("/api/v1/privacy/requests", responses=_ERRORS)
+async def list_requests(
+    *,
+    request: Request,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[
+        str | None, Query(pattern="^(RECEIVED|IN_PROGRESS|COMPLETED|REJECTED)$")
+    ] = None,
+    type: RequestType | None = None,
+    customer_id: Annotated[UUID | None, Query(alias="customerId")] = None,
+    overdue: bool = False,
+) -> dict[str, Any]:
+    """Export, erasure, anonymization and consent-change requests, oldest first; each has
+    its 30-day deadline (`dueAt`) and `overdue` while open past it."""
+    principal.require(Permission.PRIVACY)
+    after_at, after_id = _decode_cursor(cursor) if cursor else (None, None)
+    params = {
+        "org": principal.org,
+        "status": status,
+        "type": type.value if type else None,
+        "customer": customer_id,
+        "overdue": overdue,
+        "after_at": after_at,
+        "after_id": after_id,
+        "fetch": limit + 1,
+    }
+    async with _pool(request).connection() as conn:
+        rows = await (await conn.execute(REQUESTS, params)).fetchall()
+    page = rows[:limit]
+    items = [
+        {
+            "id": str(rid),
+            "customerId": str(cid),
+            "type": rtype,
+            "status": rstatus,
+            "requestedBy": by,
+            "receivedAt": utc_iso(received),
+            "completedAt": utc_iso(completed) if completed else None,
+            "dueAt": utc_iso(due),
+            "outcome": outcome,
+            "overdue": late,
+        }
+        for rid, cid, rtype, rstatus, by, received, completed, due, outcome, late in page
+    ]
+    next_cursor = _cursor(page[-1][5], page[-1][0]) if len(rows) > limit else None
+    return {"items": items, "nextCursor": next_cursor, "limit": limit}
+
+
+@router.get("/api/v1/audit", responses=_ERRORS)
+async def list_audit(
+    *,
+    request: Request,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=0, description="last `seq` of the previous page")] = 0,
+    customer_id: Annotated[UUID | None, Query(alias="customerId")] = None,
+) -> dict[str, Any]:
+    """The organization's audit entries in chain order, with each entry's MAC (hex)."""
+    principal.require(Permission.PRIVACY)
+    params = {"org": principal.org, "customer": customer_id, "after": after, "fetch": limit}
+    async with _pool(request).connection() as conn:
+        rows = await (await conn.execute(AUDIT, params)).fetchall()
+    items = [
+        {
+            "seq": seq,
+            "at": utc_iso(at),
+            "actor": actor,
+            "action": action,
+            "customerId": str(cid) if cid else None,
+            "requestId": str(rid) if rid else None,
+            "outcome": outcome,
+            "mac": bytes(mac).hex(),
+        }
+        for seq, at, _org, actor, action, cid, rid, outcome, mac in rows
+    ]
+    return {"items": items, "next": items[-1]["seq"] if len(items) == limit else None}
+
+
+async def privacy_metrics(pool: AsyncConnectionPool[Any]) -> str:
+    """Prometheus text lines: open and overdue privacy requests (all organizations)."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(OPEN_COUNTS)).fetchone()
+    open_count, overdue = row if row else (0, 0)
+    return (
+        "# HELP customers_privacy_requests_open Privacy requests received and not finished.\n"
+        "# TYPE customers_privacy_requests_open gauge\n"
+        f"customers_privacy_requests_open {open_count}\n"
+        "# HELP customers_privacy_requests_overdue Open privacy requests past their deadline.\n"
+        "# TYPE customers_privacy_requests_overdue gauge\n"
+        f"customers_privacy_requests_overdue {overdue}\n"
+    )
