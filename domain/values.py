@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -51,6 +52,33 @@ class Model(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The stored/public JSON shape: camelCase, JSON-native values."""
         return self.model_dump(mode="json", by_alias=True)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        """Every text anywhere in the input, free-form maps included, must be storable:
+        PostgreSQL text and jsonb cannot hold NUL, and lone surrogates are not UTF-8."""
+        if not _storable(value):
+            raise ValueError("must not contain NUL characters or lone surrogates")
+        return value
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        if value.isascii():
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(_storable(v) for v in value)
+    return True
 
 
 def normalize_email(value: str) -> str:

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from domain.errors import invalid
 from domain.values import utc_iso
 from eventstore.compliance import AUDIT_COLUMNS, RequestType
+from read_api.consistency import READ_PROBLEMS
 from service.auth import CurrentPrincipal, Permission
 from service.problems import problem_responses
 
@@ -42,7 +43,7 @@ OPEN_COUNTS = (
 )
 
 router = APIRouter(tags=["privacy"])
-_ERRORS = problem_responses({403: "Needs the dpo or admin role"})
+_ERRORS = {**problem_responses({403: "Needs the dpo or admin role"}), **READ_PROBLEMS}
 
 
 def _pool(request: Request) -> AsyncConnectionPool[Any]:

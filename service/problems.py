@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from domain.errors import Code, DomainError
+from domain.errors import Code, DomainError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,16 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem(500, "internal error; it has been logged", instance=request.url.path)
 
 
+async def _storable_query(request: Request) -> None:
+    """PostgreSQL text cannot hold NUL: a query parameter with one is a 422 naming it."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value:
+            raise invalid(name, "must not contain NUL characters")
+
+
 def install(app: FastAPI) -> None:
+    """Problem answers for every error; call before adding routes (adds a check to each)."""
+    app.router.dependencies.append(Depends(_storable_query))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

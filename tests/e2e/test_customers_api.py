@@ -329,3 +329,25 @@ def test_health_ready_and_openapi(http: httpx.Client) -> None:
     assert {API, API + "/{customer_id}", API + "/{customer_id}/email/verify"} <= set(paths)
     assert "get" in paths[API] and "post" in paths[API]
     assert http.get("/docs").status_code == 200
+
+
+def test_unstorable_text_is_a_422_not_a_stuck_projector(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    """PostgreSQL text cannot hold NUL: refused at the door, wherever it hides."""
+    h = auth()
+    assert_problem(http.post(API, json=new_customer(name="Ann\x00"), headers=h), 422, "name")
+    custom = new_customer()
+    custom["preferences"]["customPreferences"] = {"note": ["ok", "bad\x00"]}
+    assert_problem(http.post(API, json=custom, headers=h), 422, "preferences.customPreferences")
+    segment = {"name": "s", "ruleId": "r", "description": "\x00", "kind": "STATIC"}
+    response = http.post("/api/v1/customers/segments", json=segment, headers=h)
+    assert_problem(response, 422, "description")
+    # Nothing half-written: the next customer is projected as usual.
+    assert read(http, h, create(http, h)).status_code == 200
+
+
+def test_nul_in_a_query_parameter_is_a_422(http: httpx.Client, auth: TokenFactory) -> None:
+    response = http.get("/api/v1/customers", params={"tag": "a\x00b"}, headers=auth())
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["tag"]
