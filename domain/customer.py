@@ -9,6 +9,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.consent import ConsentChange, with_consents
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile, utc_iso
 
@@ -129,6 +130,19 @@ class Customer(Aggregate):
             )
         self._delete(actor=actor)
 
+    def change_consent(self, change: ConsentChange, *, actor: str) -> None:
+        """Record a consent choice per purpose (every submitted purpose, changed or
+        re-affirmed: the ledger keeps each statement), effective at once on the profile."""
+        self._check_modifiable()
+        self._change_consent(
+            changes={purpose.value: granted for purpose, granted in change.consents.items()},
+            source=change.source,
+            policy_version=change.policy_version,
+            ip_address=str(change.ip_address) if change.ip_address else None,
+            user_agent=change.user_agent,
+            actor=actor,
+        )
+
     def erase(self, *, actor: str) -> None:
         """Art. 17 erasure, also of a lifecycle-deleted customer. The event carries no
         personal data; the caller destroys the customer's data key in the same transaction,
@@ -194,6 +208,20 @@ class Customer(Aggregate):
     @event("Deleted")
     def _delete(self, actor: str) -> None:
         self.status = CustomerStatus.DELETED
+
+    @event("ConsentChanged")
+    def _change_consent(
+        self,
+        *,
+        changes: dict[str, bool],
+        source: str,
+        policy_version: str | None,
+        ip_address: str | None,
+        user_agent: str | None,
+        actor: str,
+    ) -> None:
+        preferences = with_consents(self.profile["preferences"], changes)
+        self.profile = {**self.profile, "preferences": preferences}
 
     @event("Erased")
     def _erase(self, org_id: str, actor: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from eventsourcing.domain import Aggregate, event
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
-from domain.criteria import SegmentCriteria
+from domain.criteria import CustomRule, Operator, SegmentCriteria
 from domain.errors import Code, DomainError
 from domain.values import Model, utc_iso
 
@@ -18,6 +18,11 @@ class SegmentStatus(StrEnum):
     INACTIVE = "INACTIVE"
     CALCULATING = "CALCULATING"
     ERROR = "ERROR"
+
+
+class SegmentPurpose(StrEnum):
+    GENERAL = "general"
+    MARKETING = "marketing"  # members need marketing consent (withdrawal = leaving)
 
 
 class SegmentKind(StrEnum):
@@ -35,6 +40,7 @@ class SegmentDefinition(Model):
     description: Annotated[str, StringConstraints(max_length=2000)] = ""
     rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     kind: SegmentKind = SegmentKind.DYNAMIC
+    purpose: SegmentPurpose = SegmentPurpose.GENERAL
     criteria: SegmentCriteria | None = Field(default=None, validate_default=True)
 
     @field_validator("criteria")
@@ -48,6 +54,23 @@ class SegmentDefinition(Model):
         if kind == SegmentKind.STATIC and criteria is not None:
             raise ValueError("a STATIC segment has no criteria; assign members instead")
         return criteria
+
+
+_MARKETING_CONSENT = CustomRule(field="marketingConsent", operator=Operator.EQUALS, value=True)
+
+
+def effective_criteria(definition: dict[str, Any]) -> SegmentCriteria | None:
+    """What members must match: the criteria, plus marketing consent for a marketing
+    segment (as a custom rule, so both evaluators and explanations include it)."""
+    raw = definition.get("criteria")
+    if raw is None:
+        return None
+    criteria = SegmentCriteria.model_validate(raw)
+    if definition.get("purpose") != SegmentPurpose.MARKETING:
+        return criteria
+    return criteria.model_copy(
+        update={"custom_rules": [*criteria.custom_rules, _MARKETING_CONSENT]}
+    )
 
 
 def name_key(name: str) -> str:
@@ -131,6 +154,7 @@ class SegmentPublic(Model):
     description: str
     rule_id: str
     kind: SegmentKind
+    purpose: SegmentPurpose
     criteria: dict[str, Any] | None
     customer_count: int
     status: SegmentStatus
@@ -160,6 +184,7 @@ def representation(
         "description": definition["description"],
         "ruleId": definition["ruleId"],
         "kind": definition["kind"],
+        "purpose": definition.get("purpose", SegmentPurpose.GENERAL),
         "criteria": definition["criteria"],
         "customerCount": customer_count,
         "status": status,

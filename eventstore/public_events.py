@@ -29,6 +29,7 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "StatusChanged": ("StatusChanged", "customer.status_changed"),
     "ActiveOrdersChanged": ("ActiveOrdersChanged", "customer.active_orders_changed"),
     "Deleted": ("CustomerDeleted", "customer.deleted"),
+    "ConsentChanged": ("ConsentChanged", "customer.consent_changed"),
     "Erased": ("CustomerErased", "customer.erased"),
 }
 # Membership events (domain.membership) keep their names; their streams are segments'.
@@ -117,6 +118,8 @@ def public_event(event: object, org_id: str) -> dict[str, Any] | None:
         public["to"] = str(state["status"])
     elif name == "ActiveOrdersChanged":
         public["count"] = int(state["active_orders"])
+    elif name == "ConsentChanged":  # purposes and choices; never the IP or user agent
+        public["consents"] = dict(state["changes"])
     return public
 
 

@@ -26,6 +26,7 @@ from psycopg import sql
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
+from domain.consent import with_consents
 from domain.customer import representation
 from domain.segment_facts import customer_facts
 from domain.values import CustomerStatus, utc_iso
@@ -46,6 +47,7 @@ EMAIL_CHANGE_REQUESTED = _PREFIX + "EmailChangeRequested"
 EMAIL_VERIFIED = _PREFIX + "EmailVerified"
 STATUS_CHANGED = _PREFIX + "StatusChanged"
 ACTIVE_ORDERS_CHANGED = _PREFIX + "ActiveOrdersChanged"
+CONSENT_CHANGED = _PREFIX + "ConsentChanged"
 DELETED = _PREFIX + "Deleted"
 
 
@@ -266,6 +268,9 @@ def _apply_event(state: _State, event: Any, topic: str) -> None:
         state.status = str(event.status)
     elif topic == ACTIVE_ORDERS_CHANGED:
         state.active_orders = int(event.active_orders)
+    elif topic == CONSENT_CHANGED:
+        preferences = with_consents(state.profile["preferences"], event.changes)
+        state.profile = {**state.profile, "preferences": preferences}
     elif topic == DELETED:
         state.status = CustomerStatus.DELETED.value
     else:

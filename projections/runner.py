@@ -26,6 +26,7 @@ from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import ERASED_TOPIC
+from projections.consent import ConsentView
 from projections.customers import CustomersView
 from projections.membership import MembershipView
 from projections.positions import POSITIONS_CHANNEL, Connection, read_position
@@ -60,7 +61,7 @@ class View(Protocol):
 
 def views() -> list[View]:
     """Every read model the projector process maintains."""
-    return [CustomersView(), SegmentsView(), MembershipView()]
+    return [CustomersView(), SegmentsView(), MembershipView(), ConsentView()]
 
 
 class ViewRunner:

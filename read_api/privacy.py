@@ -13,10 +13,13 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from psycopg_pool import AsyncConnectionPool
 
-from domain.errors import invalid
+from domain.consent import consents
+from domain.errors import Code, DomainError, invalid
 from domain.values import utc_iso
 from eventstore.compliance import AUDIT_COLUMNS, RequestType
-from read_api.consistency import READ_PROBLEMS
+from projections.consent import VIEW as CONSENT_VIEW
+from projections.customers import VIEW as CUSTOMERS_VIEW
+from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CurrentPrincipal, Permission
 from service.problems import problem_responses
 
@@ -36,6 +39,13 @@ AUDIT = (
     f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE org_id = %(org)s"  # noqa: S608
     " AND (%(customer)s::uuid IS NULL OR customer_id = %(customer)s)"
     " AND seq > %(after)s ORDER BY seq LIMIT %(fetch)s"
+)
+CURRENT_PREFERENCES = (
+    "SELECT (doc->'preferences')::text FROM customers_docs WHERE id = %s AND org_id = %s"
+)
+LEDGER = (
+    "SELECT at, consents, actor, source, policy_version, ip_address, user_agent, version"
+    " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
 )
 OPEN_COUNTS = (
     f"SELECT count(*) FILTER (WHERE {_OPEN}),"  # noqa: S608
@@ -111,6 +121,43 @@ async def list_requests(
     ]
     next_cursor = _cursor(page[-1][5], page[-1][0]) if len(rows) > limit else None
     return {"items": items, "nextCursor": next_cursor, "limit": limit}
+
+
+@router.get(
+    "/api/v1/customers/{customer_id}/consent",
+    responses={**problem_responses({404: "No such customer"}), **READ_PROBLEMS},
+    dependencies=[consistent_with(CUSTOMERS_VIEW, CONSENT_VIEW)],
+)
+async def get_consent(
+    request: Request, customer_id: UUID, principal: CurrentPrincipal
+) -> dict[str, Any]:
+    """Current consent per purpose and every statement that led to it, oldest first. The
+    client's IP address and user agent are shown to the dpo and admin roles only."""
+    principal.require(Permission.READ)
+    async with _pool(request).connection() as conn:
+        cur = await conn.execute(CURRENT_PREFERENCES, (customer_id, principal.org))
+        found = await cur.fetchone()
+        if found is None:
+            raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+        rows = await (await conn.execute(LEDGER, (customer_id,))).fetchall()
+    private = principal.can(Permission.PRIVACY)
+    history = [
+        {
+            "at": utc_iso(at),
+            "consents": stated,
+            "actor": actor,
+            "source": source,
+            "policyVersion": policy,
+            "version": version,
+            **({"ipAddress": ip, "userAgent": agent} if private else {}),
+        }
+        for at, stated, actor, source, policy, ip, agent, version in rows
+    ]
+    return {
+        "customerId": str(customer_id),
+        "consents": consents(orjson.loads(found[0])),
+        "history": history,
+    }
 
 
 @router.get("/api/v1/audit", responses=_ERRORS)

@@ -17,7 +17,7 @@ from pydantic import AwareDatetime, Field
 
 from domain.criteria import SegmentCriteria, explain
 from domain.errors import Code, DomainError, invalid
-from domain.segment import SegmentPublic, SegmentStatus, representation
+from domain.segment import SegmentPublic, SegmentStatus, effective_criteria, representation
 from domain.values import Model, utc_iso
 from eventstore.jobs import GET_JOB, render_job
 from projections.customers import use_raw_json
@@ -193,11 +193,6 @@ async def _definition(
     return row[0], row[1]
 
 
-def _criteria(definition: dict[str, Any]) -> SegmentCriteria | None:
-    raw = definition.get("criteria")
-    return None if raw is None else SegmentCriteria.model_validate(raw)
-
-
 @router.get(
     "/{segment_id}/customers",
     response_class=Response,
@@ -274,7 +269,7 @@ async def explain_membership(
         member = await (await conn.execute(IS_MEMBER, (segment_id, customer_id))).fetchone()
     facts = facts_from_row(row[2:])
     now = datetime.now(UTC)
-    criteria = _criteria(definition)
+    criteria = effective_criteria(definition)
     verdicts = explain(criteria, facts, now) if criteria is not None else []
     return {
         "segmentId": str(segment_id),

@@ -102,7 +102,8 @@ def problem(
 
 def field_path(loc: tuple[int | str, ...]) -> str:
     """('body', 'location', 'country') → 'location.country'; query/path keep the name."""
-    parts = [str(p) for p in loc]
+    # A bad key of a map is reported by pydantic as (..., key, "[key]"): the key names it.
+    parts = [str(p) for p in loc if p != "[key]"]
     if parts and parts[0] in {"body", "query", "path", "header"}:
         parts = parts[1:]
     return ".".join(parts) or "body"

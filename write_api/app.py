@@ -11,6 +11,7 @@ from uuid import UUID
 import orjson
 from fastapi import Depends, FastAPI, Header, Request, Response
 
+from domain.consent import ConsentChange
 from domain.errors import invalid
 from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
@@ -157,6 +158,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+
+    @app.put(
+        PREFIX + "/{customer_id}/consent",
+        responses={
+            200: {"description": "{customerId, consents: {purpose: bool}, requestId, version}"},
+            **_ERRORS,
+        },
+    )
+    def change_consent(
+        customer_id: UUID, body: ConsentChange, principal: CurrentPrincipal, commands: Commands
+    ) -> Response:
+        """Grant or withdraw consent per purpose (GDPR Art. 7), recorded with source, policy
+        version, IP address and user agent; effective immediately."""
+        return _answer(commands.change_consent(principal, customer_id, body))
 
     @app.delete(
         PREFIX + "/{customer_id}/data",

@@ -34,7 +34,7 @@ from psycopg.rows import tuple_row
 from domain.criteria import SegmentCriteria
 from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, SegmentCalculated, events, stream_id
-from domain.segment import Segment, SegmentKind
+from domain.segment import Segment, effective_criteria
 from eventstore.application import Customers
 from eventstore.jobs import JOB_COLUMNS, render_job
 from projections.customers import VIEW as CUSTOMERS_VIEW
@@ -227,12 +227,7 @@ class Calculator:
             raise DomainError(Code.NOT_FOUND, "the segment does not exist")
         if segment.deleted:
             raise DomainError(Code.NOT_FOUND, "the segment was deleted")
-        definition = segment.definition
-        criteria = (
-            SegmentCriteria.model_validate(definition["criteria"])
-            if definition["kind"] == SegmentKind.DYNAMIC
-            else None
-        )
+        criteria = effective_criteria(segment.definition)
         self._phase(conn, job, "waiting_for_projection")
         self._wait_for_projection(conn, job)
         reason = Reason(job.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -9,6 +10,7 @@ from uuid import UUID, uuid4
 import orjson
 from eventsourcing.persistence import IntegrityError
 
+from domain.consent import ConsentChange, consents
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile
@@ -124,6 +126,30 @@ class CustomerCommands(Commands[Customer]):
             return {"releases": [self._release(principal.org, customer.email)]}
 
         return self.command(principal, customer_id, if_match, decide)
+
+    def change_consent(
+        self, principal: Principal, customer_id: UUID, change: ConsentChange
+    ) -> Outcome:
+        """Grant or withdraw purposes; recorded in the ledger and effective at once (the
+        profile, segment facts and memberships follow)."""
+        principal.require(Permission.WRITE)
+        request = PrivacyRecord(
+            uuid4(), principal.org, customer_id, RequestType.CONSENT_CHANGE, principal.sub
+        )
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            customer.change_consent(change, actor=principal.sub)
+            return {"privacy": request}
+
+        outcome = self.command(principal, customer_id, None, decide)
+        assert outcome.body is not None
+        body = {
+            "customerId": str(customer_id),
+            "consents": consents(outcome.body["preferences"]),
+            "requestId": str(request.request_id),
+            "version": outcome.version,
+        }
+        return replace(outcome, body=body)
 
     def erase(self, principal: Principal, customer_id: UUID) -> Outcome:
         """Art. 17 erasure: the Erased event, the destroyed data key, and the customer's

@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 
 from domain.criteria import SegmentCriteria, matches
 from domain.membership import Change, Reason, events, stream_id
-from domain.segment import SegmentKind
+from domain.segment import SegmentKind, effective_criteria
 from domain.segment_facts import CustomerFacts
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
@@ -104,7 +104,7 @@ class Reevaluator:
         assert url
         self._url = url
         self._conn: Connection | None = None
-        self._criteria: dict[tuple[UUID, int], SegmentCriteria] = {}
+        self._criteria: dict[tuple[UUID, int], SegmentCriteria | None] = {}
         self.position = -1
 
     def _connection(self) -> Connection:
@@ -213,17 +213,12 @@ class Reevaluator:
         return changes, versions
 
     def _parse(self, row: Sequence[Any]) -> SegmentCriteria | None:
-        definition = row[5]
-        if definition.get("criteria") is None:
-            return None
         key = (row[0], row[4])
-        criteria = self._criteria.get(key)
-        if criteria is None:
+        if key not in self._criteria:
             if len(self._criteria) > 10_000:
                 self._criteria.clear()
-            criteria = SegmentCriteria.model_validate(definition["criteria"])
-            self._criteria[key] = criteria
-        return criteria
+            self._criteria[key] = effective_criteria(row[5])
+        return self._criteria[key]
 
 
 def follow(reevaluator: Reevaluator, url: str, stop: threading.Event) -> None:

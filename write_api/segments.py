@@ -74,14 +74,23 @@ class SegmentCommands(Commands[Segment]):
 
         def decide(segment: Segment) -> dict[str, Any]:
             previous = segment.name
-            before = (segment.definition["criteria"], segment.status)
+            before = (
+                segment.definition["criteria"],
+                segment.definition.get("purpose"),
+                segment.status,
+            )
             if definition.rule_id != segment.definition["ruleId"]:
                 self.rules.check_rule(definition.rule_id)
             segment.redefine(definition, principal.sub)
             if status is not None:
                 segment.set_status(status, principal.sub)
             jobs[:] = []
-            if (segment.definition["criteria"], segment.status) != before:
+            after = (
+                segment.definition["criteria"],
+                segment.definition.get("purpose"),
+                segment.status,
+            )
+            if after != before:
                 jobs.extend(self._recalculation(principal, segment))
             writes: dict[str, Any] = {"jobs": list(jobs)}
             if name_key(previous) != name_key(segment.name):

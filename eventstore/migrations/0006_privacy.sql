@@ -33,3 +33,22 @@ CREATE TABLE audit_log (
     mac bytea NOT NULL
 );
 CREATE INDEX audit_log_org_idx ON audit_log (org_id, seq);
+
+-- Consent ledger (projections/consent.py): every consent statement — at registration, in a
+-- profile update that changed one, or through PUT /customers/{id}/consent — with who, how,
+-- which policy version, and the client's IP / user agent when given. Personal data: erased
+-- with the customer.
+CREATE TABLE consent_ledger (
+    id bigserial PRIMARY KEY,
+    customer_id uuid NOT NULL,
+    org_id text NOT NULL,
+    version integer NOT NULL,
+    at timestamptz NOT NULL,
+    consents jsonb NOT NULL,
+    actor text NOT NULL,
+    source text NOT NULL,
+    policy_version text,
+    ip_address text,
+    user_agent text
+);
+CREATE INDEX consent_ledger_customer_idx ON consent_ledger (customer_id, id);

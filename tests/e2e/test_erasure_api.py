@@ -1,5 +1,5 @@
 """Erasure (GDPR Art. 17) end to end: a customer with distinctive personal data goes through
-updates, an e-mail change, a segment and the NATS relay, is erased, and then no trace of its
+updates, an e-mail change, a consent statement, a segment and the NATS relay, is erased, and then no trace of its
 e-mail addresses or name is left in any table (pg_dump and a table scan), in the NATS stream,
 in the logs, or in any API answer."""
 
@@ -69,6 +69,9 @@ def test_erasure_leaves_no_trace(
     assert http.put(url, json=renamed, headers=h).status_code == 200
     moving = new_customer(email=new_email, name=f"{name} Renamed", age=36)
     assert http.put(url, json=moving, headers=h).json()["pendingEmail"] == new_email
+    agent = f"ZeldaAgent/{tag}"
+    consent = {"consents": {"personalization": True}, "userAgent": agent, "ipAddress": "::1"}
+    assert http.put(f"{url}/consent", json=consent, headers=h).status_code == 200
     sid = new_segment(http, h, criteria=SPAIN_30_TO_40)["id"]
     eventually(lambda: cid in members(http, h, sid))
 
@@ -112,7 +115,7 @@ def test_erasure_leaves_no_trace(
     messages = asyncio.run(read_stream(migrated))
     mine = [m for m in messages if m.data.get("customerId") == cid]
     assert mine[-1].data["type"] == "CustomerErased"
-    needles = [email, new_email, name]
+    needles = [email, new_email, name, agent]
     stream_text = "\n".join(str(m.data) + str(m.headers) for m in messages)
     assert not [n for n in needles if n in stream_text]
 

@@ -1,0 +1,99 @@
+"""consent_ledger: one row per consent statement of a customer (see migrations/0006)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from domain.consent import consents
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded
+from projections.positions import Connection
+
+VIEW = "consent_ledger"
+_CREATED = CUSTOMER_TOPIC_PREFIX + "Customer.Created"
+_UPDATED = CUSTOMER_TOPIC_PREFIX + "Customer.Updated"
+_CONSENT = CUSTOMER_TOPIC_PREFIX + "Customer.ConsentChanged"
+
+INSERT = (
+    "INSERT INTO consent_ledger (customer_id, org_id, version, at, consents, actor, source,"
+    " policy_version, ip_address, user_agent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+STATEMENTS = (
+    "SELECT customer_id, org_id, consents FROM consent_ledger"
+    " WHERE customer_id = ANY(%s) ORDER BY customer_id, id"
+)
+FORGET = "DELETE FROM consent_ledger WHERE customer_id = ANY(%s)"
+TRUNCATE = "TRUNCATE consent_ledger"
+
+
+def _topic(event: Any) -> str:
+    if isinstance(event, Shredded):
+        return event.topic
+    cls = type(event)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class ConsentView:
+    """A projections.runner.View. A profile update is a statement only when it changed a
+    purpose, so the customers' current state is folded from their earlier rows."""
+
+    name = VIEW
+
+    def accepts(self, topic: str) -> bool:
+        return topic in {_CREATED, _UPDATED, _CONSENT, ERASED_TOPIC}
+
+    def prepare(self, conn: Connection) -> None:
+        pass
+
+    def truncate(self, conn: Connection) -> None:
+        conn.execute(TRUNCATE)
+
+    def apply(self, conn: Connection, events: Sequence[Any]) -> None:
+        # Customers whose earlier statements matter: consent changes, and profile updates
+        # that may have changed a purpose.
+        touched = [
+            e.originator_id
+            for e in events
+            if _topic(e) == _CONSENT or (_topic(e) == _UPDATED and "preferences" in e.changes)
+        ]
+        state: dict[UUID, tuple[str, dict[str, bool]]] = {}
+        if touched:
+            for cid, org, stated in conn.execute(STATEMENTS, (touched,)):
+                state[cid] = (org, {**state.get(cid, (org, {}))[1], **stated})
+        rows: list[tuple[Any, ...]] = []
+        forget: list[UUID] = []
+        for e in events:
+            cid, topic = e.originator_id, _topic(e)
+            if isinstance(e, Shredded) or topic == ERASED_TOPIC:
+                forget.append(cid)
+                state.pop(cid, None)
+                rows = [r for r in rows if r[0] != cid]
+                continue
+            version, at = e.originator_version, e.timestamp
+            if topic == _CREATED:
+                now = consents(e.profile["preferences"])
+                state[cid] = (e.org_id, now)
+                rows.append((cid, e.org_id, version, at, now, e.actor, "registration"))
+            elif topic == _UPDATED and "preferences" in e.changes and cid in state:
+                org, before = state[cid]
+                now = consents(e.changes["preferences"])
+                changed = {p: v for p, v in now.items() if before.get(p) != v}
+                if changed:
+                    state[cid] = (org, {**before, **changed})
+                    rows.append((cid, org, version, at, changed, e.actor, "profile_update"))
+            elif topic == _CONSENT and cid in state:
+                org, before = state[cid]
+                state[cid] = (org, {**before, **e.changes})
+                statement = (e.source, e.policy_version, e.ip_address, e.user_agent)
+                rows.append((cid, org, version, at, e.changes, e.actor, *statement))
+        if forget:
+            conn.execute(FORGET, (forget,))
+        if rows:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    INSERT,
+                    [(*r[:4], Jsonb(r[4]), *r[5:], *(None,) * (10 - len(r))) for r in rows],
+                )
