@@ -31,6 +31,14 @@ class Shredded:
         self.topic = topic
 
 
+def topic_of(event: Any) -> str:
+    """The stored topic of a decoded event (a Shredded placeholder keeps its own)."""
+    if isinstance(event, Shredded):
+        return event.topic
+    cls = type(event)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         return str(obj)

@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from domain.consent import consents
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded, topic_of
 from projections.positions import Connection
 
 VIEW = "consent_ledger"
@@ -27,13 +27,6 @@ STATEMENTS = (
 )
 FORGET = "DELETE FROM consent_ledger WHERE customer_id = ANY(%s)"
 TRUNCATE = "TRUNCATE consent_ledger"
-
-
-def _topic(event: Any) -> str:
-    if isinstance(event, Shredded):
-        return event.topic
-    cls = type(event)
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class ConsentView:
@@ -57,7 +50,7 @@ class ConsentView:
         touched = [
             e.originator_id
             for e in events
-            if _topic(e) == _CONSENT or (_topic(e) == _UPDATED and "preferences" in e.changes)
+            if topic_of(e) == _CONSENT or (topic_of(e) == _UPDATED and "preferences" in e.changes)
         ]
         state: dict[UUID, tuple[str, dict[str, bool]]] = {}
         if touched:
@@ -66,7 +59,7 @@ class ConsentView:
         rows: list[tuple[Any, ...]] = []
         forget: list[UUID] = []
         for e in events:
-            cid, topic = e.originator_id, _topic(e)
+            cid, topic = e.originator_id, topic_of(e)
             if isinstance(e, Shredded) or topic == ERASED_TOPIC:
                 forget.append(cid)
                 state.pop(cid, None)

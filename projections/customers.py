@@ -30,7 +30,7 @@ from domain.consent import with_consents
 from domain.customer import representation
 from domain.segment_facts import customer_facts
 from domain.values import CustomerStatus, utc_iso
-from eventstore.mapper import ERASED_TOPIC, Shredded
+from eventstore.mapper import ERASED_TOPIC, Shredded, topic_of
 from projections import positions, segment_sql
 from projections.positions import Connection
 
@@ -278,13 +278,6 @@ def _apply_event(state: _State, event: Any, topic: str) -> None:
         raise UnknownCustomerEvent(f"no projection rule for {topic}")
 
 
-def _topic(event: Any) -> str:
-    if isinstance(event, Shredded):
-        return event.topic
-    cls = type(event)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 class CustomersView:
     """customers_view + customers_docs (a projections.runner.View)."""
 
@@ -308,7 +301,7 @@ class CustomersView:
         for e in events:
             if isinstance(e, Shredded):
                 continue
-            if _topic(e) == CREATED:
+            if topic_of(e) == CREATED:
                 created.add(e.originator_id)
             elif e.originator_id not in created:
                 wanted.add(e.originator_id)
@@ -322,7 +315,7 @@ class CustomersView:
         dirty: set[UUID] = set()
         for e in events:
             cid = e.originator_id
-            topic = _topic(e)
+            topic = topic_of(e)
             if isinstance(e, Shredded) or topic == ERASED_TOPIC:
                 states.pop(cid, None)
                 dirty.discard(cid)

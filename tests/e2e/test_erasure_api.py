@@ -1,7 +1,7 @@
 """Erasure (GDPR Art. 17) end to end: a customer with distinctive personal data goes through
-updates, an e-mail change, a consent statement, a segment and the NATS relay, is erased, and then no trace of its
-e-mail addresses or name is left in any table (pg_dump and a table scan), in the NATS stream,
-in the logs, or in any API answer."""
+updates, an e-mail change, a consent statement, a segment and the NATS relay, is erased, and
+then no trace of its e-mail addresses, name or user agent is left in any table (pg_dump and a
+table scan), in the NATS stream, in the logs, or in any API answer."""
 
 from __future__ import annotations
 
