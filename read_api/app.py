@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from eventstore.application import EVENTS_TABLE
 from projections.customers import VIEW, use_raw_json
 from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
-from read_api import customers, privacy, segments
+from read_api import customers, personal_data, privacy, segments
 from read_api.consistency import PositionWatcher
 from service import logs, problems
 from service.settings import Settings
@@ -48,9 +48,11 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
         await watcher.start()
         app.state.pool = pool
         app.state.positions = watcher
+        app.state.event_store = personal_data.EventStore(settings)
         try:
             yield
         finally:
+            app.state.event_store.close()
             await watcher.stop()
             await pool.close()
 
@@ -67,6 +69,8 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     # Before the customers router: /customers/segments must not match /customers/{id}.
     app.include_router(segments.router)
+    # Before the customers router too: /customers/{id}/data is not /customers/{id}.
+    app.include_router(personal_data.router)
     app.include_router(customers.router)
     app.include_router(privacy.router)
 

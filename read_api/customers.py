@@ -124,6 +124,20 @@ STINTS_AS_OF = _STINTS.format("m.joined_at <= %(at)s AND (m.left_at IS NULL OR m
 STINTS_ALL = _STINTS.format("true")
 
 
+def render_stint(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of the STINTS queries as the API shows it."""
+    sid, name, joined, join_reason, left, leave_reason = row
+    return {
+        "segmentId": str(sid),
+        "name": name,
+        "joinedAt": utc_iso(joined),
+        "joinReason": join_reason,
+        "leftAt": utc_iso(left) if left else None,
+        "leaveReason": leave_reason,
+        "active": left is None,
+    }
+
+
 @lru_cache(maxsize=1024)
 def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) -> sql.Composed:
     """The list statement for one shape of request (built once per shape)."""
@@ -396,16 +410,5 @@ async def customer_segments(
     return {
         "customerId": str(id),
         "asOf": utc_iso(as_of) if as_of and not history else None,
-        "items": [
-            {
-                "segmentId": str(sid),
-                "name": name,
-                "joinedAt": utc_iso(joined),
-                "joinReason": join_reason,
-                "leftAt": utc_iso(left) if left else None,
-                "leaveReason": leave_reason,
-                "active": left is None,
-            }
-            for sid, name, joined, join_reason, left, leave_reason in rows
-        ],
+        "items": [render_stint(row) for row in rows],
     }

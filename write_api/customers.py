@@ -173,7 +173,11 @@ class CustomerCommands(Commands[Customer]):
         # An erased customer's events cannot be read any more: it does not exist.
         if self.app.keys.cipher(aggregate_id) is None:
             raise DomainError(Code.NOT_FOUND, f"customer {aggregate_id} not found")
-        return super().load(principal, aggregate_id)
+        customer = super().load(principal, aggregate_id)
+        if customer.erased:  # by another process, while this one still had the key cached
+            self.app.keys.forget(aggregate_id)
+            raise DomainError(Code.NOT_FOUND, f"customer {aggregate_id} not found")
+        return customer
 
     def _replay(self, org: str, key: str, request_hash: bytes) -> Outcome | None:
         record = self.app.recorder.find_idempotency(org, key, self.settings.idempotency_ttl_hours)

@@ -1,0 +1,317 @@
+"""Everything held about one person: the Art. 15/20 export (`GET /customers/{id}/data`, JSON or
+a ZIP of CSV files) and the decrypted event history with point-in-time reconstruction
+(`GET /customers/{id}/history`). Both need the customer's data key, so they read the event
+store (through a small event-sourced application of this process) besides the read models.
+Every call is a privacy request (exports) or an audit entry (history reads)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import uuid
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
+from starlette.concurrency import run_in_threadpool
+
+from domain.customer import Customer
+from domain.errors import Code, DomainError
+from domain.values import utc_iso
+from eventstore import compliance
+from eventstore.application import Customers
+from eventstore.compliance import PrivacyRecord, RequestType
+from eventstore.mapper import ERASED_TOPIC, Shredded, topic_of
+from read_api.consistency import READ_PROBLEMS
+from read_api.customers import STINTS_ALL, render_stint
+from service.auth import CurrentPrincipal, Permission, Principal
+from service.problems import problem_responses
+from service.settings import Settings
+
+router = APIRouter(prefix="/api/v1/customers", tags=["privacy"])
+_ERRORS = {
+    **problem_responses({403: "Needs the dpo or admin role", 404: "No such customer"}),
+    **READ_PROBLEMS,
+}
+
+DOC = "SELECT doc::text FROM customers_docs WHERE id = %s AND org_id = %s"
+CONSENT = (
+    "SELECT at, consents::text, actor, source, policy_version, ip_address, user_agent"
+    " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
+)
+REQUESTS = (
+    "SELECT id, type, status, received_at, completed_at FROM privacy_requests"
+    " WHERE customer_id = %s ORDER BY received_at"
+)
+
+# Art. 15(1) facts, the same for every customer of this deployment.
+FACTS = {
+    "controller": "the organization that holds the customer record (tenant `orgId`)",
+    "purposes": {
+        "customer management": "keeping the profile the organization was given (Art. 6(1)(b))",
+        "segmentation": "rule-based grouping for the purposes the customer consented to",
+        "marketing": "only with marketing consent; withdrawal takes effect immediately",
+        "analytics": "only with analytics-tracking consent",
+    },
+    "recipients": (
+        "the organization's users of this service; event consumers of the organization's"
+        " NATS subjects receive ids, event types and changed field names, never profile values"
+    ),
+    "retention": (
+        "until erasure (DELETE /customers/{id}/data); a deleted customer is erased after the"
+        " configured grace period"
+    ),
+    "rights": "access, rectification, erasure, restriction, portability, objection, complaint",
+}
+
+
+class ExportFormat(StrEnum):
+    JSON = "json"
+    ZIP = "zip"
+
+
+class EventStore:
+    """This process's event-sourced application, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app: Customers | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Customers:
+        with self._lock:
+            if self._app is None:
+                self._app = Customers(self._settings, pool_size=2)
+            return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+def _event_store(request: Request) -> Customers:
+    store: EventStore = request.app.state.event_store
+    return store.get()
+
+
+def _events(app: Customers, principal: Principal, customer_id: UUID) -> list[Any]:
+    """The customer's decoded events; 404 for another org's, unknown or erased customers."""
+    if app.keys.cipher(customer_id) is None:
+        raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+    events = list(app.events.get(customer_id))
+    if not events or getattr(events[0], "org_id", None) != principal.org:
+        raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+    if any(isinstance(e, Shredded) or topic_of(e) == ERASED_TOPIC for e in events):
+        # Erased by another process while this one still had the key cached: forget it.
+        app.keys.forget(customer_id)
+        raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+    return events
+
+
+def _render_event(event: Any) -> dict[str, Any]:
+    state = {
+        k: v
+        for k, v in vars(event).items()
+        if k not in {"originator_id", "originator_version", "timestamp"}
+    }
+    return {
+        "version": event.originator_version,
+        "type": topic_of(event).rsplit(".", 1)[-1],
+        "occurredAt": utc_iso(event.timestamp),
+        "data": state,
+    }
+
+
+def _audit(
+    app: Customers, principal: Principal, customer_id: UUID, action: str, outcome: str
+) -> None:
+    url = app.settings.database_url
+    assert url
+    with psycopg.connect(url) as conn, conn.transaction():
+        compliance.audit(
+            conn,
+            app.keys.audit_key,
+            org_id=principal.org,
+            actor=principal.sub,
+            action=action,
+            outcome=outcome,
+            customer_id=customer_id,
+        )
+
+
+def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[str, Any]:
+    """Everything about the customer, recorded as a completed EXPORT request (audited)."""
+    events = _events(app, principal, customer_id)
+    url = app.settings.database_url
+    assert url
+    request_id = uuid.uuid4()
+    with psycopg.connect(url) as conn:
+        row = conn.execute(DOC, (customer_id, principal.org)).fetchone()
+        profile = orjson.loads(row[0]) if row else None
+        consent = [
+            {
+                "at": utc_iso(at),
+                "consents": orjson.loads(stated),
+                "actor": actor,
+                "source": source,
+                "policyVersion": policy,
+                "ipAddress": ip,
+                "userAgent": agent,
+            }
+            for at, stated, actor, source, policy, ip, agent in conn.execute(
+                CONSENT, (customer_id,)
+            )
+        ]
+        with conn.cursor() as cur:
+            cur.execute(STINTS_ALL, {"id": customer_id, "org": principal.org})
+            segments = [render_stint(row) for row in cur]
+        with conn.transaction():
+            compliance.record(
+                conn,
+                app.keys.audit_key,
+                PrivacyRecord(
+                    request_id, principal.org, customer_id, RequestType.EXPORT, principal.sub
+                ),
+            )
+        requests = [
+            {
+                "id": str(rid),
+                "type": rtype,
+                "status": status,
+                "receivedAt": utc_iso(received),
+                "completedAt": utc_iso(completed) if completed else None,
+            }
+            for rid, rtype, status, received, completed in conn.execute(REQUESTS, (customer_id,))
+        ]
+    source = (profile or {}).get("metadata", {}).get("source")
+    return {
+        "exportedAt": utc_iso(datetime.now(UTC)),
+        "requestId": str(request_id),
+        "customerId": str(customer_id),
+        "profile": profile,
+        "consentHistory": consent,
+        "segmentHistory": segments,
+        "activity": [],  # tracked activity arrives with the tracking service (issue 4)
+        "privacyRequests": requests,
+        "events": [_render_event(e) for e in events],
+        "processing": {**FACTS, "source": source or "not recorded"},
+    }
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    if rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    k: v if isinstance(v, str | int | float | None) else orjson.dumps(v).decode()
+                    for k, v in r.items()
+                }
+            )
+    return out.getvalue().encode()
+
+
+def _zip(export: dict[str, Any]) -> bytes:
+    profile = export["profile"] or {}
+    files = {
+        "profile.csv": _csv([{"field": k, "value": v} for k, v in profile.items()]),
+        "consent_history.csv": _csv(export["consentHistory"]),
+        "segment_history.csv": _csv(export["segmentHistory"]),
+        "activity.csv": _csv(export["activity"]),
+        "privacy_requests.csv": _csv(export["privacyRequests"]),
+        "events.csv": _csv(export["events"]),
+        "processing.json": orjson.dumps(export["processing"], option=orjson.OPT_INDENT_2),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@router.get(
+    "/{customer_id}/data",
+    response_class=Response,
+    responses={200: {"description": "The export (JSON, or a ZIP of CSV files)"}, **_ERRORS},
+)
+async def export_data(
+    request: Request,
+    customer_id: UUID,
+    principal: CurrentPrincipal,
+    format: ExportFormat = ExportFormat.JSON,
+) -> Response:
+    """Everything held about the customer (GDPR Art. 15 and 20): profile, consent history,
+    segment membership history, activity, privacy requests, the decrypted event history and
+    the processing facts. Recorded as a completed EXPORT request and audited."""
+    principal.require(Permission.PRIVACY)
+    app = _event_store(request)
+    export = await run_in_threadpool(_collect, app, principal, customer_id)
+    if format == ExportFormat.ZIP:
+        data = await run_in_threadpool(_zip, export)
+        name = f"customer-{customer_id}.zip"
+        return StreamingResponse(
+            _chunks(data),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return StreamingResponse(_chunks(orjson.dumps(export)), media_type="application/json")
+
+
+@router.get("/{customer_id}/history", responses=_ERRORS)
+async def history(
+    request: Request,
+    customer_id: UUID,
+    principal: CurrentPrincipal,
+    as_of: Annotated[
+        AwareDatetime | None,
+        Query(alias="asOf", description="RFC 3339: the customer as it was at that moment"),
+    ] = None,
+) -> dict[str, Any]:
+    """The customer's events, decrypted, oldest first; with `asOf`, the customer as the
+    service answered about it at that moment. Audited."""
+    principal.require(Permission.PRIVACY)
+    app = _event_store(request)
+
+    def read() -> dict[str, Any]:
+        events = _events(app, principal, customer_id)
+        if as_of is None:
+            return {"customerId": str(customer_id), "events": [_render_event(e) for e in events]}
+        version = max((e.originator_version for e in events if e.timestamp <= as_of), default=0)
+        if version == 0:
+            raise DomainError(Code.NOT_FOUND, f"customer {customer_id} did not exist at {as_of}")
+        customer: object = app.repository.get(customer_id, version=version)
+        assert isinstance(customer, Customer)
+        return {
+            "customerId": str(customer_id),
+            "asOf": utc_iso(as_of),
+            "customer": customer.public(),
+        }
+
+    def audited() -> dict[str, Any]:
+        action = "history" if as_of is None else "history_as_of"
+        try:
+            result = read()
+        except DomainError as e:
+            _audit(app, principal, customer_id, action, e.code.value)
+            raise
+        _audit(app, principal, customer_id, action, "completed")
+        return result
+
+    return await run_in_threadpool(audited)
