@@ -9,6 +9,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.anonymization import anonymous_profile
 from domain.consent import ConsentChange, with_consents
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile, utc_iso
@@ -143,6 +144,22 @@ class Customer(Aggregate):
             actor=actor,
         )
 
+    def anonymize(self, *, actor: str) -> None:
+        """Replace everything identifying by `anonymous_profile`; the caller destroys the
+        data key in the same transaction, so the earlier events become unreadable and the
+        anonymized record (carried in clear by the event) is all that is left."""
+        if self.active_orders > 0:
+            raise DomainError(
+                Code.CONFLICT,
+                f"customer has {self.active_orders} active order(s) and cannot be anonymized",
+            )
+        self._anonymize(
+            org_id=self.org_id,
+            profile=anonymous_profile(self.profile, self.id),
+            created_at=utc_iso(self.created_on),
+            actor=actor,
+        )
+
     def erase(self, *, actor: str) -> None:
         """Art. 17 erasure, also of a lifecycle-deleted customer. The event carries no
         personal data; the caller destroys the customer's data key in the same transaction,
@@ -161,10 +178,10 @@ class Customer(Aggregate):
             raise DomainError(Code.CONFLICT, "a deleted customer cannot be modified")
 
     def _check_transition(self, target: CustomerStatus, actor_is_admin: bool) -> None:
-        if target == CustomerStatus.DELETED:
+        if target in {CustomerStatus.DELETED, CustomerStatus.ANONYMIZED}:
             raise DomainError(
                 Code.CONFLICT,
-                "status DELETED is reached only through deletion",
+                f"status {target} is reached only through its own request",
             )
         if (self.status, target) in _FREE_TRANSITIONS:
             return
@@ -222,6 +239,12 @@ class Customer(Aggregate):
     ) -> None:
         preferences = with_consents(self.profile["preferences"], changes)
         self.profile = {**self.profile, "preferences": preferences}
+
+    @event("Anonymized")
+    def _anonymize(self, org_id: str, profile: dict[str, Any], created_at: str, actor: str) -> None:
+        self.profile = profile
+        self.status = CustomerStatus.ANONYMIZED
+        self.pending_email = self.pending_token = self.pending_expires_at = None
 
     @event("Erased")
     def _erase(self, org_id: str, actor: str) -> None:

@@ -31,6 +31,7 @@ class CustomerStatus(StrEnum):
     INACTIVE = "INACTIVE"
     SUSPENDED = "SUSPENDED"
     DELETED = "DELETED"
+    ANONYMIZED = "ANONYMIZED"  # read-only, holds nothing that identifies the person
 
 
 class Gender(StrEnum):

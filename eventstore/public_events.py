@@ -30,6 +30,7 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "ActiveOrdersChanged": ("ActiveOrdersChanged", "customer.active_orders_changed"),
     "Deleted": ("CustomerDeleted", "customer.deleted"),
     "ConsentChanged": ("ConsentChanged", "customer.consent_changed"),
+    "Anonymized": ("CustomerAnonymized", "customer.anonymized"),
     "Erased": ("CustomerErased", "customer.erased"),
 }
 # Membership events (domain.membership) keep their names; their streams are segments'.

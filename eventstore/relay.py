@@ -37,7 +37,7 @@ from nats.js.errors import NotFoundError
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, SHREDDING_TOPICS, Shredded
 from eventstore.public_events import (
     customer_id,
     event_org,
@@ -374,7 +374,7 @@ class Relay:
             (n.id, self.app.mapper.to_domain_event(n)) for n in notifications
         ]
         for n in notifications:
-            if n.topic == ERASED_TOPIC:  # a key this process cached is gone for good
+            if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
         self._resolve_orgs(event for _, event in events)
         batch: list[Outgoing] = []

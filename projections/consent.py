@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from domain.consent import consents
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, ERASED_TOPIC, Shredded, topic_of
+from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, SHREDDING_TOPICS, Shredded, topic_of
 from projections.positions import Connection
 
 VIEW = "consent_ledger"
@@ -36,7 +36,7 @@ class ConsentView:
     name = VIEW
 
     def accepts(self, topic: str) -> bool:
-        return topic in {_CREATED, _UPDATED, _CONSENT, ERASED_TOPIC}
+        return topic in {_CREATED, _UPDATED, _CONSENT, *SHREDDING_TOPICS}
 
     def prepare(self, conn: Connection) -> None:
         pass
@@ -60,7 +60,7 @@ class ConsentView:
         forget: list[UUID] = []
         for e in events:
             cid, topic = e.originator_id, topic_of(e)
-            if isinstance(e, Shredded) or topic == ERASED_TOPIC:
+            if isinstance(e, Shredded) or topic in SHREDDING_TOPICS:
                 forget.append(cid)
                 state.pop(cid, None)
                 rows = [r for r in rows if r[0] != cid]

@@ -30,7 +30,7 @@ from domain.consent import with_consents
 from domain.customer import representation
 from domain.segment_facts import customer_facts
 from domain.values import CustomerStatus, utc_iso
-from eventstore.mapper import ERASED_TOPIC, Shredded, topic_of
+from eventstore.mapper import ANONYMIZED_TOPIC, ERASED_TOPIC, Shredded, topic_of
 from projections import positions, segment_sql
 from projections.positions import Connection
 
@@ -186,6 +186,24 @@ class _State:
     segments: list[str]
 
     @classmethod
+    def new(cls, event: Any, status: CustomerStatus, created_at: datetime) -> _State:
+        """A customer as its first readable event (Created, or Anonymized) makes it."""
+        return cls(
+            org_id=event.org_id,
+            id=event.originator_id,
+            profile=event.profile,
+            status=status.value,
+            created_at=created_at,
+            created_iso=utc_iso(created_at),
+            updated_at=event.timestamp,
+            last_activity=event.timestamp,
+            version=event.originator_version,
+            pending_email=None,
+            active_orders=0,
+            segments=[],
+        )
+
+    @classmethod
     def from_row(cls, org_id: str, customer_id: UUID, doc: bytes) -> _State:
         d = orjson.loads(doc)
         return cls(
@@ -316,6 +334,13 @@ class CustomersView:
         for e in events:
             cid = e.originator_id
             topic = topic_of(e)
+            if topic == ANONYMIZED_TOPIC:  # all there is now; earlier events are unreadable
+                erased.discard(cid)
+                states[cid] = _State.new(
+                    e, CustomerStatus.ANONYMIZED, datetime.fromisoformat(e.created_at)
+                )
+                dirty.add(cid)
+                continue
             if isinstance(e, Shredded) or topic == ERASED_TOPIC:
                 states.pop(cid, None)
                 dirty.discard(cid)
@@ -325,20 +350,7 @@ class CustomersView:
                 continue
             ts: datetime = e.timestamp
             if topic == CREATED:
-                states[cid] = _State(
-                    org_id=e.org_id,
-                    id=cid,
-                    profile=e.profile,
-                    status=CustomerStatus.ACTIVE.value,
-                    created_at=ts,
-                    created_iso=utc_iso(ts),
-                    updated_at=ts,
-                    last_activity=ts,
-                    version=e.originator_version,
-                    pending_email=None,
-                    active_orders=0,
-                    segments=[],
-                )
+                states[cid] = _State.new(e, CustomerStatus.ACTIVE, ts)
                 dirty.add(cid)
                 continue
             state = states.get(cid)

@@ -25,7 +25,7 @@ from eventsourcing.persistence import Notification
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
-from eventstore.mapper import ERASED_TOPIC
+from eventstore.mapper import SHREDDING_TOPICS
 from projections.consent import ConsentView
 from projections.customers import CustomersView
 from projections.membership import MembershipView
@@ -142,7 +142,7 @@ class ViewRunner:
         decode = self.app.mapper.to_domain_event
         events = [decode(n) for n in wanted]
         for n in wanted:
-            if n.topic == ERASED_TOPIC:  # a key this process cached is gone for good
+            if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
         last = batch[-1].id
         with conn.transaction():

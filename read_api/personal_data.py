@@ -30,7 +30,7 @@ from domain.values import utc_iso
 from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.compliance import PrivacyRecord, RequestType
-from eventstore.mapper import ERASED_TOPIC, Shredded, topic_of
+from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
 from service.auth import CurrentPrincipal, Permission, Principal
@@ -110,8 +110,8 @@ def _events(app: Customers, principal: Principal, customer_id: UUID) -> list[Any
     events = list(app.events.get(customer_id))
     if not events or getattr(events[0], "org_id", None) != principal.org:
         raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
-    if any(isinstance(e, Shredded) or topic_of(e) == ERASED_TOPIC for e in events):
-        # Erased by another process while this one still had the key cached: forget it.
+    if any(isinstance(e, Shredded) or topic_of(e) in SHREDDING_TOPICS for e in events):
+        # Erased or anonymized by another process while this one still had the key cached.
         app.keys.forget(customer_id)
         raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
     return events

@@ -173,6 +173,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version, IP address and user agent; effective immediately."""
         return _answer(commands.change_consent(principal, customer_id, body))
 
+    @app.post(
+        PREFIX + "/{customer_id}/anonymize",
+        responses={200: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def anonymize_customer(
+        customer_id: UUID, principal: CurrentPrincipal, commands: Commands
+    ) -> Response:
+        """Irreversibly replace everything identifying (name, e-mail, exact age, address,
+        tags, devices, history) and keep the analytics: country, age band, language,
+        currency, acquisition, purchases. The record becomes read-only (status ANONYMIZED)."""
+        return _answer(commands.anonymize(principal, customer_id))
+
     @app.delete(
         PREFIX + "/{customer_id}/data",
         responses={

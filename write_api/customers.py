@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -151,16 +152,29 @@ class CustomerCommands(Commands[Customer]):
         }
         return replace(outcome, body=body)
 
+    def anonymize(self, principal: Principal, customer_id: UUID) -> Outcome:
+        """Irreversibly replace what identifies the customer, keeping the analytics (see
+        domain/anonymization.py)."""
+        return self._shred(principal, customer_id, RequestType.ANONYMIZATION, Customer.anonymize)
+
     def erase(self, principal: Principal, customer_id: UUID) -> Outcome:
-        """Art. 17 erasure: the Erased event, the destroyed data key, and the customer's
-        claims and idempotency records go in one transaction; read models follow."""
+        """Art. 17 erasure; read models follow the Erased event."""
+        return self._shred(principal, customer_id, RequestType.ERASURE, Customer.erase)
+
+    def _shred(
+        self,
+        principal: Principal,
+        customer_id: UUID,
+        kind: RequestType,
+        act: Callable[..., None],
+    ) -> Outcome:
+        """`act` on the customer; its event, the destroyed data key, the customer's claims
+        and idempotency records, the privacy request and its audit entry: one transaction."""
         principal.require(Permission.PRIVACY)
-        request = PrivacyRecord(
-            uuid4(), principal.org, customer_id, RequestType.ERASURE, principal.sub
-        )
+        request = PrivacyRecord(uuid4(), principal.org, customer_id, kind, principal.sub)
 
         def decide(customer: Customer) -> dict[str, Any]:
-            customer.erase(actor=principal.sub)
+            act(customer, actor=principal.sub)
             return {"erase": customer.id, "privacy": request}
 
         outcome = self.command(principal, customer_id, None, decide)
@@ -174,7 +188,8 @@ class CustomerCommands(Commands[Customer]):
         if self.app.keys.cipher(aggregate_id) is None:
             raise DomainError(Code.NOT_FOUND, f"customer {aggregate_id} not found")
         customer = super().load(principal, aggregate_id)
-        if customer.erased:  # by another process, while this one still had the key cached
+        if customer.erased or customer.status == CustomerStatus.ANONYMIZED:
+            # Shredded by another process, while this one still had the key cached.
             self.app.keys.forget(aggregate_id)
             raise DomainError(Code.NOT_FOUND, f"customer {aggregate_id} not found")
         return customer

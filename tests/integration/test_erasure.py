@@ -108,3 +108,28 @@ def test_deleted_customers_are_erased_after_the_grace_period(
     assert app.keys.cipher(deleted.id) is None
     assert app.keys.cipher(alive.id) is not None
     assert deleted.id not in view_ids(settings)
+
+
+def test_anonymized_record_survives_replay_and_rebuild(settings: Settings, app: Customers) -> None:
+    org = f"org-{secrets.token_hex(3)}"
+    (person,) = people(app, org, 1)
+    projector = Projector(settings, app=app)
+    try:
+        projector.run_once()
+        CustomerCommands(app).anonymize(admin(org), person.id)
+        projector.run_once()
+        for view in views():
+            rebuild_view(app, view)
+        with psycopg.connect(str(settings.database_url)) as conn:
+            row = conn.execute(
+                "SELECT v.status, v.name, d.doc::text FROM customers_view v"
+                " JOIN customers_docs d ON d.id = v.id WHERE v.id = %s",
+                (person.id,),
+            ).fetchone()
+    finally:
+        projector.close()
+    assert row is not None
+    status, name, doc = row
+    assert (status, name) == ("ANONYMIZED", "Anonymized customer")
+    assert "Erase Me" not in doc and '"ageBand":"30-39"' in doc
+    assert app.keys.cipher(person.id) is None

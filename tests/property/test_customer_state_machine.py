@@ -65,7 +65,8 @@ class CustomerMachine(RuleBasedStateMachine):
             (CustomerStatus.ACTIVE, CustomerStatus.INACTIVE),
             (CustomerStatus.INACTIVE, CustomerStatus.ACTIVE),
         }
-        if deleted or (changing and (status == CustomerStatus.DELETED or not (free or admin))):
+        own_request = {CustomerStatus.DELETED, CustomerStatus.ANONYMIZED}
+        if deleted or (changing and (status in own_request or not (free or admin))):
             self._expect_refused(act, {Code.CONFLICT, Code.FORBIDDEN})
             return
         token = act()
