@@ -1,9 +1,12 @@
-"""JSON logs with a request id; personal data never goes in (log ids, not values)."""
+"""JSON logs with a request id; personal data never goes in (log ids, not values), and a
+redaction filter on the handler scrubs what slips through anyway: e-mail addresses and URL
+query strings (access logs, driver error details, exception texts)."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 import uuid
@@ -16,6 +19,29 @@ from fastapi import FastAPI, Request, Response
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+_EMAIL = re.compile(r"[\w.+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+")
+_QUERY = re.compile(r"\?[^\s\"']+")
+
+
+def redact(text: str) -> str:
+    return _QUERY.sub("?[redacted]", _EMAIL.sub("[email]", text))
+
+
+class Redactor(logging.Filter):
+    """Rewrites every record before any handler formats it (message, extras, traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,14 +58,22 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def redacting_handler(stream: Any) -> logging.Handler:
+    """The service's log handler: JSON lines, redacted."""
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(Redactor())
     handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [redacting_handler(sys.stderr)]
     root.setLevel(level)
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -3,6 +3,9 @@ running beside it."""
 
 from __future__ import annotations
 
+import io
+import logging
+import re
 import threading
 import time
 import uuid
@@ -15,6 +18,7 @@ import uvicorn
 
 from service.auth import issue_token
 from service.embedded import free_port
+from service.logs import JsonFormatter, redacting_handler
 from service.settings import Settings
 
 
@@ -38,6 +42,37 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# Names the e2e tests give their customers (e-mail addresses are matched by pattern).
+TEST_NAMES = ("John Doe", "Zelda Quxworth", "Quentin Anonymo", "Export Person", "Rename")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_personal_data() -> Iterator[None]:
+    """Every log record of the whole e2e run is captured twice: as emitted (no test
+    customer's name may appear: nothing logs profile values) and as the service's handler
+    writes it after redaction (no e-mail address may appear, not even in access logs)."""
+    raw, written = io.StringIO(), io.StringIO()
+    raw_handler = logging.StreamHandler(raw)
+    raw_handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(raw_handler)  # before the redacting one, which rewrites records
+    service_handler = redacting_handler(written)
+    root.addHandler(service_handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(raw_handler)
+        root.removeHandler(service_handler)
+        root.setLevel(level)
+    as_emitted, as_written = raw.getvalue(), written.getvalue()
+    assert as_written.count("\n") > 100, "the capture saw (almost) nothing"
+    assert not [n for n in TEST_NAMES if n in as_emitted], "a customer name was logged"
+    assert not EMAIL.findall(as_written), "an e-mail address reached the log output"
 
 
 @pytest.fixture(scope="session")
