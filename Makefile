@@ -55,6 +55,7 @@ format: install
 bench: install
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.segments
+	$(VENV)/bin/python -m bench.privacy
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
