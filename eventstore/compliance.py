@@ -35,7 +35,8 @@ class RequestType(StrEnum):
 
 @dataclass(frozen=True)
 class PrivacyRecord:
-    """A privacy request completed by the operation it is saved with, and its audit entry."""
+    """A privacy request completed by the operation it is saved with (or rejected), and its
+    audit entry."""
 
     request_id: UUID
     org_id: str
@@ -43,12 +44,13 @@ class PrivacyRecord:
     type: RequestType
     actor: str
     outcome: str = "completed"
+    status: str = "COMPLETED"  # or REJECTED, with the reason as outcome
 
 
 RECORD_REQUEST = (
     "INSERT INTO privacy_requests (id, org_id, customer_id, type, status, requested_by,"
     " received_at, completed_at, due_at, outcome)"
-    " VALUES (%s, %s, %s, %s, 'COMPLETED', %s, %s, %s, %s, %s)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _LAST = "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
@@ -112,6 +114,7 @@ def record(conn: psycopg.Connection[Any], key: bytes, r: PrivacyRecord) -> None:
             r.org_id,
             r.customer_id,
             r.type,
+            r.status,
             r.actor,
             now,
             now,

@@ -15,6 +15,7 @@ from domain.consent import ConsentChange, consents
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile
+from eventstore import compliance
 from eventstore.compliance import PrivacyRecord, RequestType
 from eventstore.keys import keyed_hash
 from eventstore.recorder import (
@@ -177,7 +178,14 @@ class CustomerCommands(Commands[Customer]):
             act(customer, actor=principal.sub)
             return {"erase": customer.id, "privacy": request}
 
-        outcome = self.command(principal, customer_id, None, decide)
+        try:
+            outcome = self.command(principal, customer_id, None, decide)
+        except DomainError as e:
+            if e.code == Code.CONFLICT:  # refused by a rule (active orders): still a request
+                rejected = replace(request, status="REJECTED", outcome=e.detail)
+                with self.app.datastore.transaction(commit=True) as cur:
+                    compliance.record(cur.connection, self.app.keys.audit_key, rejected)
+            raise
         self.app.keys.forget(customer_id)
         return outcome
 

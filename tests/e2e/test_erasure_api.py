@@ -1,7 +1,7 @@
 """Erasure (GDPR Art. 17) end to end: a customer with distinctive personal data goes through
-updates, an e-mail change, a consent statement, a segment and the NATS relay, is erased, and
-then no trace of its e-mail addresses, name or user agent is left in any table (pg_dump and a
-table scan), in the NATS stream, in the logs, or in any API answer."""
+updates, an e-mail change, a consent statement, a segment, an export and the NATS relay, is
+erased, and then no trace of its e-mail addresses, name or user agent is left in any table
+(pg_dump and a table scan), in the NATS stream, in the logs, or in any API answer."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def test_erasure_leaves_no_trace(
     sid = new_segment(http, h, criteria=SPAIN_30_TO_40)["id"]
     eventually(lambda: cid in members(http, h, sid))
 
+    exported = http.get(f"{url}/data", headers=auth("dpo"))
+    assert exported.status_code == 200 and name in exported.text
+
     erased = http.delete(f"{url}/data", headers=auth("dpo"))
     assert erased.status_code == 200, erased.text
     assert erased.json()["status"] == "ERASED"
@@ -87,6 +90,8 @@ def test_erasure_leaves_no_trace(
     assert_problem(http.get(f"{url}/segments", headers=h), 404)
     assert_problem(http.put(url, json=renamed, headers=h), 404)
     assert_problem(http.delete(f"{url}/data", headers=h), 404)
+    assert_problem(http.get(f"{url}/data", headers=auth("dpo")), 404)
+    assert_problem(http.get(f"{url}/history", headers=auth("dpo")), 404)
     eventually(lambda: cid not in members(http, h, sid))
     history = http.get(
         f"{CUSTOMERS}/segments/{sid}/customers", params={"asOf": "2000-01-01T00:00:00Z"}, headers=h

@@ -79,7 +79,7 @@ def test_replay_and_rebuild_after_erasure(settings: Settings, app: Customers) ->
         projector.close()
 
 
-def test_erasure_is_refused_with_active_orders(app: Customers) -> None:
+def test_erasure_is_refused_with_active_orders(settings: Settings, app: Customers) -> None:
     org = f"org-{secrets.token_hex(3)}"
     (busy,) = people(app, org, 1)
     busy.set_active_orders(1)
@@ -87,6 +87,14 @@ def test_erasure_is_refused_with_active_orders(app: Customers) -> None:
     with pytest.raises(DomainError, match="active order"):
         CustomerCommands(app).erase(admin(org), busy.id)
     assert app.keys.cipher(busy.id) is not None
+    with psycopg.connect(str(settings.database_url)) as conn:
+        rows = conn.execute(
+            "SELECT r.type, r.status, r.outcome, a.outcome FROM privacy_requests r"
+            " JOIN audit_log a ON a.request_id = r.id WHERE r.customer_id = %s",
+            (busy.id,),
+        ).fetchall()
+    assert [(t, s) for t, s, _, _ in rows] == [("ERASURE", "REJECTED")]
+    assert "active order" in rows[0][2] and rows[0][2] == rows[0][3]
 
 
 def test_deleted_customers_are_erased_after_the_grace_period(
