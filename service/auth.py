@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from functools import lru_cache
+from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
@@ -81,14 +82,56 @@ def issue_token(
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
+_ASYMMETRIC = ("RS256", "ES256")
+
+
+@lru_cache(maxsize=8)
+def _jwks(url: str, lifespan: float, cooldown: float) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(
+        url, lifespan=lifespan, cooldown_duration=cooldown, timeout=5.0, cache_keys=True
+    )
+
+
+def _key_for(settings: Settings, token: str) -> tuple[Any, list[str]]:
+    """The verification key and the one algorithm allowed for this token: HS256 with the
+    shared secret, RS256/ES256 with the identity provider's JWKS key of the token's `kid`.
+    Anything else (`none`, HS256 without a secret, a public key used as an HMAC secret) is
+    refused before any signature check."""
+    try:
+        alg = jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError as e:
+        raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {e}") from None
+    if alg == "HS256" and settings.jwt_secret:
+        return settings.jwt_secret, ["HS256"]
+    if alg in _ASYMMETRIC and settings.jwt_jwks_url:
+        client = _jwks(
+            settings.jwt_jwks_url,
+            settings.jwt_jwks_cache_seconds,
+            settings.jwt_jwks_refresh_cooldown_seconds,
+        )
+        try:
+            key = client.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError:
+            raise DomainError(
+                Code.UNAVAILABLE, "the identity provider's keys are unreachable"
+            ) from None
+        except jwt.PyJWTError as e:
+            raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {e}") from None
+        if key.algorithm_name != alg:  # an RSA key claimed for ES256, or the reverse
+            raise DomainError(Code.UNAUTHORIZED, "invalid bearer token: algorithm mismatch")
+        return key.key, [alg]
+    raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: algorithm {alg!r} not accepted")
+
+
 def verify_token(settings: Settings, token: str) -> Principal:
-    if not settings.jwt_secret:
+    if not settings.jwt_secret and not settings.jwt_jwks_url:
         raise DomainError(Code.UNAVAILABLE, "authentication is not configured")
+    key, algorithms = _key_for(settings, token)
     try:
         claims = jwt.decode(
             token,
-            settings.jwt_secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=algorithms,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway_seconds,
@@ -109,7 +152,8 @@ def authenticate(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise DomainError(Code.UNAUTHORIZED, "missing bearer token")
-    return verify_token(get_settings(), token.strip())
+    settings: Settings = getattr(request.app.state, "settings", None) or get_settings()
+    return verify_token(settings, token.strip())
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

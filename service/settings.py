@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = "customers-service"
     jwt_audience: str = "customers-api"
     jwt_leeway_seconds: int = 30
+    # RS256 / ES256 tokens of an identity provider, verified against its JWKS (cached; fetched
+    # again for an unknown `kid`, at most once per cooldown). Unset: HS256 tokens only.
+    jwt_jwks_url: str | None = None
+    jwt_jwks_cache_seconds: float = 300.0
+    jwt_jwks_refresh_cooldown_seconds: float = 5.0
 
     host: str = "127.0.0.1"
     http_port: int = 8080

@@ -107,7 +107,7 @@ def _job(job: dict[str, object], status: int) -> Response:
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        es = Customers(settings or get_settings())
+        es = Customers(app.state.settings)
         rules = RulesEngine(es.settings)
         app.state.commands = CustomerCommands(es)
         app.state.segments = SegmentCommands(es, rules)
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             es.close()
 
     app = FastAPI(title="Customer Management — commands", version="1", lifespan=lifespan)
+    app.state.settings = settings or get_settings()
     problems.install(app)
     logs.install(app)
 
