@@ -32,7 +32,7 @@ from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from service.auth import CurrentPrincipal, Permission
+from service.auth import CanRead
 from service.problems import problem_responses
 
 MAX_LIMIT = 500
@@ -250,7 +250,7 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
 async def list_customers(
     *,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanRead,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=2048, description="nextCursor of the previous page")
@@ -279,7 +279,6 @@ async def list_customers(
         Query(min_length=1, max_length=254, description="prefix of e-mail or name"),
     ] = None,
 ) -> Response:
-    principal.require(Permission.READ)
     params: dict[str, Any] = {"org": principal.org, "limit": limit, "fetch": limit + 1}
     if status is not None:
         params["status"] = status.value
@@ -345,11 +344,10 @@ def _escape_like(text: str) -> str:
 @router.get("/{id}", response_class=Response, responses=_CUSTOMER_JSON)
 async def get_customer(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanRead,
     id: UUID,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    principal.require(Permission.READ)
     async with _pool(request).connection() as conn:
         cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
         row = await cur.fetchone()
@@ -389,7 +387,7 @@ async def _with_segments(conn: AsyncConnection[Any], items: bytes) -> bytes:
 )
 async def customer_segments(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanRead,
     id: UUID,
     as_of: Annotated[
         AwareDatetime | None,
@@ -400,7 +398,6 @@ async def customer_segments(
     ] = False,
 ) -> dict[str, Any]:
     """The segments the customer is in now (or was in at `asOf`), oldest membership first."""
-    principal.require(Permission.READ)
     query = STINTS_ALL if history else STINTS_NOW if as_of is None else STINTS_AS_OF
     async with _pool(request).connection() as conn:
         if await (await conn.execute(EXISTS, (id, principal.org))).fetchone() is None:

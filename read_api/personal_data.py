@@ -33,7 +33,7 @@ from eventstore.compliance import PrivacyRecord, RequestType
 from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
-from service.auth import CurrentPrincipal, Permission, Principal
+from service.auth import CanPrivacy, Principal
 from service.problems import problem_responses
 from service.settings import Settings
 
@@ -254,13 +254,12 @@ def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
 async def export_data(
     request: Request,
     customer_id: UUID,
-    principal: CurrentPrincipal,
+    principal: CanPrivacy,
     format: ExportFormat = ExportFormat.JSON,
 ) -> Response:
     """Everything held about the customer (GDPR Art. 15 and 20): profile, consent history,
     segment membership history, activity, privacy requests, the decrypted event history and
     the processing facts. Recorded as a completed EXPORT request and audited."""
-    principal.require(Permission.PRIVACY)
     app = _event_store(request)
     export = await run_in_threadpool(_collect, app, principal, customer_id)
     if format == ExportFormat.ZIP:
@@ -278,7 +277,7 @@ async def export_data(
 async def history(
     request: Request,
     customer_id: UUID,
-    principal: CurrentPrincipal,
+    principal: CanPrivacy,
     as_of: Annotated[
         AwareDatetime | None,
         Query(alias="asOf", description="RFC 3339: the customer as it was at that moment"),
@@ -286,7 +285,6 @@ async def history(
 ) -> dict[str, Any]:
     """The customer's events, decrypted, oldest first; with `asOf`, the customer as the
     service answered about it at that moment. Audited."""
-    principal.require(Permission.PRIVACY)
     app = _event_store(request)
 
     def read() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from eventstore.compliance import AUDIT_COLUMNS, RequestType
 from projections.consent import VIEW as CONSENT_VIEW
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from service.auth import CurrentPrincipal, Permission
+from service.auth import CanPrivacy, CanRead, Permission
 from service.problems import problem_responses
 
 _OPEN = "status IN ('RECEIVED', 'IN_PROGRESS')"
@@ -77,7 +77,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 async def list_requests(
     *,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanPrivacy,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[
@@ -89,7 +89,6 @@ async def list_requests(
 ) -> dict[str, Any]:
     """Export, erasure, anonymization and consent-change requests, oldest first; each has
     its 30-day deadline (`dueAt`) and `overdue` while open past it."""
-    principal.require(Permission.PRIVACY)
     after_at, after_id = _decode_cursor(cursor) if cursor else (None, None)
     params = {
         "org": principal.org,
@@ -128,12 +127,9 @@ async def list_requests(
     responses={**problem_responses({404: "No such customer"}), **READ_PROBLEMS},
     dependencies=[consistent_with(CUSTOMERS_VIEW, CONSENT_VIEW)],
 )
-async def get_consent(
-    request: Request, customer_id: UUID, principal: CurrentPrincipal
-) -> dict[str, Any]:
+async def get_consent(request: Request, customer_id: UUID, principal: CanRead) -> dict[str, Any]:
     """Current consent per purpose and every statement that led to it, oldest first. The
     client's IP address and user agent are shown to the dpo and admin roles only."""
-    principal.require(Permission.READ)
     async with _pool(request).connection() as conn:
         cur = await conn.execute(CURRENT_PREFERENCES, (customer_id, principal.org))
         found = await cur.fetchone()
@@ -164,13 +160,12 @@ async def get_consent(
 async def list_audit(
     *,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanPrivacy,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int, Query(ge=0, description="last `seq` of the previous page")] = 0,
     customer_id: Annotated[UUID | None, Query(alias="customerId")] = None,
 ) -> dict[str, Any]:
     """The organization's audit entries in chain order, with each entry's MAC (hex)."""
-    principal.require(Permission.PRIVACY)
     params = {"org": principal.org, "customer": customer_id, "after": after, "fetch": limit}
     async with _pool(request).connection() as conn:
         rows = await (await conn.execute(AUDIT, params)).fetchall()

@@ -25,7 +25,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS_WITH_ORG, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from service.auth import CurrentPrincipal, Permission
+from service.auth import CanRead
 from service.problems import problem_responses
 
 # The shown status: CALCULATING while a job is open, ERROR when the last finished job failed,
@@ -128,13 +128,12 @@ def _pool(request: Request) -> AsyncConnectionPool[Any]:
 )
 async def list_segments(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: CanRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: SegmentStatus | None = None,
 ) -> Response:
     """Segments of the caller's organization, oldest first (keyset paginated)."""
-    principal.require(Permission.READ)
     after_at, after_id = _decode_cursor(cursor) if cursor else (None, None)
     params = {
         "org": principal.org,
@@ -160,8 +159,7 @@ async def list_segments(
         **READ_PROBLEMS,
     },
 )
-async def get_segment(request: Request, segment_id: UUID, principal: CurrentPrincipal) -> Response:
-    principal.require(Permission.READ)
+async def get_segment(request: Request, segment_id: UUID, principal: CanRead) -> Response:
     async with _pool(request).connection() as conn:
         row = await (await conn.execute(GET, {"org": principal.org, "id": segment_id})).fetchone()
     if row is None:
@@ -209,7 +207,7 @@ async def segment_customers(
     *,
     request: Request,
     segment_id: UUID,
-    principal: CurrentPrincipal,
+    principal: CanRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
     as_of: Annotated[
@@ -219,7 +217,6 @@ async def segment_customers(
 ) -> Response:
     """The segment's members in customer id order (keyset paginated), each with when and why
     they joined and the customer's current profile (erased customers are not shown)."""
-    principal.require(Permission.READ)
     params = {
         "id": segment_id,
         "after": _decode_member_cursor(cursor) if cursor else None,
@@ -256,11 +253,10 @@ async def segment_customers(
     },
 )
 async def explain_membership(
-    request: Request, segment_id: UUID, customer_id: UUID, principal: CurrentPrincipal
+    request: Request, segment_id: UUID, customer_id: UUID, principal: CanRead
 ) -> dict[str, Any]:
     """Why the customer is or is not a member: each criterion (first: not DELETED) with
     whether it holds now, whether all hold (`matches`), and the recorded membership."""
-    principal.require(Permission.READ)
     async with _pool(request).connection() as conn:
         kind, definition = await _definition(conn, principal.org, segment_id)
         row = await (await conn.execute(LOAD_FACTS_WITH_ORG, ([customer_id],))).fetchone()
@@ -297,10 +293,9 @@ class Preview(Model):
         **READ_PROBLEMS,
     },
 )
-async def preview(request: Request, body: Preview, principal: CurrentPrincipal) -> Response:
+async def preview(request: Request, body: Preview, principal: CanRead) -> Response:
     """How many of the organization's customers match `criteria` now, and a sample of them
     (in id order), evaluated by the same SQL a calculation runs."""
-    principal.require(Permission.READ)
     now = datetime.now(UTC)
     where, params = compile_where(body.criteria, now)
     count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
@@ -330,10 +325,9 @@ async def preview(request: Request, body: Preview, principal: CurrentPrincipal) 
     },
 )
 async def get_job(
-    request: Request, segment_id: UUID, job_id: UUID, principal: CurrentPrincipal
+    request: Request, segment_id: UUID, job_id: UUID, principal: CanRead
 ) -> dict[str, Any]:
     """Poll a calculation: QUEUED -> RUNNING (phase) -> SUCCEEDED | FAILED | CANCELLED."""
-    principal.require(Permission.READ)
     async with _pool(request).connection() as conn:
         row = await (await conn.execute(GET_JOB, (principal.org, segment_id, job_id))).fetchone()
     if row is None:

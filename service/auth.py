@@ -157,3 +157,38 @@ def authenticate(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def allowed(permission: Permission) -> Any:
+    """A route dependency: the caller, who must have `permission` (403 otherwise). The
+    permission stays readable on the dependency (`.permission`) for the route x role test
+    and the rendered matrix."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        principal.require(permission)
+        return principal
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return Depends(check)
+
+
+CanRead = Annotated[Principal, allowed(Permission.READ)]
+CanWrite = Annotated[Principal, allowed(Permission.WRITE)]
+CanDelete = Annotated[Principal, allowed(Permission.DELETE)]
+CanOrders = Annotated[Principal, allowed(Permission.ORDERS)]
+CanSegments = Annotated[Principal, allowed(Permission.SEGMENTS)]
+CanPrivacy = Annotated[Principal, allowed(Permission.PRIVACY)]
+
+
+def matrix_markdown() -> str:
+    """The role x permission matrix as a markdown table (docs/security.md shows it)."""
+    roles = list(Role)
+    lines = [
+        "| permission | " + " | ".join(r.value for r in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for permission in Permission:
+        marks = ["✓" if permission in ROLE_PERMISSIONS[r] else "" for r in roles]
+        lines.append(f"| `{permission.value}` | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
+

@@ -17,7 +17,13 @@ from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from service import logs, problems
-from service.auth import CurrentPrincipal
+from service.auth import (
+    CanDelete,
+    CanOrders,
+    CanPrivacy,
+    CanSegments,
+    CanWrite,
+)
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api.commands import Outcome
@@ -130,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def create_customer(
         body: CustomerCreate,
-        principal: CurrentPrincipal,
+        principal: CanWrite,
         commands: Commands,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     ) -> Response:
@@ -146,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def update_customer(
         customer_id: UUID,
         body: CustomerUpdate,
-        principal: CurrentPrincipal,
+        principal: CanWrite,
         commands: Commands,
         if_match: IfMatch,
     ) -> Response:
@@ -155,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.delete(PREFIX + "/{customer_id}", status_code=204, response_model=None, responses=_ERRORS)
     def delete_customer(
-        customer_id: UUID, principal: CurrentPrincipal, commands: Commands, if_match: IfMatch
+        customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
     ) -> Response:
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
@@ -168,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     def change_consent(
-        customer_id: UUID, body: ConsentChange, principal: CurrentPrincipal, commands: Commands
+        customer_id: UUID, body: ConsentChange, principal: CanWrite, commands: Commands
     ) -> Response:
         """Grant or withdraw consent per purpose (GDPR Art. 7), recorded with source, policy
         version, IP address and user agent; effective immediately."""
@@ -179,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def anonymize_customer(
-        customer_id: UUID, principal: CurrentPrincipal, commands: Commands
+        customer_id: UUID, principal: CanPrivacy, commands: Commands
     ) -> Response:
         """Irreversibly replace everything identifying (name, e-mail, exact age, address,
         tags, devices, history) and keep the analytics: country, age band, language,
@@ -193,9 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **_ERRORS,
         },
     )
-    def erase_customer(
-        customer_id: UUID, principal: CurrentPrincipal, commands: Commands
-    ) -> Response:
+    def erase_customer(customer_id: UUID, principal: CanPrivacy, commands: Commands) -> Response:
         """Erase everything held about the customer (GDPR Art. 17): its data key is destroyed
         with the Erased event, every read model drops it, and `customer.erased` is published.
         Irreversible. 409 while the customer has active orders."""
@@ -207,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def verify_email(
-        customer_id: UUID, body: EmailVerification, principal: CurrentPrincipal, commands: Commands
+        customer_id: UUID, body: EmailVerification, principal: CanWrite, commands: Commands
     ) -> Response:
         return _answer(commands.verify_email(principal, customer_id, body.token))
 
@@ -217,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def set_active_orders(
-        customer_id: UUID, body: ActiveOrders, principal: CurrentPrincipal, commands: Commands
+        customer_id: UUID, body: ActiveOrders, principal: CanOrders, commands: Commands
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
@@ -227,9 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=None,
         responses={201: {"model": SegmentPublic}, **_ERRORS},
     )
-    def create_segment(
-        body: SegmentCreate, principal: CurrentPrincipal, segments: Segments
-    ) -> Response:
+    def create_segment(body: SegmentCreate, principal: CanSegments, segments: Segments) -> Response:
         outcome = segments.create(principal, body)
         assert outcome.body is not None
         return _answer(outcome, location=f"{SEGMENTS}/{outcome.body['id']}")
@@ -242,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def update_segment(
         segment_id: UUID,
         body: SegmentUpdate,
-        principal: CurrentPrincipal,
+        principal: CanSegments,
         segments: Segments,
         if_match: IfMatch,
     ) -> Response:
@@ -251,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.delete(SEGMENTS + "/{segment_id}", status_code=204, response_model=None, responses=_ERRORS)
     def delete_segment(
-        segment_id: UUID, principal: CurrentPrincipal, segments: Segments, if_match: IfMatch
+        segment_id: UUID, principal: CanSegments, segments: Segments, if_match: IfMatch
     ) -> Response:
         outcome = segments.delete(principal, segment_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
@@ -261,9 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_code=202,
         responses={202: {"description": "The queued job; poll its Location"}, **_ERRORS},
     )
-    def calculate_segment(
-        segment_id: UUID, principal: CurrentPrincipal, segments: Segments
-    ) -> Response:
+    def calculate_segment(segment_id: UUID, principal: CanSegments, segments: Segments) -> Response:
         """Recalculate the segment over the whole customer base, in the background."""
         job = segments.calculate(principal, segment_id)
         return _job(job, 202)
@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"description": "The job after the cancellation request"}, **_ERRORS},
     )
     def cancel_calculation(
-        segment_id: UUID, job_id: UUID, principal: CurrentPrincipal, segments: Segments
+        segment_id: UUID, job_id: UUID, principal: CanSegments, segments: Segments
     ) -> Response:
         """Cancel a calculation: a queued job ends CANCELLED now; a running one ends
         CANCELLED before it commits anything (poll the job)."""
@@ -284,7 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"description": "{joined, left}: how many changed"}, **_ERRORS},
     )
     def assign_members(
-        segment_id: UUID, body: MemberAssignment, principal: CurrentPrincipal, segments: Segments
+        segment_id: UUID, body: MemberAssignment, principal: CanSegments, segments: Segments
     ) -> dict[str, int]:
         """Add / remove members of a STATIC segment."""
         return segments.assign(principal, segment_id, body.add, body.remove)
