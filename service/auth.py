@@ -191,4 +191,3 @@ def matrix_markdown() -> str:
         marks = ["✓" if permission in ROLE_PERMISSIONS[r] else "" for r in roles]
         lines.append(f"| `{permission.value}` | " + " | ".join(marks) + " |")
     return "\n".join(lines)
-
