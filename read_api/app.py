@@ -18,6 +18,7 @@ from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXIS
 from read_api import customers, personal_data, privacy, segments
 from read_api.consistency import PositionWatcher
 from service import logs, problems
+from service.api_keys import ApiKeyStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     use_raw_json(conn)  # `doc` and json_agg come back as bytes, sent untouched
 
 
-def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
     database_url = settings.database_url
@@ -36,8 +37,8 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
-            min_size=pool_min,
-            max_size=pool_max,
+            min_size=min(2, settings.db_pool_size),
+            max_size=settings.db_pool_size,
             open=False,
             timeout=5.0,
             configure=_configure,
@@ -49,9 +50,11 @@ def create_app(settings: Settings, *, pool_min: int = 2, pool_max: int = 10) -> 
         app.state.pool = pool
         app.state.positions = watcher
         app.state.event_store = personal_data.EventStore(settings)
+        app.state.api_keys = ApiKeyStore(settings)
         try:
             yield
         finally:
+            app.state.api_keys.close()
             app.state.event_store.close()
             await watcher.stop()
             await pool.close()

@@ -20,7 +20,8 @@ from eventstore.compliance import AUDIT_COLUMNS, RequestType
 from projections.consent import VIEW as CONSENT_VIEW
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from service.auth import CanPrivacy, CanRead, Permission
+from service.api_keys import ApiKeyStore
+from service.auth import CanManageKeys, CanPrivacy, CanRead, Permission
 from service.problems import problem_responses
 
 _OPEN = "status IN ('RECEIVED', 'IN_PROGRESS')"
@@ -183,6 +184,13 @@ async def list_audit(
         for seq, at, _org, actor, action, cid, rid, outcome, mac in rows
     ]
     return {"items": items, "next": items[-1]["seq"] if len(items) == limit else None}
+
+
+@router.get("/api/v1/api-keys", responses=_ERRORS)
+def list_api_keys(principal: CanManageKeys, request: Request) -> dict[str, Any]:
+    """The organization's API keys (never the keys themselves), revoked ones included."""
+    store: ApiKeyStore = request.app.state.api_keys
+    return {"items": store.list(principal.org)}
 
 
 async def privacy_metrics(pool: AsyncConnectionPool[Any]) -> str:

@@ -12,6 +12,7 @@ import jwt
 from fastapi import Depends, Request
 
 from domain.errors import Code, DomainError
+from service.api_keys import ApiKeyStore
 from service.settings import Settings, get_settings
 
 
@@ -23,6 +24,7 @@ class Permission(StrEnum):
     SUSPEND = "customers:suspend"
     SEGMENTS = "segments:write"
     PRIVACY = "privacy:manage"  # erasure, anonymization, export, history, requests, audit
+    API_KEYS = "apikeys:manage"
 
 
 class Role(StrEnum):
@@ -148,6 +150,15 @@ def verify_token(settings: Settings, token: str) -> Principal:
 
 
 def authenticate(request: Request) -> Principal:
+    """The caller: an API key (`X-API-Key`) or a bearer token."""
+    api_key = request.headers.get("x-api-key")
+    if api_key is not None:
+        store: ApiKeyStore | None = getattr(request.app.state, "api_keys", None)
+        found = store.identify(api_key.strip()) if store is not None else None
+        if found is None:
+            raise DomainError(Code.UNAUTHORIZED, "invalid or revoked API key")
+        key_id, org, roles = found
+        return Principal(sub=f"api-key:{key_id}", org=org, roles=roles)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -178,6 +189,7 @@ CanDelete = Annotated[Principal, allowed(Permission.DELETE)]
 CanOrders = Annotated[Principal, allowed(Permission.ORDERS)]
 CanSegments = Annotated[Principal, allowed(Permission.SEGMENTS)]
 CanPrivacy = Annotated[Principal, allowed(Permission.PRIVACY)]
+CanManageKeys = Annotated[Principal, allowed(Permission.API_KEYS)]
 
 
 def matrix_markdown() -> str:

@@ -122,6 +122,31 @@ def _serve_all(settings: Settings) -> None:
         _stop_children()
 
 
+def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """create prints the key (shown once) on stdout; list / revoke as JSON."""
+    import json
+    import uuid
+
+    from service.api_keys import ApiKeyStore
+    from service.auth import Role
+
+    store = ApiKeyStore(settings)
+    try:
+        if args.action == "create":
+            roles = sorted({Role(r).value for r in args.roles or ["service"]})
+            record, key = store.create(args.org, args.name, roles, "cli")
+            print(key)
+            print(json.dumps(record), file=sys.stderr)
+        elif args.action == "list":
+            print(json.dumps(store.list(args.org), indent=2))
+        elif not args.key_id or not store.revoke(args.org, uuid.UUID(args.key_id)):
+            print("no such key", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    return 0
+
+
 def _verify_audit(settings: Settings) -> int:
     """Exit 0 when the whole chain verifies, 1 (naming the first bad entry) when not."""
     import psycopg
@@ -157,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_proj = sub.add_parser("projections", help="projection maintenance")
     p_proj.add_argument("action", choices=["rebuild"])
 
+    p_keys = sub.add_parser("api-keys", help="API keys for service integrations")
+    p_keys.add_argument("action", choices=["create", "list", "revoke"])
+    p_keys.add_argument("--org", required=True)
+    p_keys.add_argument("--name", default="cli")
+    p_keys.add_argument("--role", action="append", dest="roles", default=[])
+    p_keys.add_argument("--id", dest="key_id")
+
     p_audit = sub.add_parser("audit", help="audit trail maintenance")
     p_audit.add_argument("action", choices=["verify"])
 
@@ -190,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from projections.runner import rebuild
 
         print(f"rebuilt: {rebuild(settings)} events replayed")
+    elif args.command == "api-keys":
+        return _api_keys(settings, args)
     elif args.command == "audit":
         return _verify_audit(settings)
     elif args.command == "seed":

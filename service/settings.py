@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     nats_subject_prefix: str = "customers"
     nats_duplicate_window_seconds: int = 7200
 
+    # PostgreSQL connections per API process: the command side's event store pool and the
+    # query side's pool maximum (each also opens a few of its own: watchers, key lookups).
+    db_pool_size: int = 8
+
     projection_batch_size: int = 2000
     relay_batch_size: int = 500
 

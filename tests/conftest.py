@@ -178,6 +178,8 @@ def env(
         "CUSTOMERS_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         # Lifecycle-deleted customers stay readable during tests; erasure is tested on its own.
         "CUSTOMERS_ERASURE_GRACE_HOURS": "720",
+        # Two workers, each with a whole service, share the machine's 100 connections.
+        "CUSTOMERS_DB_POOL_SIZE": "3",
     }
     mp = pytest.MonkeyPatch()
     for key, value in values.items():

@@ -5,20 +5,22 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 
 from domain.consent import ConsentChange
-from domain.errors import invalid
+from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from service import logs, problems
+from service.api_keys import ApiKeyStore
 from service.auth import (
     CanDelete,
+    CanManageKeys,
     CanOrders,
     CanPrivacy,
     CanSegments,
@@ -30,6 +32,7 @@ from write_api.commands import Outcome
 from write_api.customers import CustomerCommands
 from write_api.schemas import (
     ActiveOrders,
+    ApiKeyCreate,
     CustomerCreate,
     CustomerUpdate,
     EmailVerification,
@@ -110,16 +113,121 @@ def _job(job: dict[str, object], status: int) -> Response:
     )
 
 
+segment_routes = APIRouter(tags=["segments"])
+
+
+@segment_routes.post(
+    SEGMENTS,
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": SegmentPublic}, **_ERRORS},
+)
+def create_segment(body: SegmentCreate, principal: CanSegments, segments: Segments) -> Response:
+    outcome = segments.create(principal, body)
+    assert outcome.body is not None
+    return _answer(outcome, location=f"{SEGMENTS}/{outcome.body['id']}")
+
+
+@segment_routes.put(
+    SEGMENTS + "/{segment_id}",
+    response_model=None,
+    responses={200: {"model": SegmentPublic}, **_ERRORS},
+)
+def update_segment(
+    segment_id: UUID,
+    body: SegmentUpdate,
+    principal: CanSegments,
+    segments: Segments,
+    if_match: IfMatch,
+) -> Response:
+    definition = SegmentDefinition.model_validate(body.model_dump(exclude={"status"}))
+    return _answer(segments.update(principal, segment_id, definition, body.status, if_match))
+
+
+@segment_routes.delete(
+    SEGMENTS + "/{segment_id}", status_code=204, response_model=None, responses=_ERRORS
+)
+def delete_segment(
+    segment_id: UUID, principal: CanSegments, segments: Segments, if_match: IfMatch
+) -> Response:
+    outcome = segments.delete(principal, segment_id, if_match)
+    return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+
+
+@segment_routes.post(
+    SEGMENTS + "/{segment_id}/calculate",
+    status_code=202,
+    responses={202: {"description": "The queued job; poll its Location"}, **_ERRORS},
+)
+def calculate_segment(segment_id: UUID, principal: CanSegments, segments: Segments) -> Response:
+    """Recalculate the segment over the whole customer base, in the background."""
+    job = segments.calculate(principal, segment_id)
+    return _job(job, 202)
+
+
+@segment_routes.delete(
+    SEGMENTS + "/{segment_id}/jobs/{job_id}",
+    responses={200: {"description": "The job after the cancellation request"}, **_ERRORS},
+)
+def cancel_calculation(
+    segment_id: UUID, job_id: UUID, principal: CanSegments, segments: Segments
+) -> Response:
+    """Cancel a calculation: a queued job ends CANCELLED now; a running one ends
+    CANCELLED before it commits anything (poll the job)."""
+    return _job(segments.cancel(principal, segment_id, job_id), 200)
+
+
+@segment_routes.post(
+    SEGMENTS + "/{segment_id}/members",
+    responses={200: {"description": "{joined, left}: how many changed"}, **_ERRORS},
+)
+def assign_members(
+    segment_id: UUID, body: MemberAssignment, principal: CanSegments, segments: Segments
+) -> dict[str, int]:
+    """Add / remove members of a STATIC segment."""
+    return segments.assign(principal, segment_id, body.add, body.remove)
+
+
+key_routes = APIRouter(tags=["api keys"])
+
+
+@key_routes.post(
+    "/api/v1/api-keys",
+    status_code=201,
+    responses={201: {"description": "The key's record plus `key`, shown this once"}, **_ERRORS},
+)
+def create_api_key(
+    body: ApiKeyCreate, principal: CanManageKeys, request: Request
+) -> dict[str, Any]:
+    """A key for a service integration of the caller's organization, with a role set."""
+    store: ApiKeyStore = request.app.state.api_keys
+    record, key = store.create(
+        principal.org, body.name, [r.value for r in body.roles], principal.sub
+    )
+    return {**record, "key": key}
+
+
+@key_routes.delete("/api/v1/api-keys/{key_id}", status_code=204, responses=_ERRORS)
+def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> Response:
+    """Revoke a key: refused everywhere within 10 seconds (at once in this process)."""
+    store: ApiKeyStore = request.app.state.api_keys
+    if not store.revoke(principal.org, key_id):
+        raise DomainError(Code.NOT_FOUND, f"API key {key_id} not found")
+    return Response(status_code=204)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        es = Customers(app.state.settings)
+        es = Customers(app.state.settings, pool_size=app.state.settings.db_pool_size)
         rules = RulesEngine(es.settings)
         app.state.commands = CustomerCommands(es)
         app.state.segments = SegmentCommands(es, rules)
+        app.state.api_keys = ApiKeyStore(app.state.settings)
         try:
             yield
         finally:
+            app.state.api_keys.close()
             rules.close()
             es.close()
 
@@ -225,69 +333,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
-    @app.post(
-        SEGMENTS,
-        status_code=201,
-        response_model=None,
-        responses={201: {"model": SegmentPublic}, **_ERRORS},
-    )
-    def create_segment(body: SegmentCreate, principal: CanSegments, segments: Segments) -> Response:
-        outcome = segments.create(principal, body)
-        assert outcome.body is not None
-        return _answer(outcome, location=f"{SEGMENTS}/{outcome.body['id']}")
-
-    @app.put(
-        SEGMENTS + "/{segment_id}",
-        response_model=None,
-        responses={200: {"model": SegmentPublic}, **_ERRORS},
-    )
-    def update_segment(
-        segment_id: UUID,
-        body: SegmentUpdate,
-        principal: CanSegments,
-        segments: Segments,
-        if_match: IfMatch,
-    ) -> Response:
-        definition = SegmentDefinition.model_validate(body.model_dump(exclude={"status"}))
-        return _answer(segments.update(principal, segment_id, definition, body.status, if_match))
-
-    @app.delete(SEGMENTS + "/{segment_id}", status_code=204, response_model=None, responses=_ERRORS)
-    def delete_segment(
-        segment_id: UUID, principal: CanSegments, segments: Segments, if_match: IfMatch
-    ) -> Response:
-        outcome = segments.delete(principal, segment_id, if_match)
-        return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
-
-    @app.post(
-        SEGMENTS + "/{segment_id}/calculate",
-        status_code=202,
-        responses={202: {"description": "The queued job; poll its Location"}, **_ERRORS},
-    )
-    def calculate_segment(segment_id: UUID, principal: CanSegments, segments: Segments) -> Response:
-        """Recalculate the segment over the whole customer base, in the background."""
-        job = segments.calculate(principal, segment_id)
-        return _job(job, 202)
-
-    @app.delete(
-        SEGMENTS + "/{segment_id}/jobs/{job_id}",
-        responses={200: {"description": "The job after the cancellation request"}, **_ERRORS},
-    )
-    def cancel_calculation(
-        segment_id: UUID, job_id: UUID, principal: CanSegments, segments: Segments
-    ) -> Response:
-        """Cancel a calculation: a queued job ends CANCELLED now; a running one ends
-        CANCELLED before it commits anything (poll the job)."""
-        return _job(segments.cancel(principal, segment_id, job_id), 200)
-
-    @app.post(
-        SEGMENTS + "/{segment_id}/members",
-        responses={200: {"description": "{joined, left}: how many changed"}, **_ERRORS},
-    )
-    def assign_members(
-        segment_id: UUID, body: MemberAssignment, principal: CanSegments, segments: Segments
-    ) -> dict[str, int]:
-        """Add / remove members of a STATIC segment."""
-        return segments.assign(principal, segment_id, body.add, body.remove)
+    app.include_router(segment_routes)
+    app.include_router(key_routes)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

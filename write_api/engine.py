@@ -28,7 +28,7 @@ class SegmentEngine:
         self._url = settings.database_url
         self._recalculate_every = settings.segment_recalculation_hours * 3600
         self._own_app = app is None
-        self.app = app or Customers(settings, pool_size=4)
+        self.app = app or Customers(settings, pool_size=2)
         self.calculator = Calculator(self.app)
         self.reevaluator = Reevaluator(self.app)
         self.customers = CustomerCommands(self.app)

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from domain.segment import SegmentDefinition, SegmentStatus
 from domain.values import CustomerStatus, Model, Profile
+from service.auth import Role
 
 
 class CustomerCreate(Profile):
@@ -38,3 +39,8 @@ class SegmentUpdate(SegmentDefinition):
 class MemberAssignment(Model):
     add: Annotated[list[UUID], Field(default_factory=list, max_length=10_000)]
     remove: Annotated[list[UUID], Field(default_factory=list, max_length=10_000)]
+
+
+class ApiKeyCreate(Model):
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+    roles: Annotated[list[Role], Field(min_length=1, max_length=6)]

@@ -17,6 +17,6 @@ def settings(scratch_settings: Settings) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Customers]:
-    a = Customers(settings)
+    a = Customers(settings, pool_size=2)
     yield a
     a.close()
