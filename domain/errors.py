@@ -13,14 +13,23 @@ class Code(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401
     PRECONDITION_FAILED = "precondition_failed"  # 412: stale If-Match
     UNAVAILABLE = "unavailable"  # 503: a dependency or consistency wait timed out
+    RATE_LIMITED = "rate_limited"  # 429: retry after `retry_after` seconds
 
 
 class DomainError(Exception):
-    def __init__(self, code: Code, detail: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        code: Code,
+        detail: str,
+        *,
+        field: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.field = field
+        self.retry_after = retry_after
 
 
 def invalid(field: str, detail: str) -> DomainError:

@@ -17,7 +17,7 @@ from projections.customers import VIEW, use_raw_json
 from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
 from read_api import customers, personal_data, privacy, segments
 from read_api.consistency import PositionWatcher
-from service import logs, problems
+from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
 from service.settings import Settings
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.cursors = customers.CursorCodec(settings.master_key_bytes())
     problems.install(app)
+    limits.install(app, settings)
     logs.install(app)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)

@@ -171,12 +171,15 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
 def allowed(permission: Permission) -> Any:
-    """A route dependency: the caller, who must have `permission` (403 otherwise). The
-    permission stays readable on the dependency (`.permission`) for the route x role test
-    and the rendered matrix."""
+    """A route dependency: the caller, who must have `permission` (403 otherwise) and be
+    within the rate limits (429, service/limits.py). The permission stays readable on the
+    dependency (`.permission`) for the route x role test and the rendered matrix."""
 
-    def check(principal: CurrentPrincipal) -> Principal:
+    def check(principal: CurrentPrincipal, request: Request) -> Principal:
         principal.require(permission)
+        limiter = getattr(request.app.state, "rate_limiter", None)
+        if limiter is not None:
+            limiter.check(request, f"{principal.org}\x00{principal.sub}")
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ STATUS = {
     Code.UNAUTHORIZED: 401,
     Code.PRECONDITION_FAILED: 412,
     Code.UNAVAILABLE: 503,
+    Code.RATE_LIMITED: 429,
 }
 TITLES = {
     400: "Bad Request",
@@ -113,7 +115,9 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     status = STATUS[exc.code]
     errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = None
+    if status in {429, 503}:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
     return problem(status, exc.detail, errors=errors, headers=headers, instance=request.url.path)
 
 

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     # after its deletion; 0 = at once (within seconds). Set it to keep a recovery window.
     erasure_grace_hours: float = 0.0
 
+    # Requests per minute per principal and per client address (0 = unlimited), per process;
+    # and the largest request body accepted.
+    rate_limit_reads_per_minute: int = 6000
+    rate_limit_writes_per_minute: int = 1200
+    rate_limit_exports_per_minute: int = 60
+    max_body_bytes: int = 1_048_576
+
     log_level: str = "INFO"
 
     def master_key_bytes(self) -> bytes:

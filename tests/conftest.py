@@ -180,6 +180,10 @@ def env(
         "CUSTOMERS_ERASURE_GRACE_HOURS": "720",
         # Two workers, each with a whole service, share the machine's 100 connections.
         "CUSTOMERS_DB_POOL_SIZE": "3",
+        # The whole suite comes from one address; limits are tested on their own.
+        "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
+        "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",
+        "CUSTOMERS_RATE_LIMIT_EXPORTS_PER_MINUTE": "0",
     }
     mp = pytest.MonkeyPatch()
     for key, value in values.items():

@@ -16,7 +16,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
-from service import logs, problems
+from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
 from service.auth import (
     CanDelete,
@@ -234,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Customer Management — commands", version="1", lifespan=lifespan)
     app.state.settings = settings or get_settings()
     problems.install(app)
+    limits.install(app, app.state.settings)
     logs.install(app)
 
     @app.post(

@@ -1,0 +1,139 @@
+"""Request limits: rate limits per route class for each principal and each client IP (token
+buckets, in this process), and the maximum request body size.
+
+Route classes: `exports` (export and history of personal data), `writes` (every other
+non-GET), `reads`. A class's limit is requests per minute with a burst of one minute's worth;
+a request spends a token from its principal's bucket and from its client address's bucket
+(so many principals behind one address cannot multiply the budget). Over the limit: 429 with
+`Retry-After`. Limits are per process: with N API processes the service admits up to N times
+as much; size them accordingly (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from enum import StrEnum
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from domain.errors import Code, DomainError
+from service.problems import problem
+from service.settings import Settings
+
+_EXPORTS = re.compile(r"^/api/v1/customers/[^/]+/(data|history)$")
+_MAX_KEYS = 100_000
+
+
+class RouteClass(StrEnum):
+    READS = "reads"
+    WRITES = "writes"
+    EXPORTS = "exports"
+
+
+def route_class(method: str, path: str) -> RouteClass:
+    if method == "GET" and _EXPORTS.match(path):
+        return RouteClass.EXPORTS
+    if method in {"GET", "HEAD"} or path.endswith("/segments/preview"):
+        return RouteClass.READS
+    return RouteClass.WRITES
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.per_minute = {
+            RouteClass.READS: settings.rate_limit_reads_per_minute,
+            RouteClass.WRITES: settings.rate_limit_writes_per_minute,
+            RouteClass.EXPORTS: settings.rate_limit_exports_per_minute,
+        }
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, request: Request, principal_key: str) -> None:
+        """Spend one token of the principal's and the client's bucket, or raise 429."""
+        kind = route_class(request.method, request.url.path)
+        limit = self.per_minute[kind]
+        if limit <= 0:  # 0 = unlimited
+            return
+        client = request.client.host if request.client else "unknown"
+        keys = [(kind, f"principal:{principal_key}"), (kind, f"ip:{client}")]
+        now = time.monotonic()
+        rate = limit / 60.0
+        with self._lock:
+            states = [self._refill(key, now, rate, limit) for key in keys]
+            short = [(1.0 - tokens) / rate for tokens in states if tokens < 1.0]
+            if short:
+                raise DomainError(
+                    Code.RATE_LIMITED,
+                    f"rate limit of {limit} {kind} per minute exceeded; retry later",
+                    retry_after=max(short),
+                )
+            for key, tokens in zip(keys, states, strict=True):
+                self._buckets[key] = (tokens - 1.0, now)
+                self._buckets.move_to_end(key)
+            while len(self._buckets) > _MAX_KEYS:
+                self._buckets.popitem(last=False)
+
+    def _refill(self, key: tuple[str, str], now: float, rate: float, limit: int) -> float:
+        tokens, at = self._buckets.get(key, (float(limit), now))
+        return min(float(limit), tokens + (now - at) * rate)
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`, by Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        seen, exceeded, started = 0, False, False
+
+        async def counting() -> Message:
+            nonlocal seen, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # the app sees the client go; we answer
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # whatever the app makes of the cut body is not sent
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, sending)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._too_large(scope, receive, send)
+
+    def _detail(self) -> str:
+        return f"the request body exceeds {self.max_bytes} bytes"
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, self._detail(), instance=scope.get("path"))
+        await response(scope, receive, send)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    app.state.rate_limiter = RateLimiter(settings)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
