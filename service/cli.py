@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from service import logs
 from service.settings import Settings, get_settings
@@ -37,21 +38,42 @@ def migrate(settings: Settings) -> None:
     log.info("migrated", extra={"applied": applied})
 
 
-def _uvicorn(app: object, host: str, port: int) -> None:
+def http_config(app: Any, settings: Settings, host: str, port: int) -> Any:
+    """uvicorn's configuration, loaded; with a certificate, HTTPS accepting TLS 1.3 only."""
+    import ssl
+
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+    )
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+    return config
+
+
+def _uvicorn(app: object, settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.Server(http_config(app, settings, host, port)).run()
 
 
 def serve(kind: str, settings: Settings) -> None:
     if kind == "write-api":
         from write_api.app import create_app as create_write_app
 
-        _uvicorn(create_write_app(settings), settings.host, settings.write_api_port)
+        _uvicorn(create_write_app(settings), settings, settings.host, settings.write_api_port)
     elif kind == "read-api":
         from read_api.app import create_app as create_read_app
 
-        _uvicorn(create_read_app(settings), settings.host, settings.read_api_port)
+        _uvicorn(create_read_app(settings), settings, settings.host, settings.read_api_port)
     elif kind == "projector":
         from projections.runner import run_forever
 
@@ -69,7 +91,7 @@ def serve(kind: str, settings: Settings) -> None:
     elif kind == "gateway":
         from service.gateway import Gateway
 
-        _uvicorn(Gateway(settings), settings.host, settings.http_port)
+        _uvicorn(Gateway(settings), settings, settings.host, settings.http_port)
     else:
         _serve_all(settings)
 
@@ -164,12 +186,14 @@ def _verify_audit(settings: Settings) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="customers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the service (all processes by default)")
     p_serve.add_argument("kind", nargs="?", default="all", choices=PROCESS_KINDS)
+    p_serve.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS, TLS 1.3 only")
+    p_serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
     sub.add_parser("migrate", help="create or upgrade the database schema")
 
@@ -197,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_seed.add_argument("--org", default="acme")
     p_seed.add_argument("--batch", type=int, default=500)
 
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))
 
@@ -215,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = _settings(embedded=args.command == "serve" and args.kind == "all")
     if args.command == "serve":
+        if args.tls_cert or args.tls_key:
+            if not (args.tls_cert and args.tls_key):
+                parser.error("--tls-cert and --tls-key go together")
+            os.environ["CUSTOMERS_TLS_CERT_FILE"] = args.tls_cert  # children inherit them
+            os.environ["CUSTOMERS_TLS_KEY_FILE"] = args.tls_key
+            settings = settings.model_copy(
+                update={"tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key}
+            )
         serve(args.kind, settings)
     elif args.command == "migrate":
         migrate(settings)

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     jwt_jwks_cache_seconds: float = 300.0
     jwt_jwks_refresh_cooldown_seconds: float = 5.0
 
+    # HTTPS with TLS 1.3 as the minimum when both are set (PEM files).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
     host: str = "127.0.0.1"
     http_port: int = 8080
     write_api_port: int = 8081
