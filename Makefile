@@ -56,6 +56,7 @@ bench: install
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.segments
 	$(VENV)/bin/python -m bench.privacy
+	$(VENV)/bin/python -m bench.security
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

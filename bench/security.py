@@ -1,0 +1,175 @@
+"""Authentication + authorization overhead per request: `python -m bench.security` (also run
+by `make bench`).
+
+In process, the route dependency every guarded route runs (`service.auth.authenticate` then
+`allowed(...)`: permission and rate-limit check) for an HS256 token, an RS256 token whose
+JWKS key is cached, and an API key whose lookup is cached; beside a bare PyJWT HS256 decode
+(the cryptographic floor) measured in the same run. Target: p50 under 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from starlette.requests import Request
+
+from bench import env, report
+from bench.client import Latencies
+from bench.report import lat
+
+ROUNDS = 20_000
+
+
+def timed(fn: Callable[[], Any], rounds: int = ROUNDS) -> Latencies:
+    for _ in range(200):  # warm caches
+        fn()
+    stats = Latencies()
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        stats.add(time.perf_counter() - t0, 200, True)
+    return stats
+
+
+def jwks_server(public: Any) -> str:
+    body = json.dumps(
+        {"keys": [{**RSAAlgorithm.to_jwk(public, as_dict=True), "kid": "k1", "alg": "RS256"}]}
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/jwks"
+
+
+def run(out: report.Report) -> None:
+    from service.api_keys import ApiKeyStore
+    from service.auth import Permission, allowed, authenticate, issue_token
+    from service.limits import RateLimiter
+    from service.settings import get_settings
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    settings = get_settings().model_copy(update={"jwt_jwks_url": jwks_server(private.public_key())})
+    hs = issue_token(settings, sub="bench", org="bench", roles=["analyst"])
+    now = int(time.time())
+    rs = jwt.encode(
+        {
+            "sub": "bench",
+            "org": "bench",
+            "roles": ["analyst"],
+            "iss": settings.jwt_issuer,
+            "aud": settings.jwt_audience,
+            "exp": now + 3600,
+        },
+        private,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    store = ApiKeyStore(settings)
+    _, api_key = store.create("bench", "bench", ["analyst"], "bench")
+
+    class State:
+        pass
+
+    class App:
+        state = State()
+
+    App.state.settings = settings  # type: ignore[attr-defined]
+    App.state.api_keys = store  # type: ignore[attr-defined]
+    App.state.rate_limiter = RateLimiter(  # type: ignore[attr-defined]
+        settings.model_copy(update={"rate_limit_reads_per_minute": 10**9})  # checked, never hit
+    )
+    check = allowed(Permission.READ).dependency
+
+    def request(headers: dict[str, str]) -> Request:
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/api/v1/customers",
+            "headers": raw,
+            "app": App,
+            "client": ("127.0.0.1", 1),
+            "query_string": b"",
+        }
+        return Request(scope)
+
+    def guarded(headers: dict[str, str]) -> Callable[[], Any]:
+        req = request(headers)
+        return lambda: check(authenticate(req), req)
+
+    try:
+        floor = timed(
+            lambda: jwt.decode(
+                hs, settings.jwt_secret, algorithms=["HS256"], audience=settings.jwt_audience
+            )
+        )
+        cases = {
+            "HS256 bearer token": guarded({"Authorization": f"Bearer {hs}"}),
+            "RS256 bearer token (JWKS key cached)": guarded({"Authorization": f"Bearer {rs}"}),
+            "API key (lookup cached)": guarded({"X-API-Key": api_key}),
+        }
+        for name, fn in cases.items():
+            stats = timed(fn)
+            out.add(
+                f"9. Authentication + authorization per request, {name}",
+                lat(stats, 50, 99),
+                baseline=f"bare PyJWT HS256 decode {lat(floor, 50, 99)}",
+                target="p50 < 1 ms",
+                ok=stats.ms(50) < 1.0,
+            )
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.security", description=__doc__)
+    parser.add_argument("--output", default=str(env.REPO / "docs" / "performance.md"))
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    command = "python -m bench.security " + shlex.join(argv if argv is not None else sys.argv[1:])
+    e = env.prepare()
+    env.recreate_database(e)
+    env.migrate()
+    os.environ.setdefault(
+        "CUSTOMERS_JWT_SECRET", base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    machine = env.machine(e)
+    out = report.Report()
+    try:
+        run(out)
+    finally:
+        env.drop_database(env=e)
+        e.close()
+    print("\n" + out.table())
+    if not args.no_write:
+        report.write(Path(args.output), out.markdown(machine, command.strip(), None), "security")
+        print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
