@@ -28,11 +28,12 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
+from domain.masking import masked
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from service.auth import CanRead
+from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
 MAX_LIMIT = 500
@@ -322,6 +323,8 @@ async def list_customers(
         items, count, last_key, last_id = row
         if count:
             items = await _with_segments(conn, items)
+    if count and not principal.can(Permission.PERSONAL_DATA):
+        items = orjson.dumps([masked(d) for d in orjson.loads(items)])
     next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
     body = b"".join(
         (
@@ -357,9 +360,19 @@ async def get_customer(
     etag = f'"{version}"'
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})
+    return _json(shown(doc, principal, segments), {"ETag": etag})
+
+
+def shown(doc: bytes, principal: Principal, segments: list[str] | None = None) -> bytes:
+    """A stored customer doc as `principal` may see it (masked without the personal-data
+    permission), with its current segments when given; parsed only when something changes."""
+    personal = principal.can(Permission.PERSONAL_DATA)
+    if personal and not segments:
+        return doc
+    customer = orjson.loads(doc)
     if segments:
-        doc = orjson.dumps({**orjson.loads(doc), "segments": segments})
-    return _json(doc, {"ETag": etag})
+        customer["segments"] = segments
+    return orjson.dumps(customer if personal else masked(customer))
 
 
 async def _with_segments(conn: AsyncConnection[Any], items: bytes) -> bytes:

@@ -25,6 +25,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS_WITH_ORG, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.customers import shown
 from service.auth import CanRead
 from service.problems import problem_responses
 
@@ -231,7 +232,7 @@ async def segment_customers(
     page = rows[:limit]
     items = b",".join(
         b'{"customerId":"%s","joinedAt":"%s","joinReason":%s,"customer":%s}'
-        % (str(cid).encode(), utc_iso(at).encode(), orjson.dumps(reason), doc)
+        % (str(cid).encode(), utc_iso(at).encode(), orjson.dumps(reason), shown(doc, principal))
         for cid, at, reason, doc in page
     )
     next_cursor = _member_cursor(page[-1][0]) if len(rows) > limit else None
@@ -310,7 +311,7 @@ async def preview(request: Request, body: Preview, principal: CanRead) -> Respon
     assert count_row is not None
     payload = b'{"count":%d,"sample":[%s],"asOf":"%s"}' % (
         count_row[0],
-        b",".join(doc for (doc,) in sample),
+        b",".join(shown(doc, principal) for (doc,) in sample),
         utc_iso(now).encode(),
     )
     return Response(payload, media_type="application/json")

@@ -18,6 +18,7 @@ from service.settings import Settings, get_settings
 
 class Permission(StrEnum):
     READ = "customers:read"
+    PERSONAL_DATA = "customers:personal"  # unmasked e-mail, name, address, devices
     WRITE = "customers:write"
     DELETE = "customers:delete"
     ORDERS = "customers:orders"
@@ -39,12 +40,22 @@ class Role(StrEnum):
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.MANAGER: frozenset(
-        {Permission.READ, Permission.WRITE, Permission.DELETE, Permission.SEGMENTS}
+        {
+            Permission.READ,
+            Permission.PERSONAL_DATA,
+            Permission.WRITE,
+            Permission.DELETE,
+            Permission.SEGMENTS,
+        }
     ),
     Role.ANALYST: frozenset({Permission.READ}),
-    Role.SUPPORT: frozenset({Permission.READ, Permission.WRITE}),
-    Role.DPO: frozenset({Permission.READ, Permission.DELETE, Permission.PRIVACY}),
-    Role.SERVICE: frozenset({Permission.READ, Permission.WRITE, Permission.ORDERS}),
+    Role.SUPPORT: frozenset({Permission.READ, Permission.PERSONAL_DATA, Permission.WRITE}),
+    Role.DPO: frozenset(
+        {Permission.READ, Permission.PERSONAL_DATA, Permission.DELETE, Permission.PRIVACY}
+    ),
+    Role.SERVICE: frozenset(
+        {Permission.READ, Permission.PERSONAL_DATA, Permission.WRITE, Permission.ORDERS}
+    ),
 }
 
 
