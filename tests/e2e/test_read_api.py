@@ -123,7 +123,7 @@ def world(env: Settings, pg_admin_url: str) -> Iterator[World]:
 
 
 def token(settings: Settings, org: str = ORG, roles: list[str] | None = None) -> str:
-    return issue_token(settings, sub="tester", org=org, roles=roles or ["analyst"])
+    return issue_token(settings, sub="tester", org=org, roles=roles or ["support"])
 
 
 @pytest.fixture
