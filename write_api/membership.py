@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 
 from domain.criteria import SegmentCriteria, matches
 from domain.membership import Change, Reason, events, stream_id
-from domain.segment import SegmentKind, effective_criteria
+from domain.segment import effective_criteria
 from domain.segment_facts import CustomerFacts
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
@@ -77,12 +77,13 @@ def append(
 
 
 class _Segment:
-    __slots__ = ("criteria", "id", "kind", "live", "org_id")
+    """A segment as the evaluator sees it; `criteria` None for a STATIC one."""
+
+    __slots__ = ("criteria", "id", "live", "org_id")
 
     def __init__(self, row: Sequence[Any], criteria: SegmentCriteria | None) -> None:
         self.id: UUID = row[0]
         self.org_id: str = row[1]
-        self.kind = SegmentKind(row[2])
         self.live = row[3] == "ACTIVE"
         self.criteria = criteria
 
