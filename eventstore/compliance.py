@@ -55,16 +55,16 @@ RECORD_REQUEST = (
 _LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _LAST = "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
 _APPEND = (
-    "INSERT INTO audit_log (seq, at, org_id, actor, action, customer_id, request_id, outcome, mac)"
+    "INSERT INTO audit_log (seq, at, org_id, actor, action, subject_id, request_id, outcome, mac)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-AUDIT_COLUMNS = "seq, at, org_id, actor, action, customer_id, request_id, outcome, mac"
+AUDIT_COLUMNS = "seq, at, org_id, actor, action, subject_id, request_id, outcome, mac"
 _ALL = f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"  # noqa: S608
 
 
 def _canonical(entry: Sequence[Any]) -> bytes:
-    """(seq, at, org_id, actor, action, customer_id, request_id, outcome) as MACed bytes."""
-    seq, at, org_id, actor, action, customer_id, request_id, outcome = entry
+    """(seq, at, org_id, actor, action, subject_id, request_id, outcome) as MACed bytes."""
+    seq, at, org_id, actor, action, subject_id, request_id, outcome = entry
     return orjson.dumps(
         [
             seq,
@@ -72,7 +72,7 @@ def _canonical(entry: Sequence[Any]) -> bytes:
             org_id,
             actor,
             action,
-            str(customer_id) if customer_id else None,
+            str(subject_id) if subject_id else None,
             str(request_id) if request_id else None,
             outcome,
         ]
@@ -83,25 +83,36 @@ def _mac(key: bytes, previous: bytes, entry: bytes) -> bytes:
     return hmac.new(key, previous + entry, hashlib.sha256).digest()
 
 
-def audit(
-    conn: psycopg.Connection[Any],
-    key: bytes,
-    *,
-    org_id: str,
-    actor: str,
-    action: str,
-    outcome: str,
-    customer_id: UUID | None = None,
-    request_id: UUID | None = None,
-) -> int:
-    """Append one entry inside the caller's transaction; returns its sequence number."""
+@dataclass(frozen=True)
+class AuditEntry:
+    org_id: str
+    actor: str
+    action: str
+    outcome: str
+    subject_id: UUID | None = None
+    request_id: UUID | None = None
+
+
+def audit_many(conn: psycopg.Connection[Any], key: bytes, entries: Sequence[AuditEntry]) -> int:
+    """Append entries, in order, inside the caller's transaction; returns the last `seq`."""
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(_LOCK, (_AUDIT_LOCK,))
         last = cur.execute(_LAST).fetchone()
-        seq, previous = (int(last[0]) + 1, bytes(last[1])) if last else (1, b"")
-        entry = (seq, datetime.now(UTC), org_id, actor, action, customer_id, request_id, outcome)
-        cur.execute(_APPEND, (*entry, _mac(key, previous, _canonical(entry))))
+        seq, previous = (int(last[0]), bytes(last[1])) if last else (0, b"")
+        rows = []
+        now = datetime.now(UTC)
+        for e in entries:
+            seq += 1
+            entry = (seq, now, e.org_id, e.actor, e.action, e.subject_id, e.request_id, e.outcome)
+            previous = _mac(key, previous, _canonical(entry))
+            rows.append((*entry, previous))
+        cur.executemany(_APPEND, rows)
     return seq
+
+
+def audit(conn: psycopg.Connection[Any], key: bytes, entry: AuditEntry) -> int:
+    """Append one entry inside the caller's transaction; returns its sequence number."""
+    return audit_many(conn, key, [entry])
 
 
 def record(conn: psycopg.Connection[Any], key: bytes, r: PrivacyRecord) -> None:
@@ -125,12 +136,7 @@ def record(conn: psycopg.Connection[Any], key: bytes, r: PrivacyRecord) -> None:
     audit(
         conn,
         key,
-        org_id=r.org_id,
-        actor=r.actor,
-        action=r.type.lower(),
-        outcome=r.outcome,
-        customer_id=r.customer_id,
-        request_id=r.request_id,
+        AuditEntry(r.org_id, r.actor, r.type.lower(), r.outcome, r.customer_id, r.request_id),
     )
 
 

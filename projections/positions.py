@@ -15,6 +15,9 @@ POSITIONS_CHANNEL = "projection_positions"
 Connection = psycopg.Connection[Any]
 
 READ_POSITION = "SELECT position FROM positions WHERE name = %s"
+ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
+LOCK_POSITION = "SELECT position FROM positions WHERE name = %s FOR UPDATE"
 TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 MAX_NOTIFICATION_ID = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
     sql.Identifier(EVENTS_TABLE)
@@ -38,3 +41,29 @@ def max_notification_id(conn: Connection) -> int:
 def lag(conn: Connection, name: str) -> int:
     """How many notifications the view `name` is behind the log."""
     return max(0, max_notification_id(conn) - read_position(conn, name))
+
+
+class Follower:
+    """A follower of the notification log outside the projector (evaluator, auditor): its
+    own connection and its own row `name` in `positions`, read when (re)connecting."""
+
+    name: str
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._conn: Connection | None = None
+        self.position = -1
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            conn = psycopg.connect(self._url, autocommit=True)
+            conn.execute(ENSURE_POSITION, (self.name,))
+            self.position = read_position(conn, self.name)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

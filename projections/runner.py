@@ -29,15 +29,19 @@ from eventstore.mapper import SHREDDING_TOPICS
 from projections.consent import ConsentView
 from projections.customers import CustomersView
 from projections.membership import MembershipView
-from projections.positions import POSITIONS_CHANNEL, Connection, read_position
+from projections.positions import (
+    ENSURE_POSITION,
+    LOCK_POSITION,
+    POSITIONS_CHANNEL,
+    SET_POSITION,
+    Connection,
+    read_position,
+)
 from projections.segments import SegmentsView
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
-_LOCK_POSITION = "SELECT position FROM positions WHERE name = %s FOR UPDATE"
-_SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
 _NOTIFY_POSITION = "SELECT pg_notify(%s, %s)"
 
 
@@ -84,7 +88,7 @@ class ViewRunner:
             self.close()
             conn = psycopg.connect(self._url, autocommit=True)
             self.view.prepare(conn)
-            conn.execute(_ENSURE_POSITION, (self.view.name,))
+            conn.execute(ENSURE_POSITION, (self.view.name,))
             self._position = read_position(conn, self.view.name)
             self._conn = conn
         return self._conn
@@ -146,7 +150,7 @@ class ViewRunner:
                 self.app.keys.forget(UUID(str(n.originator_id)))
         last = batch[-1].id
         with conn.transaction():
-            row = conn.execute(_LOCK_POSITION, (self.view.name,)).fetchone()
+            row = conn.execute(LOCK_POSITION, (self.view.name,)).fetchone()
             stored = int(row[0]) if row else 0
             if stored != self._position:
                 # Someone else (another runner, a rebuild) moved it: re-read from there.
@@ -158,7 +162,7 @@ class ViewRunner:
                 return -1
             if events:
                 self.view.apply(conn, events)
-            conn.execute(_SET_POSITION, (last, self.view.name))
+            conn.execute(SET_POSITION, (last, self.view.name))
             conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:{last}"))
         self._position = last
         return len(batch)
@@ -168,9 +172,9 @@ class ViewRunner:
         with self._lock:
             conn = self._connection()
             with conn.transaction():
-                conn.execute(_LOCK_POSITION, (self.view.name,))
+                conn.execute(LOCK_POSITION, (self.view.name,))
                 self.view.truncate(conn)
-                conn.execute(_SET_POSITION, (0, self.view.name))
+                conn.execute(SET_POSITION, (0, self.view.name))
                 conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:0"))
             self._position = 0
 

@@ -29,7 +29,7 @@ from domain.errors import Code, DomainError
 from domain.values import utc_iso
 from eventstore import compliance
 from eventstore.application import Customers
-from eventstore.compliance import PrivacyRecord, RequestType
+from eventstore.compliance import AuditEntry, PrivacyRecord, RequestType
 from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
@@ -140,11 +140,7 @@ def _audit(
         compliance.audit(
             conn,
             app.keys.audit_key,
-            org_id=principal.org,
-            actor=principal.sub,
-            action=action,
-            outcome=outcome,
-            customer_id=customer_id,
+            AuditEntry(principal.org, principal.sub, action, outcome, customer_id),
         )
 
 

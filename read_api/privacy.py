@@ -38,7 +38,7 @@ REQUESTS = (
 )
 AUDIT = (
     f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE org_id = %(org)s"  # noqa: S608
-    " AND (%(customer)s::uuid IS NULL OR customer_id = %(customer)s)"
+    " AND (%(subject)s::uuid IS NULL OR subject_id = %(subject)s)"
     " AND seq > %(after)s ORDER BY seq LIMIT %(fetch)s"
 )
 CURRENT_PREFERENCES = (
@@ -164,10 +164,12 @@ async def list_audit(
     principal: CanPrivacy,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int, Query(ge=0, description="last `seq` of the previous page")] = 0,
-    customer_id: Annotated[UUID | None, Query(alias="customerId")] = None,
+    subject_id: Annotated[
+        UUID | None, Query(alias="subjectId", description="a customer or segment id")
+    ] = None,
 ) -> dict[str, Any]:
     """The organization's audit entries in chain order, with each entry's MAC (hex)."""
-    params = {"org": principal.org, "customer": customer_id, "after": after, "fetch": limit}
+    params = {"org": principal.org, "subject": subject_id, "after": after, "fetch": limit}
     async with _pool(request).connection() as conn:
         rows = await (await conn.execute(AUDIT, params)).fetchall()
     items = [
@@ -176,7 +178,7 @@ async def list_audit(
             "at": utc_iso(at),
             "actor": actor,
             "action": action,
-            "customerId": str(cid) if cid else None,
+            "subjectId": str(cid) if cid else None,
             "requestId": str(rid) if rid else None,
             "outcome": outcome,
             "mac": bytes(mac).hex(),

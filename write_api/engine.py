@@ -1,6 +1,6 @@
-"""The segments process: the calculation worker, the incremental evaluator and the sweep
-that erases lifecycle-deleted customers after the grace period, each in a thread, sharing
-one event-sourced application."""
+"""The segments process: the calculation worker, the incremental evaluator, the write
+auditor and the sweep that erases lifecycle-deleted customers after the grace period, each
+in a thread, sharing one event-sourced application."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 
 from eventstore.application import Customers
 from service.settings import Settings
+from write_api import attribution
 from write_api.calculation import Calculator, work
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep_forever
@@ -32,6 +33,7 @@ class SegmentEngine:
         self.calculator = Calculator(self.app)
         self.reevaluator = Reevaluator(self.app)
         self.customers = CustomerCommands(self.app)
+        self.auditor = attribution.WriteAuditor(self.app)
         self._grace = settings.erasure_grace_hours * 3600
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -52,6 +54,12 @@ class SegmentEngine:
                 daemon=True,
             ),
             threading.Thread(
+                target=attribution.follow,
+                args=(self.auditor, self._stop),
+                name="write-auditor",
+                daemon=True,
+            ),
+            threading.Thread(
                 target=sweep_forever,
                 args=(self.customers, self._grace, self._stop),
                 name="erasure",
@@ -69,6 +77,7 @@ class SegmentEngine:
         self._threads = []
         self.calculator.close()
         self.reevaluator.close()
+        self.auditor.close()
         if self._own_app:
             self.app.close()
         log.info("segment engine stopped")

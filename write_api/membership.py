@@ -31,7 +31,7 @@ from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
 from projections import segment_sql
 from projections.customers import VIEW as CUSTOMERS_VIEW
-from projections.positions import POSITIONS_CHANNEL, read_position
+from projections.positions import POSITIONS_CHANNEL, SET_POSITION, Follower, read_position
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ SEGMENTS_TO_CHECK = (
     "SELECT id, org_id, kind, status, version, definition FROM segments_view"
     " WHERE (org_id = ANY(%s) AND status = 'ACTIVE' AND kind = 'DYNAMIC') OR id = ANY(%s)"
 )
-_POSITION = "segment_membership_evaluator"
-_ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
-_SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
 _RETRIES = 10
 
 
@@ -88,7 +85,7 @@ class _Segment:
         self.criteria = criteria
 
 
-class Reevaluator:
+class Reevaluator(Follower):
     """Incremental membership: follows the customers projection and re-evaluates exactly the
     customers whose facts changed against their organization's active dynamic segments.
 
@@ -98,29 +95,14 @@ class Reevaluator:
     those customers, which the diff makes harmless.
     """
 
+    name = "segment_membership_evaluator"
+
     def __init__(self, app: Customers, *, batch_size: int = 2000) -> None:
+        assert app.settings.database_url
+        super().__init__(app.settings.database_url)
         self.app = app
         self.batch_size = batch_size
-        url = app.settings.database_url
-        assert url
-        self._url = url
-        self._conn: Connection | None = None
         self._criteria: dict[tuple[UUID, int], SegmentCriteria | None] = {}
-        self.position = -1
-
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            conn = psycopg.connect(self._url, autocommit=True)
-            conn.execute(_ENSURE_POSITION, (_POSITION,))
-            self.position = read_position(conn, _POSITION)
-            self._conn = conn
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def run_once(self) -> int:
         """Handle every customer change the customers projection has committed; return the
@@ -143,7 +125,7 @@ class Reevaluator:
                 self.reevaluate(ids)
                 total += len(ids)
             self.position = batch[-1].id
-            conn.execute(_SET_POSITION, (self.position, _POSITION))
+            conn.execute(SET_POSITION, (self.position, self.name))
         return total
 
     def reevaluate(self, customer_ids: Iterable[UUID], *, as_of: datetime | None = None) -> int:

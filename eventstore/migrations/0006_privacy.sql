@@ -27,12 +27,13 @@ CREATE TABLE audit_log (
     org_id text NOT NULL,
     actor text NOT NULL,
     action text NOT NULL,
-    customer_id uuid,
+    subject_id uuid,  -- the customer or segment acted on
     request_id uuid,
     outcome text NOT NULL,
     mac bytea NOT NULL
 );
 CREATE INDEX audit_log_org_idx ON audit_log (org_id, seq);
+CREATE INDEX audit_log_subject_idx ON audit_log (subject_id, seq);
 
 -- Consent ledger (projections/consent.py): every consent statement — at registration, in a
 -- profile update that changed one, or through PUT /customers/{id}/consent — with who, how,

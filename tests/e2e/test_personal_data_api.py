@@ -12,6 +12,7 @@ import httpx
 
 from tests.e2e.conftest import TokenFactory, new_customer
 from tests.e2e.test_customers_api import assert_problem
+from tests.e2e.test_erasure_api import privacy_audit
 from tests.e2e.test_membership_api import (
     CUSTOMERS,
     SPAIN_30_TO_40,
@@ -68,7 +69,7 @@ def test_export_holds_everything_and_is_recorded(http: httpx.Client, auth: Token
         "/api/v1/privacy/requests", params={"customerId": cid, "type": "EXPORT"}, headers=dpo
     ).json()["items"]
     assert len(requests) == 2 and {r["requestedBy"] for r in requests} == {"dpo-9"}
-    audit = http.get("/api/v1/audit", params={"customerId": cid}, headers=dpo).json()["items"]
+    audit = privacy_audit(http, dpo, cid)
     assert [e["action"] for e in audit] == ["consent_change", "export", "export"]
 
     assert_problem(http.get(f"{url}/data", headers=auth("analyst")), 403)
@@ -101,7 +102,7 @@ def test_history_and_point_in_time(http: httpx.Client, auth: TokenFactory) -> No
     before_birth = {"asOf": "2001-01-01T00:00:00Z"}
     assert_problem(http.get(f"{CUSTOMERS}/{cid}/history", params=before_birth, headers=dpo), 404)
     assert_problem(http.get(f"{CUSTOMERS}/{cid}/history", headers=h | auth("support")), 403)
-    audit = http.get("/api/v1/audit", params={"customerId": cid}, headers=dpo).json()["items"]
+    audit = privacy_audit(http, dpo, cid)
     assert [(e["action"], e["outcome"]) for e in audit] == [
         ("history", "completed"),
         ("history_as_of", "completed"),

@@ -8,10 +8,15 @@ import uuid
 
 import psycopg
 
+from domain.customer import Customer
+from domain.segment import Segment, SegmentDefinition
+from domain.values import Profile
 from eventstore import compliance
+from eventstore.application import Customers
 from eventstore.keys import AUDIT_KEY_PURPOSE, derive_key
 from service.cli import _verify_audit
 from service.settings import Settings
+from write_api.attribution import WriteAuditor
 
 
 def key(settings: Settings) -> bytes:
@@ -29,12 +34,14 @@ def test_tampering_with_the_audit_trail_is_detected(settings: Settings) -> None:
                     compliance.audit(
                         conn,
                         key(settings),
-                        org_id=org,
-                        actor="dpo-1",
-                        action="export",
-                        outcome="completed",
-                        customer_id=uuid.uuid4(),
-                        request_id=uuid.uuid4() if i % 2 else None,
+                        compliance.AuditEntry(
+                            org,
+                            "dpo-1",
+                            "export",
+                            "completed",
+                            uuid.uuid4(),
+                            uuid.uuid4() if i % 2 else None,
+                        ),
                     )
                 )
         assert seqs == sorted(seqs) and compliance.verify(conn, key(settings)).ok
@@ -59,3 +66,45 @@ def test_tampering_with_the_audit_trail_is_detected(settings: Settings) -> None:
             assert compliance.verify(conn, key(settings)).broken_at == third
 
         assert compliance.verify(conn, key(settings)).ok  # all rolled back
+
+
+def test_every_write_is_attributed_once(settings: Settings, app: Customers) -> None:
+    org = f"org-{secrets.token_hex(3)}"
+    customer = Customer.register(
+        org,
+        Profile.model_validate(
+            {
+                "email": f"a{secrets.token_hex(3)}@example.com",
+                "name": "Audited Person",
+                "preferences": {"marketingConsent": True, "dataProcessingConsent": True},
+            }
+        ),
+        "clerk-1",
+    )
+    app.save(customer, new_keys=[app.keys.create(customer.id, org)])
+    customer.delete(actor="clerk-2")
+    app.save(customer)
+    segment = Segment.define(
+        org,
+        SegmentDefinition.model_validate({"name": "audited", "ruleId": "r", "kind": "STATIC"}),
+        "marketer-1",
+    )
+    app.save(segment)
+    auditor = WriteAuditor(app)
+    try:
+        assert auditor.run_once() >= 3
+        assert auditor.run_once() == 0  # each event once
+    finally:
+        auditor.close()
+    with psycopg.connect(str(settings.database_url)) as conn:
+        rows = conn.execute(
+            "SELECT actor, action, subject_id FROM audit_log WHERE org_id = %s ORDER BY seq",
+            (org,),
+        ).fetchall()
+        assert compliance.verify(conn, key(settings)).ok
+    assert rows == [
+        ("clerk-1", "customer.Created", customer.id),
+        ("clerk-2", "customer.Deleted", customer.id),
+        ("marketer-1", "segment.Created", segment.id),
+    ]
+    assert "Audited Person" not in str(rows)
