@@ -121,7 +121,7 @@ def _render_event(event: Any) -> dict[str, Any]:
     state = {
         k: v
         for k, v in vars(event).items()
-        if k not in {"originator_id", "originator_version", "timestamp"}
+        if k not in {"originator_id", "originator_version", "originator_topic", "timestamp"}
     }
     return {
         "version": event.originator_version,
