@@ -91,6 +91,11 @@ def prepare() -> Environment:
             "NATS_URL": env.nats_url,
             "CUSTOMERS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
             "CUSTOMERS_JWT_SECRET": secrets.token_urlsafe(32),
+            # Rate limits are a per-client policy, not capacity: off while measuring capacity
+            # from one client (their cost is in bench.security).
+            "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
+            "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",
+            "CUSTOMERS_RATE_LIMIT_EXPORTS_PER_MINUTE": "0",
         }
     )
     from service.settings import get_settings
