@@ -74,23 +74,14 @@ class SegmentCommands(Commands[Segment]):
 
         def decide(segment: Segment) -> dict[str, Any]:
             previous = segment.name
-            before = (
-                segment.definition["criteria"],
-                segment.definition.get("purpose"),
-                segment.status,
-            )
+            before = _membership_inputs(segment)
             if definition.rule_id != segment.definition["ruleId"]:
                 self.rules.check_rule(definition.rule_id)
             segment.redefine(definition, principal.sub)
             if status is not None:
                 segment.set_status(status, principal.sub)
             jobs[:] = []
-            after = (
-                segment.definition["criteria"],
-                segment.definition.get("purpose"),
-                segment.status,
-            )
-            if after != before:
+            if _membership_inputs(segment) != before:
                 jobs.extend(self._recalculation(principal, segment))
             writes: dict[str, Any] = {"jobs": list(jobs)}
             if name_key(previous) != name_key(segment.name):
@@ -209,3 +200,8 @@ class SegmentCommands(Commands[Segment]):
 
     def _release(self, org: str, name: str) -> Release:
         return Release(SEGMENT, org, self.app.keys.claim_hash(SEGMENT, org, name_key(name)))
+
+
+def _membership_inputs(segment: Segment) -> tuple[Any, ...]:
+    """What a segment's members depend on: a change of it queues a recalculation."""
+    return (segment.definition["criteria"], segment.definition.get("purpose"), segment.status)
