@@ -17,10 +17,11 @@ _CREATED = CUSTOMER_TOPIC_PREFIX + "Customer.Created"
 _UPDATED = CUSTOMER_TOPIC_PREFIX + "Customer.Updated"
 _CONSENT = CUSTOMER_TOPIC_PREFIX + "Customer.ConsentChanged"
 
-INSERT = (
-    "INSERT INTO consent_ledger (customer_id, org_id, version, at, consents, actor, source,"
-    " policy_version, ip_address, user_agent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+COPY = (
+    "COPY consent_ledger (customer_id, org_id, version, at, consents, actor, source,"
+    " policy_version, ip_address, user_agent) FROM STDIN (FORMAT BINARY)"
 )
+_TYPES = ("uuid", "text", "int4", "timestamptz", "jsonb", "text", "text", "text", "text", "text")
 STATEMENTS = (
     "SELECT customer_id, org_id, consents FROM consent_ledger"
     " WHERE customer_id = ANY(%s) ORDER BY customer_id, id"
@@ -85,8 +86,7 @@ class ConsentView:
         if forget:
             conn.execute(FORGET, (forget,))
         if rows:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    INSERT,
-                    [(*r[:4], Jsonb(r[4]), *r[5:], *(None,) * (10 - len(r))) for r in rows],
-                )
+            with conn.cursor() as cur, cur.copy(COPY) as copy:
+                copy.set_types(_TYPES)
+                for r in rows:
+                    copy.write_row((*r[:4], Jsonb(r[4]), *r[5:], *(None,) * (10 - len(r))))

@@ -186,7 +186,8 @@ def allowed(permission: Permission) -> Any:
     within the rate limits (429, service/limits.py). The permission stays readable on the
     dependency (`.permission`) for the route x role test and the rendered matrix."""
 
-    def check(principal: CurrentPrincipal, request: Request) -> Principal:
+    # async: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per request.
+    async def check(principal: CurrentPrincipal, request: Request) -> Principal:
         principal.require(permission)
         limiter = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
