@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import dataclasses
 import os
 import platform
 import resource
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench import report
 from service.embedded import EmbeddedNats, free_port, reachable, start_postgres, with_database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -408,3 +413,47 @@ def machine(env: Environment) -> dict[str, str]:
             )
         ),
     }
+
+
+def focused_bench(
+    prog: str, doc: str | None, database: str, marker: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, Callable[[Callable[[report.Report, str], None]], int]]:
+    """The `main` of a focused bench module (`python -m bench.<name>`): its arguments, and a
+    runner that gives `run(out, database_url)` a migrated database of its own (dropped
+    afterwards), prints the table and writes it into performance.md between `marker`s."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--output", default=str(REPO / "docs" / "performance.md"))
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--customers", type=int, default=20, help="bench.privacy only")
+    args = parser.parse_args(argv)
+    command = f"{prog} " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    def execute(run: Callable[[report.Report, str], None]) -> int:
+        from eventstore.application import Customers
+        from service.settings import get_settings
+
+        e = prepare()
+        url = with_database(e.admin_url, database)
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        with psycopg.connect(e.admin_url, autocommit=True) as conn:
+            conn.execute(drop)
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        os.environ["DATABASE_URL"] = url
+        get_settings.cache_clear()
+        migrate()
+        Customers(get_settings(), create_table=True).close()
+        out = report.Report()
+        facts = machine(dataclasses.replace(e, database_url=url))
+        try:
+            run(out, url)
+        finally:
+            with psycopg.connect(e.admin_url, autocommit=True) as conn:
+                conn.execute(drop)
+            e.close()
+        print("\n" + out.table())
+        if not args.no_write:
+            report.write(Path(args.output), out.markdown(facts, command.strip(), None), marker)
+            print(f"\nwritten: {args.output}")
+        return 0
+
+    return args, execute

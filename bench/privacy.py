@@ -13,63 +13,24 @@ customer, timed in process through the same functions the API runs:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
-import shlex
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import psycopg
-from psycopg import sql
 
 from bench import env, report
 from bench.client import Latencies
 from bench.report import lat
-from service.embedded import with_database
 
 DB = "customers_bench_privacy"
 EVENTS = 1000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.privacy", description=__doc__)
-    parser.add_argument("--customers", type=int, default=20)
-    parser.add_argument("--output", default=str(env.REPO / "docs" / "performance.md"))
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    command = "python -m bench.privacy " + shlex.join(argv if argv is not None else sys.argv[1:])
-    e = env.prepare()
-    url = with_database(e.admin_url, DB)
-    with psycopg.connect(e.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    os.environ["DATABASE_URL"] = url
-    from eventstore.application import Customers
-    from service.settings import get_settings
-
-    get_settings.cache_clear()
-    env.migrate()
-    Customers(get_settings(), create_table=True).close()
-    machine = env.machine(dataclasses.replace(e, database_url=url))
-    out = report.Report()
-    try:
-        run(out, url, args.customers)
-    finally:
-        with psycopg.connect(e.admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB))
-            )
-        e.close()
-    print("\n" + out.table())
-    if not args.no_write:
-        block = out.markdown(machine, command.strip(), None)
-        report.write(Path(args.output), block, marker="privacy")
-        print(f"\nwritten: {args.output}")
-    return 0
+    args, execute = env.focused_bench("python -m bench.privacy", __doc__, DB, "privacy", argv)
+    return execute(lambda out, url: run(out, url, args.customers))
 
 
 def run(out: report.Report, url: str, count: int) -> None:

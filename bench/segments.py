@@ -14,16 +14,11 @@ are built by `domain.segment_facts.customer_facts` from the seeder's realistic p
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
 import random
-import shlex
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,7 +27,6 @@ from psycopg import sql
 from bench import env, report
 from bench.client import Latencies
 from bench.report import lat, ms
-from service.embedded import with_database
 
 SIZES = (100_000, 1_000_000)
 DB = "customers_bench_segments"
@@ -210,39 +204,8 @@ def incremental(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.segments", description=__doc__)
-    parser.add_argument("--output", default=str(env.REPO / "docs" / "performance.md"))
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    command = "python -m bench.segments " + shlex.join(argv if argv is not None else sys.argv[1:])
-    e = env.prepare()
-    url = with_database(e.admin_url, DB)
-    with psycopg.connect(e.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    os.environ["DATABASE_URL"] = url
-    from eventstore.application import Customers
-    from service.settings import get_settings
-
-    get_settings.cache_clear()
-    env.migrate()
-    Customers(get_settings(), create_table=True).close()
-    out = report.Report()
-    machine = env.machine(dataclasses.replace(e, database_url=url))
-    try:
-        run(out, url)
-    finally:
-        with psycopg.connect(e.admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB))
-            )
-        e.close()
-    print("\n" + out.table())
-    if not args.no_write:
-        block = out.markdown(machine, command.strip(), None)
-        report.write(Path(args.output), block, marker="segments")
-        print(f"\nwritten: {args.output}")
-    return 0
+    _, execute = env.focused_bench("python -m bench.segments", __doc__, DB, "segments", argv)
+    return execute(run)
 
 
 if __name__ == "__main__":
