@@ -95,19 +95,15 @@ def facts_from_row(row: Sequence[Any]) -> CustomerFacts:
     return CustomerFacts(**values)
 
 
-# id + the fact columns of some customers (also for async callers: rows -> facts_from_row).
-LOAD_FACTS = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
-    sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
-)
-
-LOAD_FACTS_WITH_ORG = sql.SQL("SELECT id, org_id, {} FROM {} WHERE id = ANY(%s)").format(
+# id, org and the fact columns of some customers (rows[2:] -> facts_from_row).
+LOAD_FACTS = sql.SQL("SELECT id, org_id, {} FROM {} WHERE id = ANY(%s)").format(
     sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
 )
 
 
 def load_facts(conn: psycopg.Connection[Any], ids: Iterable[UUID]) -> dict[UUID, CustomerFacts]:
     """The stored facts of some customers (absent: erased or not projected yet)."""
-    return {row[0]: facts_from_row(row[1:]) for row in conn.execute(LOAD_FACTS, (list(ids),))}
+    return {row[0]: facts_from_row(row[2:]) for row in conn.execute(LOAD_FACTS, (list(ids),))}
 
 
 # --------------------------------------------------------------------------- compiler

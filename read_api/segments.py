@@ -22,7 +22,7 @@ from domain.values import Model, utc_iso
 from eventstore.jobs import GET_JOB, render_job
 from projections.customers import use_raw_json
 from projections.membership import VIEW as MEMBERSHIP
-from projections.segment_sql import LOAD_FACTS_WITH_ORG, compile_where, facts_from_row
+from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import shown
@@ -260,7 +260,7 @@ async def explain_membership(
     whether it holds now, whether all hold (`matches`), and the recorded membership."""
     async with _pool(request).connection() as conn:
         kind, definition = await _definition(conn, principal.org, segment_id)
-        row = await (await conn.execute(LOAD_FACTS_WITH_ORG, ([customer_id],))).fetchone()
+        row = await (await conn.execute(LOAD_FACTS, ([customer_id],))).fetchone()
         if row is None or row[1] != principal.org:
             raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
         member = await (await conn.execute(IS_MEMBER, (segment_id, customer_id))).fetchone()

@@ -150,7 +150,7 @@ class Reevaluator(Follower):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             facts: dict[UUID, tuple[str, CustomerFacts]] = {
                 row[0]: (row[1], segment_sql.facts_from_row(row[2:]))
-                for row in conn.execute(segment_sql.LOAD_FACTS_WITH_ORG, (ids,))
+                for row in conn.execute(segment_sql.LOAD_FACTS, (ids,))
             }
             current: dict[UUID, set[UUID]] = {}
             for segment_id, customer_id in conn.execute(MEMBERS_OF_CUSTOMERS, (ids,)):
