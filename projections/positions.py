@@ -15,6 +15,7 @@ POSITIONS_CHANNEL = "projection_positions"
 Connection = psycopg.Connection[Any]
 
 READ_POSITION = "SELECT position FROM positions WHERE name = %s"
+ALL_POSITIONS = "SELECT name, position FROM positions"
 ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
 SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
 LOCK_POSITION = "SELECT position FROM positions WHERE name = %s FOR UPDATE"

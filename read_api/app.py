@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from eventstore.application import EVENTS_TABLE
 from projections.customers import VIEW, use_raw_json
-from projections.positions import MAX_NOTIFICATION_ID, READ_POSITION, TABLE_EXISTS
+from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
 from read_api import customers, personal_data, privacy, segments
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
@@ -91,33 +91,35 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready", tags=["operations"], response_class=Response)
     async def ready(request: Request) -> Response:
-        """PostgreSQL answers; reports how many notifications customers_view is behind."""
+        """PostgreSQL answers; reports how many notifications each follower of the event log
+        (projections, segment evaluator, write auditor, relay) is behind."""
         pool: AsyncConnectionPool[Any] = request.app.state.pool
         try:
             async with pool.connection(timeout=2.0) as conn:
-                lag = await _lag(conn)
+                lags = await _lags(conn)
         except (psycopg.Error, PoolTimeout) as e:
             log.warning("not ready: database unreachable", extra={"error": type(e).__name__})
             return problems.problem(
                 503, "database unreachable", headers={"Retry-After": "1"}, instance="/ready"
             )
-        body = {"status": "ready", "projections": {VIEW: {"lag": lag}}}
+        body = {"status": "ready", "projections": {name: {"lag": lag} for name, lag in lags}}
         return Response(orjson.dumps(body), media_type="application/json")
 
     return app
 
 
-async def _lag(conn: psycopg.AsyncConnection[Any]) -> int:
-    """Notifications not yet in customers_view (0 before the event table exists)."""
+async def _lags(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
+    """(follower, notifications it has not processed), customers_view first (just that one,
+    at 0, before the event table exists)."""
     cur = await conn.execute(TABLE_EXISTS, (EVENTS_TABLE,))
     exists = await cur.fetchone()
     if not exists or not exists[0]:
-        return 0
-    cur = await conn.execute(MAX_NOTIFICATION_ID)
-    top = await cur.fetchone()
-    cur = await conn.execute(READ_POSITION, (VIEW,))
-    pos = await cur.fetchone()
-    return max(0, (int(top[0]) if top else 0) - (int(pos[0]) if pos else 0))
+        return [(VIEW, 0)]
+    row = await (await conn.execute(MAX_NOTIFICATION_ID)).fetchone()
+    top = int(row[0]) if row else 0
+    positions = dict(await (await conn.execute(ALL_POSITIONS)).fetchall())
+    names = [VIEW, *sorted(n for n in positions if n != VIEW)]
+    return [(name, max(0, top - int(positions.get(name, 0)))) for name in names]
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

@@ -351,3 +351,19 @@ def test_nul_in_a_query_parameter_is_a_422(http: httpx.Client, auth: TokenFactor
     response = http.get("/api/v1/customers", params={"tag": "a\x00b"}, headers=auth())
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["errors"]] == ["tag"]
+
+
+def test_ready_reports_every_follower_of_the_log(http: httpx.Client, auth: TokenFactory) -> None:
+    create(http, auth())
+    followers = {"customers_view", "segments_view", "segment_membership", "consent_ledger"}
+    followers |= {"segment_membership_evaluator", "audit_writes"}
+
+    def reported() -> set[str]:
+        lags = http.get("/ready").json()["projections"]
+        assert all(isinstance(v["lag"], int) and v["lag"] >= 0 for v in lags.values())
+        return set(lags)
+
+    deadline = time.monotonic() + 10
+    while not followers <= reported():
+        assert time.monotonic() < deadline, reported()
+        time.sleep(0.05)
