@@ -210,9 +210,10 @@ def purchase_aggregates(history: Iterable[Mapping[str, Any]]) -> PurchaseAggrega
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerFacts:
-    """One customer as criteria see it. Field names == `segment_facts` column names."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustomerFacts(PurchaseAggregates):
+    """One customer as criteria see it (its purchase aggregates included). Field names ==
+    `segment_facts` column names."""
 
     status: str
     age: int | None = None
@@ -240,18 +241,10 @@ class CustomerFacts:
     lifetime_value_currency: str | None = None
     created_at: datetime | None = None
     last_activity: datetime | None = None
-    order_count: int = 0
-    spend_currency: str | None = None
-    total_spent_cents: int | None = 0
-    total_spent: float | None = 0.0
-    average_order_value: float | None = None
-    first_purchase_at: datetime | None = None
-    last_purchase_at: datetime | None = None
-    categories: frozenset[str] = frozenset()
-    brands: frozenset[str] = frozenset()
 
 
 FACT_NAMES: tuple[str, ...] = tuple(CustomerFacts.__dataclass_fields__)
+_PURCHASE_NAMES: tuple[str, ...] = tuple(PurchaseAggregates.__dataclass_fields__)
 
 
 def _int(value: Any, low: int, high: int) -> int | None:
@@ -308,13 +301,5 @@ def customer_facts(
         lifetime_value_currency=fold(lifetime.get("currency")),
         created_at=created_at,
         last_activity=last_activity,
-        order_count=purchases.order_count,
-        spend_currency=purchases.spend_currency,
-        total_spent_cents=purchases.total_spent_cents,
-        total_spent=purchases.total_spent,
-        average_order_value=purchases.average_order_value,
-        first_purchase_at=purchases.first_purchase_at,
-        last_purchase_at=purchases.last_purchase_at,
-        categories=purchases.categories,
-        brands=purchases.brands,
+        **{name: getattr(purchases, name) for name in _PURCHASE_NAMES},
     )
