@@ -24,7 +24,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Header, Query, Request, Response
 from psycopg import AsyncConnection, sql
-from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
@@ -32,6 +31,7 @@ from domain.masking import masked
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
 from eventstore.keys import derive_key
 from projections.customers import DOCS, VIEW
+from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
@@ -199,11 +199,6 @@ class CursorCodec:
             raise bad from None
 
 
-def _pool(request: Request) -> AsyncConnectionPool[Any]:
-    pool: AsyncConnectionPool[Any] = request.app.state.pool
-    return pool
-
-
 def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
@@ -314,7 +309,7 @@ async def list_customers(
 
     filters = tuple(f for f in _FILTERS if f in params)
     query = list_query(sort, filters, cursor is not None, q is not None)
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         # Not prepared: a custom plan per request lets the planner see the actual values
         # (LIKE prefix, selectivity of each filter) and pick the right index.
         cur = await conn.execute(query, params, prepare=False)
@@ -351,7 +346,7 @@ async def get_customer(
     id: UUID,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
         row = await cur.fetchone()
     if row is None:
@@ -412,7 +407,7 @@ async def customer_segments(
 ) -> dict[str, Any]:
     """The segments the customer is in now (or was in at `asOf`), oldest membership first."""
     query = STINTS_ALL if history else STINTS_NOW if as_of is None else STINTS_AS_OF
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         if await (await conn.execute(EXISTS, (id, principal.org))).fetchone() is None:
             raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
         cur = await conn.execute(query, {"id": id, "org": principal.org, "at": as_of})

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,11 +11,12 @@ from fastapi import APIRouter, Query, Request
 from psycopg_pool import AsyncConnectionPool
 
 from domain.consent import consents
-from domain.errors import Code, DomainError, invalid
+from domain.errors import Code, DomainError
 from domain.values import utc_iso
 from eventstore.compliance import AUDIT_COLUMNS, RequestType
 from projections.consent import VIEW as CONSENT_VIEW
 from projections.customers import VIEW as CUSTOMERS_VIEW
+from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.api_keys import ApiKeyStore
 from service.auth import CanManageKeys, CanPrivacy, CanRead, Permission
@@ -57,23 +55,6 @@ router = APIRouter(tags=["privacy"])
 _ERRORS = {**problem_responses({403: "Needs the dpo or admin role"}), **READ_PROBLEMS}
 
 
-def _pool(request: Request) -> AsyncConnectionPool[Any]:
-    pool: AsyncConnectionPool[Any] = request.app.state.pool
-    return pool
-
-
-def _cursor(at: datetime, rid: UUID) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), str(rid)])).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        at, rid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), UUID(rid)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise invalid("cursor", "not a cursor this endpoint returned") from None
-
-
 @router.get("/api/v1/privacy/requests", responses=_ERRORS)
 async def list_requests(
     *,
@@ -90,7 +71,7 @@ async def list_requests(
 ) -> dict[str, Any]:
     """Export, erasure, anonymization and consent-change requests, oldest first; each has
     its 30-day deadline (`dueAt`) and `overdue` while open past it."""
-    after_at, after_id = _decode_cursor(cursor) if cursor else (None, None)
+    after_at, after_id = paging.decode(cursor) if cursor else (None, None)
     params = {
         "org": principal.org,
         "status": status,
@@ -101,7 +82,7 @@ async def list_requests(
         "after_id": after_id,
         "fetch": limit + 1,
     }
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         rows = await (await conn.execute(REQUESTS, params)).fetchall()
     page = rows[:limit]
     items = [
@@ -119,7 +100,7 @@ async def list_requests(
         }
         for rid, cid, rtype, rstatus, by, received, completed, due, outcome, late in page
     ]
-    next_cursor = _cursor(page[-1][5], page[-1][0]) if len(rows) > limit else None
+    next_cursor = paging.encode(page[-1][5], page[-1][0]) if len(rows) > limit else None
     return {"items": items, "nextCursor": next_cursor, "limit": limit}
 
 
@@ -131,7 +112,7 @@ async def list_requests(
 async def get_consent(request: Request, customer_id: UUID, principal: CanRead) -> dict[str, Any]:
     """Current consent per purpose and every statement that led to it, oldest first. The
     client's IP address and user agent are shown to the dpo and admin roles only."""
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         cur = await conn.execute(CURRENT_PREFERENCES, (customer_id, principal.org))
         found = await cur.fetchone()
         if found is None:
@@ -170,7 +151,7 @@ async def list_audit(
 ) -> dict[str, Any]:
     """The organization's audit entries in chain order, with each entry's MAC (hex)."""
     params = {"org": principal.org, "subject": subject_id, "after": after, "fetch": limit}
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         rows = await (await conn.execute(AUDIT, params)).fetchall()
     items = [
         {

@@ -12,7 +12,6 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from psycopg import AsyncConnection, sql
-from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, Field
 
 from domain.criteria import SegmentCriteria, explain
@@ -24,6 +23,7 @@ from projections.customers import use_raw_json
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
+from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import shown
 from service.auth import CanRead
@@ -100,25 +100,6 @@ def _render(row: tuple[Any, ...]) -> dict[str, Any]:
     )
 
 
-def _cursor(created_at: datetime, sid: UUID) -> str:
-    raw = orjson.dumps([created_at.isoformat(), str(sid)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, sid = orjson.loads(raw)
-        return datetime.fromisoformat(at), UUID(sid)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise invalid("cursor", "not a cursor this endpoint returned") from None
-
-
-def _pool(request: Request) -> AsyncConnectionPool[Any]:
-    pool: AsyncConnectionPool[Any] = request.app.state.pool
-    return pool
-
-
 @router.get(
     "",
     response_class=Response,
@@ -135,7 +116,7 @@ async def list_segments(
     status: SegmentStatus | None = None,
 ) -> Response:
     """Segments of the caller's organization, oldest first (keyset paginated)."""
-    after_at, after_id = _decode_cursor(cursor) if cursor else (None, None)
+    after_at, after_id = paging.decode(cursor) if cursor else (None, None)
     params = {
         "org": principal.org,
         "status": status.value if status else None,
@@ -143,10 +124,10 @@ async def list_segments(
         "after_id": after_id,
         "fetch": limit + 1,
     }
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         rows = await (await conn.execute(LIST, params)).fetchall()
     page = rows[:limit]
-    next_cursor = _cursor(page[-1][3], page[-1][0]) if len(rows) > limit else None
+    next_cursor = paging.encode(page[-1][3], page[-1][0]) if len(rows) > limit else None
     body = {"items": [_render(r) for r in page], "nextCursor": next_cursor, "limit": limit}
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -161,7 +142,7 @@ async def list_segments(
     },
 )
 async def get_segment(request: Request, segment_id: UUID, principal: CanRead) -> Response:
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         row = await (await conn.execute(GET, {"org": principal.org, "id": segment_id})).fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
@@ -224,7 +205,7 @@ async def segment_customers(
         "at": as_of,
         "fetch": limit + 1,
     }
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         use_raw_json(conn)
         await _definition(conn, principal.org, segment_id)
         query = MEMBERS_NOW if as_of is None else MEMBERS_AS_OF
@@ -258,7 +239,7 @@ async def explain_membership(
 ) -> dict[str, Any]:
     """Why the customer is or is not a member: each criterion (first: not DELETED) with
     whether it holds now, whether all hold (`matches`), and the recorded membership."""
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         kind, definition = await _definition(conn, principal.org, segment_id)
         row = await (await conn.execute(LOAD_FACTS, ([customer_id],))).fetchone()
         if row is None or row[1] != principal.org:
@@ -301,7 +282,7 @@ async def preview(request: Request, body: Preview, principal: CanRead) -> Respon
     where, params = compile_where(body.criteria, now)
     count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
     sample_sql = sql.SQL(PREVIEW_SAMPLE).format(where=where)
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         use_raw_json(conn)
         count_row = await (await conn.execute(count_sql, [principal.org, *params])).fetchone()
         sample: list[tuple[bytes]] = []
@@ -329,7 +310,7 @@ async def get_job(
     request: Request, segment_id: UUID, job_id: UUID, principal: CanRead
 ) -> dict[str, Any]:
     """Poll a calculation: QUEUED -> RUNNING (phase) -> SUCCEEDED | FAILED | CANCELLED."""
-    async with _pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn:
         row = await (await conn.execute(GET_JOB, (principal.org, segment_id, job_id))).fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"job {job_id} not found")
