@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE
+
+log = logging.getLogger(__name__)
 
 # After each commit a projector NOTIFYs this channel with "<view>:<position>".
 POSITIONS_CHANNEL = "projection_positions"
@@ -68,3 +74,44 @@ class Follower:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def follow(
+    name: str,
+    database_url: str,
+    channel: str,
+    step: Callable[[], object],
+    *,
+    close: Callable[[], None],
+    stop: threading.Event,
+    poll_interval: float = 1.0,
+    wakes: Callable[[str], bool] = lambda _payload: True,
+) -> None:
+    """Run `step` until `stop`: again whenever a NOTIFY on `channel` whose payload `wakes`
+    arrives, at the latest every `poll_interval`. Survives outages and failing steps: logs,
+    `close`s, backs off, reconnects and retries (a failing step is never skipped)."""
+    listener: Connection | None = None
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            if listener is None or listener.closed or listener.broken:
+                listener = psycopg.connect(database_url, autocommit=True)
+                # LISTEN before the step, so no commit falls between step and wait.
+                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            step()
+            backoff = 0.1
+            deadline = time.monotonic() + poll_interval
+            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+                notes = listener.notifies(timeout=min(0.1, remaining), stop_after=1)
+                if any(wakes(n.payload) for n in notes):
+                    break
+        except Exception:
+            log.exception("%s error; retrying", name)
+            close()
+            if listener is not None:
+                listener.close()
+                listener = None
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+    if listener is not None:
+        listener.close()

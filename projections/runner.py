@@ -22,7 +22,6 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import Notification
-from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import SHREDDING_TOPICS
@@ -35,6 +34,7 @@ from projections.positions import (
     POSITIONS_CHANNEL,
     SET_POSITION,
     Connection,
+    follow,
     read_position,
 )
 from projections.segments import SegmentsView
@@ -215,46 +215,24 @@ class Projector:
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Catch up, then wait for the recorder's NOTIFY (or the poll interval); repeat.
 
-        Survives database outages and failing batches: logs, backs off, reconnects, retries.
+        Survives database outages and failing batches: logs, backs off, reconnects, retries
+        (an event this code cannot project yet is never skipped; the lag shows in /ready).
         """
-        stop = stop or self._stop
-        listener: Connection | None = None
-        backoff = 0.1
         log.info("projector started", extra={"views": [r.view.name for r in self.runners]})
-        while not stop.is_set():
-            try:
-                if listener is None or listener.closed or listener.broken:
-                    listener = psycopg.connect(self._url, autocommit=True)
-                    # LISTEN before reading, so no commit falls between read and wait.
-                    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
-                count = self.run_once()
-                if count:
-                    log.debug("projected", extra={"count": count})
-                backoff = 0.1
-                self._wait(listener, stop)
-            except Exception:
-                # Database outages, but also an event this code cannot project yet: never
-                # skip it; keep retrying (lag grows and shows in /ready) until fixed.
-                log.exception("projector error; retrying")
-                for r in self.runners:
-                    r.close()
-                if listener is not None:
-                    listener.close()
-                    listener = None
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if listener is not None:
-            listener.close()
+        follow(
+            "projector",
+            self._url,
+            EVENTS_TABLE,
+            self.run_once,
+            close=self._close_runners,
+            stop=stop or self._stop,
+            poll_interval=self.poll_interval,
+        )
         log.info("projector stopped")
 
-    def _wait(self, listener: Connection, stop: threading.Event) -> None:
-        deadline = time.monotonic() + self.poll_interval
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            for _ in listener.notifies(timeout=min(0.1, remaining), stop_after=1):
-                return
+    def _close_runners(self) -> None:
+        for r in self.runners:
+            r.close()
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread of this process (tests, single-process serve)."""
@@ -273,8 +251,7 @@ class Projector:
         self.close()
 
     def close(self) -> None:
-        for r in self.runners:
-            r.close()
+        self._close_runners()
         if self._own_app:
             self.app.close()
 

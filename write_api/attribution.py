@@ -24,7 +24,7 @@ from eventstore import compliance
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.compliance import AuditEntry
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded, topic_of
-from projections.positions import LOCK_POSITION, SET_POSITION, Follower
+from projections.positions import LOCK_POSITION, SET_POSITION, Follower, follow
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,6 @@ class WriteAuditor(Follower):
         return entries
 
 
-def follow(auditor: WriteAuditor, stop: threading.Event, interval: float = 1.0) -> None:
-    backoff = 0.1
-    while not stop.is_set():
-        try:
-            auditor.run_once()
-            backoff = 0.1
-            stop.wait(interval)
-        except Exception:
-            log.exception("write auditor error; retrying")
-            auditor.close()
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+def follow_log(auditor: WriteAuditor, url: str, stop: threading.Event) -> None:
+    """Attribute new events as they are committed (NOTIFY; at the latest every second)."""
+    follow("write auditor", url, EVENTS_TABLE, auditor.run_once, close=auditor.close, stop=stop)

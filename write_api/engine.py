@@ -14,7 +14,7 @@ from write_api import attribution
 from write_api.calculation import Calculator, work
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep_forever
-from write_api.membership import Reevaluator, follow
+from write_api.membership import Reevaluator, follow_customers
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,14 @@ class SegmentEngine:
                 daemon=True,
             ),
             threading.Thread(
-                target=follow,
+                target=follow_customers,
                 args=(self.reevaluator, self._url, self._stop),
                 name="reevaluator",
                 daemon=True,
             ),
             threading.Thread(
-                target=attribution.follow,
-                args=(self.auditor, self._stop),
+                target=attribution.follow_log,
+                args=(self.auditor, self._url, self._stop),
                 name="write-auditor",
                 daemon=True,
             ),

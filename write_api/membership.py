@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +30,13 @@ from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
 from projections import segment_sql
 from projections.customers import VIEW as CUSTOMERS_VIEW
-from projections.positions import POSITIONS_CHANNEL, SET_POSITION, Follower, read_position
+from projections.positions import (
+    POSITIONS_CHANNEL,
+    SET_POSITION,
+    Follower,
+    follow,
+    read_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,33 +209,15 @@ class Reevaluator(Follower):
         return self._criteria[key]
 
 
-def follow(reevaluator: Reevaluator, url: str, stop: threading.Event) -> None:
-    """Run `reevaluator` whenever the customers projection commits (fallback: every second);
-    survive outages with backoff."""
-    listener: Connection | None = None
-    backoff = 0.1
-    while not stop.is_set():
-        try:
-            if listener is None or listener.closed or listener.broken:
-                listener = psycopg.connect(url, autocommit=True)
-                listener.execute(f"LISTEN {POSITIONS_CHANNEL}")
-            reevaluator.run_once()
-            backoff = 0.1
-            deadline = time.monotonic() + 1.0
-            while not stop.is_set() and time.monotonic() < deadline:
-                woke = any(
-                    n.payload.startswith(CUSTOMERS_VIEW + ":")
-                    for n in listener.notifies(timeout=0.1, stop_after=1)
-                )
-                if woke:
-                    break
-        except Exception:
-            log.exception("membership evaluator error; retrying")
-            reevaluator.close()
-            if listener is not None:
-                listener.close()
-                listener = None
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
-    if listener is not None:
-        listener.close()
+def follow_customers(reevaluator: Reevaluator, url: str, stop: threading.Event) -> None:
+    """Run `reevaluator` whenever the customers projection commits (at the latest every
+    second); survive outages with backoff."""
+    follow(
+        "membership evaluator",
+        url,
+        POSITIONS_CHANNEL,
+        reevaluator.run_once,
+        close=reevaluator.close,
+        stop=stop,
+        wakes=lambda payload: payload.startswith(CUSTOMERS_VIEW + ":"),
+    )
