@@ -35,24 +35,24 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         time.sleep(0.05)
 
 
-def add_customer(http: httpx.Client, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    """Create a customer and wait until reads (hence segment facts) see it."""
-    response = http.post(CUSTOMERS, json=new_customer(**overrides), headers=headers)
+def created(http: httpx.Client, headers: dict[str, str], url: str, body: Any) -> dict[str, Any]:
+    """POST `body`, expect 201, and wait until reads see the new resource."""
+    response = http.post(url, json=body, headers=headers)
     assert response.status_code == 201, response.text
     token = {"X-Consistency-Token": response.headers["X-Consistency-Token"]}
     assert http.get(response.headers["Location"], headers={**headers, **token}).status_code == 200
-    body: dict[str, Any] = response.json()
-    return body
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def add_customer(http: httpx.Client, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
+    """Create a customer and wait until reads (hence segment facts) see it."""
+    return created(http, headers, CUSTOMERS, new_customer(**overrides))
 
 
 def new_segment(http: httpx.Client, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
     """Create a segment and wait until reads see it."""
-    created = http.post(SEGMENTS, json=segment(**overrides), headers=headers)
-    assert created.status_code == 201, created.text
-    token = {"X-Consistency-Token": created.headers["X-Consistency-Token"]}
-    assert http.get(created.headers["Location"], headers={**headers, **token}).status_code == 200
-    body: dict[str, Any] = created.json()
-    return body
+    return created(http, headers, SEGMENTS, segment(**overrides))
 
 
 def wait_job(http: httpx.Client, headers: dict[str, str], location: str) -> dict[str, Any]:
