@@ -18,9 +18,9 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-import psycopg
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from psycopg.rows import tuple_row
 from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
 
@@ -134,9 +134,7 @@ def _render_event(event: Any) -> dict[str, Any]:
 def _audit(
     app: Customers, principal: Principal, customer_id: UUID, action: str, outcome: str
 ) -> None:
-    url = app.settings.database_url
-    assert url
-    with psycopg.connect(url) as conn, conn.transaction():
+    with app.datastore.get_connection() as conn, conn.transaction():
         compliance.audit(
             conn,
             app.keys.audit_key,
@@ -147,11 +145,9 @@ def _audit(
 def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[str, Any]:
     """Everything about the customer, recorded as a completed EXPORT request (audited)."""
     events = _events(app, principal, customer_id)
-    url = app.settings.database_url
-    assert url
     request_id = uuid.uuid4()
-    with psycopg.connect(url) as conn:
-        row = conn.execute(DOC, (customer_id, principal.org)).fetchone()
+    with app.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(DOC, (customer_id, principal.org)).fetchone()
         profile = orjson.loads(row[0]) if row else None
         consent = [
             {
@@ -163,13 +159,12 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
                 "ipAddress": ip,
                 "userAgent": agent,
             }
-            for at, stated, actor, source, policy, ip, agent in conn.execute(
+            for at, stated, actor, source, policy, ip, agent in cur.execute(
                 CONSENT, (customer_id,)
-            )
+            ).fetchall()
         ]
-        with conn.cursor() as cur:
-            cur.execute(STINTS_ALL, {"id": customer_id, "org": principal.org})
-            segments = [render_stint(row) for row in cur]
+        cur.execute(STINTS_ALL, {"id": customer_id, "org": principal.org})
+        segments = [render_stint(row) for row in cur]
         with conn.transaction():
             compliance.record(
                 conn,
@@ -186,7 +181,9 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
                 "receivedAt": utc_iso(received),
                 "completedAt": utc_iso(completed) if completed else None,
             }
-            for rid, rtype, status, received, completed in conn.execute(REQUESTS, (customer_id,))
+            for rid, rtype, status, received, completed in cur.execute(
+                REQUESTS, (customer_id,)
+            ).fetchall()
         ]
     source = (profile or {}).get("metadata", {}).get("source")
     return {

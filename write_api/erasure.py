@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any
 
-import psycopg
+from psycopg.rows import tuple_row
 
 from domain.errors import DomainError
 from service.auth import Principal, Role
@@ -25,10 +25,11 @@ _BATCH = 500
 
 def sweep(commands: CustomerCommands, grace_seconds: float) -> int:
     """Erase the customers due now; returns how many were erased."""
-    url = commands.settings.database_url
-    assert url
-    with psycopg.connect(url, autocommit=True) as conn:
-        due: list[tuple[Any, str]] = conn.execute(DUE, (grace_seconds, _BATCH)).fetchall()
+    with (
+        commands.app.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row) as cur,
+    ):
+        due: list[tuple[Any, str]] = cur.execute(DUE, (grace_seconds, _BATCH)).fetchall()
     erased = 0
     for customer_id, org_id in due:
         retention = Principal(sub="retention", org=org_id, roles=frozenset({Role.ADMIN.value}))
