@@ -82,6 +82,14 @@ QUEUE_JOB = (
     " (SELECT 1 FROM segment_jobs WHERE segment_id = %(segment)s AND state = 'QUEUED')"
 )
 
+PIPELINE_LIMIT = 1_000_000  # bytes; well below where the pipeline was seen to hang
+
+
+def _bytes_in_flight(stored_events: Sequence[StoredEvent], membership: Sequence[Change]) -> int:
+    ids = sum(len(c.joined) + len(c.left) for c in membership)
+    return sum(len(e.state) for e in stored_events) + 40 * ids  # a uuid as text, quoted
+
+
 # Unique constraints whose violation means a business conflict, not a concurrency retry.
 CLAIM_CONSTRAINT = "unique_claims_pkey"
 IDEMPOTENCY_CONSTRAINT = "idempotency_keys_pkey"
@@ -124,12 +132,12 @@ class CustomerRecorder(PostgresApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        if not kwargs.get("membership"):
+        # psycopg's pipeline mode can deadlock with megabytes in flight (psycopg issue 685,
+        # still seen with 3.3 at ~5 MB): big saves (calculations carry thousands of ids) run
+        # as plain statements in one transaction instead: side writes, then the events.
+        if _bytes_in_flight(stored_events, kwargs.get("membership", ())) < PIPELINE_LIMIT:
             pipelined: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return pipelined
-        # Membership saves carry megabytes of ids; psycopg's pipeline mode can deadlock with
-        # that much in flight (psycopg issue 685, still seen with 3.3 at ~5 MB), so they run
-        # as plain statements in one transaction: side writes, then the events.
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
