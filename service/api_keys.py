@@ -15,12 +15,14 @@ import secrets
 import threading
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from domain.values import utc_iso
 from eventstore.keys import derive_key
 from service.settings import Settings
 
@@ -46,8 +48,8 @@ TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
 
 
 def render(row: dict[str, Any]) -> dict[str, Any]:
-    def iso(t: Any) -> str | None:
-        return t.isoformat().replace("+00:00", "Z") if t else None
+    def iso(t: datetime | None) -> str | None:
+        return utc_iso(t) if t else None
 
     return {
         "id": str(row["id"]),
