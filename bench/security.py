@@ -71,6 +71,7 @@ def jwks_server(public: Any) -> str:
 
 
 def run(out: report.Report) -> None:
+    from eventstore.keys import LazyKeyring
     from service.api_keys import ApiKeyStore
     from service.auth import Permission, allowed, authenticate, issue_token
     from service.limits import RateLimiter
@@ -93,7 +94,7 @@ def run(out: report.Report) -> None:
         algorithm="RS256",
         headers={"kid": "k1"},
     )
-    store = ApiKeyStore(settings)
+    store = ApiKeyStore(settings, LazyKeyring(settings))
     _, api_key = store.create("bench", "bench", ["analyst"], "bench")
 
     class State:

@@ -11,7 +11,7 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import get_topic
 from psycopg.conninfo import conninfo_to_dict
 
-from eventstore.keys import KeyStore
+from eventstore.keys import Keyring, KeyStore
 from eventstore.mapper import CustomerMapper
 from eventstore.recorder import CustomerRecorder
 from service.settings import Settings
@@ -60,7 +60,10 @@ class Customers(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         assert isinstance(self.factory, PostgresFactory)
-        self.keys = KeyStore(self.settings.master_key_bytes(), self.factory.datastore)
+        datastore = self.factory.datastore
+        with datastore.get_connection() as conn:
+            keyring = Keyring.load(conn, self.settings)
+        self.keys = KeyStore(keyring, datastore)
         return CustomerMapper(self.keys)
 
     @property

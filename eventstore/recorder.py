@@ -57,7 +57,9 @@ class JobRequest:
     requested_by: str
 
 
-INSERT_KEY = "INSERT INTO customer_keys (customer_id, org_id, wrapped_key) VALUES (%s, %s, %s)"
+INSERT_KEY = (
+    "INSERT INTO customer_keys (customer_id, org_id, kek_id, wrapped_key) VALUES (%s, %s, %s, %s)"
+)
 CLAIM = "INSERT INTO unique_claims (scope, org_id, key_hash, owner_id) VALUES (%s, %s, %s, %s)"
 RELEASE = "DELETE FROM unique_claims WHERE scope = %s AND org_id = %s AND key_hash = %s"
 RECORD_IDEMPOTENCY = (
@@ -182,7 +184,9 @@ class CustomerRecorder(PostgresApplicationRecorder):
                 (i.org_id, i.key, i.request_hash, i.customer_id, i.version, i.status),
             )
         if new_keys:
-            curs.executemany(INSERT_KEY, [(k.customer_id, k.org_id, k.wrapped) for k in new_keys])
+            curs.executemany(
+                INSERT_KEY, [(k.customer_id, k.org_id, k.kek_id, k.wrapped) for k in new_keys]
+            )
         if erase is not None:
             curs.execute(SHRED_KEY, (erase,))
             curs.execute(DROP_CLAIMS, (erase,))

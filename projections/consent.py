@@ -1,4 +1,5 @@
-"""consent_ledger: one row per consent statement of a customer (see migrations/0006)."""
+"""consent_ledger: one row per consent statement of a customer (see migrations/0006). The
+statement's IP address and user agent are not copied here (sensitive): see `origins`."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ _CONSENT = CUSTOMER_TOPIC_PREFIX + "Customer.ConsentChanged"
 
 COPY = (
     "COPY consent_ledger (customer_id, org_id, version, at, consents, actor, source,"
-    " policy_version, ip_address, user_agent) FROM STDIN (FORMAT BINARY)"
+    " policy_version) FROM STDIN (FORMAT BINARY)"
 )
-_TYPES = ("uuid", "text", "int4", "timestamptz", "jsonb", "text", "text", "text", "text", "text")
+_TYPES = ("uuid", "text", "int4", "timestamptz", "jsonb", "text", "text", "text")
 STATEMENTS = (
     "SELECT customer_id, org_id, consents FROM consent_ledger"
     " WHERE customer_id = ANY(%s) ORDER BY customer_id, id"
@@ -81,12 +82,21 @@ class ConsentView:
             elif topic == _CONSENT and cid in state:
                 org, before = state[cid]
                 state[cid] = (org, {**before, **e.changes})
-                statement = (e.source, e.policy_version, e.ip_address, e.user_agent)
-                rows.append((cid, org, version, at, e.changes, e.actor, *statement))
+                rows.append((cid, org, version, at, e.changes, e.actor, e.source, e.policy_version))
         if forget:
             conn.execute(FORGET, (forget,))
         if rows:
             with conn.cursor() as cur, cur.copy(COPY) as copy:
                 copy.set_types(_TYPES)
                 for r in rows:
-                    copy.write_row((*r[:4], Jsonb(r[4]), *r[5:], *(None,) * (10 - len(r))))
+                    copy.write_row((*r[:4], Jsonb(r[4]), *r[5:], *(None,) * (8 - len(r))))
+
+
+def origins(events: Sequence[Any]) -> dict[int, dict[str, str | None]]:
+    """IP address and user agent of each consent statement, by version, from the customer's
+    decrypted events."""
+    return {
+        e.originator_version: {"ipAddress": e.ip_address, "userAgent": e.user_agent}
+        for e in events
+        if topic_of(e) == _CONSENT
+    }

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from eventstore.application import EVENTS_TABLE
+from eventstore.keys import LazyKeyring
 from projections.customers import VIEW, use_raw_json
 from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
 from read_api import customers, personal_data, privacy, segments
@@ -50,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.positions = watcher
         app.state.event_store = personal_data.EventStore(settings)
-        app.state.api_keys = ApiKeyStore(settings)
+        app.state.api_keys = ApiKeyStore(settings, keyring)
         try:
             yield
         finally:
@@ -65,7 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.cursors = customers.CursorCodec(settings.master_key_bytes())
+    keyring = LazyKeyring(settings)
+    app.state.cursors = customers.CursorCodec(keyring)
     problems.install(app)
     limits.install(app, settings)
     logs.install(app)

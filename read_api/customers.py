@@ -15,7 +15,7 @@ import binascii
 import os
 from datetime import datetime
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -29,7 +29,7 @@ from pydantic import AwareDatetime, StringConstraints
 from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
-from eventstore.keys import derive_key
+from eventstore.keys import LazyKeyring
 from projections.customers import DOCS, VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
@@ -175,8 +175,12 @@ class CursorCodec:
 
     _AAD = b"customers-list-cursor-v1"
 
-    def __init__(self, master_key: bytes) -> None:
-        self._aead = AESGCM(derive_key(master_key, "list-cursor"))
+    def __init__(self, keyring: LazyKeyring) -> None:
+        self._keyring = keyring
+
+    @cached_property
+    def _aead(self) -> AESGCM:
+        return AESGCM(self._keyring.get().derive("list-cursor"))
 
     def encode(self, sort: Sort, key: Any, customer_id: UUID) -> str:
         value = key.isoformat() if isinstance(key, datetime) else key

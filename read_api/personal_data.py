@@ -31,6 +31,7 @@ from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.compliance import AuditEntry, PrivacyRecord, RequestType
 from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
+from projections.consent import origins
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
 from service.auth import CanPrivacy, Principal
@@ -45,7 +46,7 @@ _ERRORS = {
 
 DOC = "SELECT doc::text FROM customers_docs WHERE id = %s AND org_id = %s"
 CONSENT = (
-    "SELECT at, consents::text, actor, source, policy_version, ip_address, user_agent"
+    "SELECT at, consents::text, actor, source, policy_version, version"
     " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
 )
 REQUESTS = (
@@ -98,12 +99,12 @@ class EventStore:
             self._app.close()
 
 
-def _event_store(request: Request) -> Customers:
+def event_store(request: Request) -> Customers:
     store: EventStore = request.app.state.event_store
     return store.get()
 
 
-def _events(app: Customers, principal: Principal, customer_id: UUID) -> list[Any]:
+def customer_events(app: Customers, principal: Principal, customer_id: UUID) -> list[Any]:
     """The customer's decoded events; 404 for another org's, unknown or erased customers."""
     if app.keys.cipher(customer_id) is None:
         raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
@@ -144,8 +145,9 @@ def _audit(
 
 def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[str, Any]:
     """Everything about the customer, recorded as a completed EXPORT request (audited)."""
-    events = _events(app, principal, customer_id)
+    events = customer_events(app, principal, customer_id)
     request_id = uuid.uuid4()
+    origin = origins(events)
     with app.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(DOC, (customer_id, principal.org)).fetchone()
         profile = orjson.loads(row[0]) if row else None
@@ -156,10 +158,9 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
                 "actor": actor,
                 "source": source,
                 "policyVersion": policy,
-                "ipAddress": ip,
-                "userAgent": agent,
+                **origin.get(version, {"ipAddress": None, "userAgent": None}),
             }
-            for at, stated, actor, source, policy, ip, agent in cur.execute(
+            for at, stated, actor, source, policy, version in cur.execute(
                 CONSENT, (customer_id,)
             ).fetchall()
         ]
@@ -253,7 +254,7 @@ async def export_data(
     """Everything held about the customer (GDPR Art. 15 and 20): profile, consent history,
     segment membership history, activity, privacy requests, the decrypted event history and
     the processing facts. Recorded as a completed EXPORT request and audited."""
-    app = _event_store(request)
+    app = event_store(request)
     export = await run_in_threadpool(_collect, app, principal, customer_id)
     if format == ExportFormat.ZIP:
         data = await run_in_threadpool(_zip, export)
@@ -278,10 +279,10 @@ async def history(
 ) -> dict[str, Any]:
     """The customer's events, decrypted, oldest first; with `asOf`, the customer as the
     service answered about it at that moment. Audited."""
-    app = _event_store(request)
+    app = event_store(request)
 
     def read() -> dict[str, Any]:
-        events = _events(app, principal, customer_id)
+        events = customer_events(app, principal, customer_id)
         if as_of is None:
             return {"customerId": str(customer_id), "events": [_render_event(e) for e in events]}
         version = max((e.originator_version for e in events if e.timestamp <= as_of), default=0)

@@ -9,14 +9,16 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Query, Request
 from psycopg_pool import AsyncConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from domain.consent import consents
 from domain.errors import Code, DomainError
 from domain.values import utc_iso
 from eventstore.compliance import AUDIT_COLUMNS, RequestType
 from projections.consent import VIEW as CONSENT_VIEW
+from projections.consent import origins
 from projections.customers import VIEW as CUSTOMERS_VIEW
-from read_api import paging
+from read_api import paging, personal_data
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.api_keys import ApiKeyStore
 from service.auth import CanManageKeys, CanPrivacy, CanRead, Permission
@@ -43,7 +45,7 @@ CURRENT_PREFERENCES = (
     "SELECT (doc->'preferences')::text FROM customers_docs WHERE id = %s AND org_id = %s"
 )
 LEDGER = (
-    "SELECT at, consents, actor, source, policy_version, ip_address, user_agent, version"
+    "SELECT at, consents, actor, source, policy_version, version"
     " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
 )
 OPEN_COUNTS = (
@@ -118,7 +120,11 @@ async def get_consent(request: Request, customer_id: UUID, principal: CanRead) -
         if found is None:
             raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
         rows = await (await conn.execute(LEDGER, (customer_id,))).fetchall()
-    private = principal.can(Permission.PRIVACY)
+    origin: dict[int, dict[str, str | None]] | None = None
+    if principal.can(Permission.PRIVACY):
+        app = personal_data.event_store(request)
+        events = await run_in_threadpool(personal_data.customer_events, app, principal, customer_id)
+        origin = origins(events)
     history = [
         {
             "at": utc_iso(at),
@@ -127,9 +133,13 @@ async def get_consent(request: Request, customer_id: UUID, principal: CanRead) -
             "source": source,
             "policyVersion": policy,
             "version": version,
-            **({"ipAddress": ip, "userAgent": agent} if private else {}),
+            **(
+                origin.get(version, {"ipAddress": None, "userAgent": None})
+                if origin is not None
+                else {}
+            ),
         }
-        for at, stated, actor, source, policy, ip, agent, version in rows
+        for at, stated, actor, source, policy, version in rows
     ]
     return {
         "customerId": str(customer_id),

@@ -1,9 +1,9 @@
 """API keys for service integrations: `X-API-Key: cmk_…` instead of a bearer token.
 
 A key is 32 random bytes (base64url) behind a readable prefix; the table keeps only
-HMAC-SHA256(pepper, key), the pepper derived from the master key (a stolen table is useless
-without it). A key belongs to one organization and carries a role set. Lookups are cached for
-`CACHE_SECONDS`, so a revocation takes effect within that time in every process;
+HMAC-SHA256(pepper, key), the pepper derived from the HMAC root secret (a stolen table is
+useless without it). A key belongs to one organization and carries a role set. Lookups are
+cached for `CACHE_SECONDS`, so a revocation takes effect within that time in every process;
 `last_used_at` is written at most once a minute per key.
 """
 
@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.values import utc_iso
-from eventstore.keys import derive_key
+from eventstore.keys import LazyKeyring
 from service.settings import Settings
 
 PREFIX = "cmk_"
@@ -64,9 +65,9 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class ApiKeyStore:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, keyring: LazyKeyring) -> None:
         assert settings.database_url
-        self._pepper = derive_key(settings.master_key_bytes(), "api-key-pepper")
+        self._keyring = keyring
         self._pool = ConnectionPool(
             settings.database_url,
             min_size=0,
@@ -93,6 +94,10 @@ class ApiKeyStore:
 
     def _hash(self, key: str) -> bytes:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).digest()
+
+    @cached_property
+    def _pepper(self) -> bytes:
+        return self._keyring.get().derive("api-key-pepper")
 
     def create(
         self, org_id: str, name: str, roles: list[str], created_by: str

@@ -149,10 +149,11 @@ def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
     import json
     import uuid
 
+    from eventstore.keys import LazyKeyring
     from service.api_keys import ApiKeyStore
     from service.auth import Role
 
-    store = ApiKeyStore(settings)
+    store = ApiKeyStore(settings, LazyKeyring(settings))
     try:
         if args.action == "create":
             roles = sorted({Role(r).value for r in args.roles or ["service"]})
@@ -174,16 +175,34 @@ def _verify_audit(settings: Settings) -> int:
     import psycopg
 
     from eventstore.compliance import verify
-    from eventstore.keys import AUDIT_KEY_PURPOSE, derive_key
+    from eventstore.keys import AUDIT_KEY_PURPOSE, Keyring
 
     assert settings.database_url
     with psycopg.connect(settings.database_url) as conn:
-        verdict = verify(conn, derive_key(settings.master_key_bytes(), AUDIT_KEY_PURPOSE))
+        verdict = verify(conn, Keyring.load(conn, settings).derive(AUDIT_KEY_PURPOSE))
     if verdict.ok:
         print(f"audit trail intact: {verdict.entries} entries")
         return 0
     print(f"audit trail BROKEN: {verdict.reason}", file=sys.stderr)
     return 1
+
+
+def _master_keys(settings: Settings, action: str) -> int:
+    """rotate: re-wrap under CUSTOMERS_MASTER_KEY; status: data keys per master key (JSON).
+    Exit 1 when keys under another master key remain."""
+    import json
+
+    import psycopg
+
+    from eventstore.keys import key_status, rotate
+
+    assert settings.database_url
+    with psycopg.connect(settings.database_url) as conn:
+        if action == "rotate":
+            print(f"re-wrapped {rotate(conn, settings)} data keys", file=sys.stderr)
+        status = key_status(conn, settings)
+    print(json.dumps(status))
+    return 1 if status["other"] else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p_audit = sub.add_parser("audit", help="audit trail maintenance")
     p_audit.add_argument("action", choices=["verify"])
+
+    p_master = sub.add_parser("keys", help="master-key rotation")
+    p_master.add_argument("action", choices=["rotate", "status"])
 
     p_seed = sub.add_parser("seed", help="generate realistic customers")
     p_seed.add_argument("--count", type=int, required=True)
@@ -263,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _api_keys(settings, args)
     elif args.command == "audit":
         return _verify_audit(settings)
+    elif args.command == "keys":
+        return _master_keys(settings, args.action)
     elif args.command == "seed":
         from service.seed import seed
 

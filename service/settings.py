@@ -21,8 +21,11 @@ class Settings(BaseSettings):
     # /root: pgserver changes permissions of parent directories.
     data_dir: Path = Path("/var/tmp/customers-service")  # noqa: S108 — survives reboots, not /tmp
 
-    # base64 of 32 bytes; wraps every per-customer data key and derives the HMAC keys.
+    # base64 of 32 bytes; wraps every per-customer data key and the HMAC root secret.
     master_key: str | None = None
+    # Comma-separated earlier master keys, accepted for unwrapping only: set while
+    # `customers keys rotate` re-wraps (docs/security.md "Master-key rotation").
+    previous_master_keys: str = ""
 
     jwt_secret: str | None = None
     jwt_issuer: str = "customers-service"
@@ -85,10 +88,18 @@ class Settings(BaseSettings):
     def master_key_bytes(self) -> bytes:
         if not self.master_key:
             raise RuntimeError("CUSTOMERS_MASTER_KEY is not set")
-        key = base64.b64decode(self.master_key)
-        if len(key) != 32:
-            raise RuntimeError("CUSTOMERS_MASTER_KEY must be base64 of exactly 32 bytes")
-        return key
+        return _key_bytes(self.master_key, "CUSTOMERS_MASTER_KEY")
+
+    def previous_master_key_bytes(self) -> list[bytes]:
+        keys = [k.strip() for k in self.previous_master_keys.split(",") if k.strip()]
+        return [_key_bytes(k, "CUSTOMERS_PREVIOUS_MASTER_KEYS") for k in keys]
+
+
+def _key_bytes(encoded: str, name: str) -> bytes:
+    key = base64.b64decode(encoded)
+    if len(key) != 32:
+        raise RuntimeError(f"{name} must hold base64 of exactly 32 bytes")
+    return key
 
 
 @lru_cache

@@ -16,6 +16,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
+from eventstore.keys import LazyKeyring
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
 from service.auth import (
@@ -223,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rules = RulesEngine(es.settings)
         app.state.commands = CustomerCommands(es)
         app.state.segments = SegmentCommands(es, rules)
-        app.state.api_keys = ApiKeyStore(app.state.settings)
+        app.state.api_keys = ApiKeyStore(app.state.settings, LazyKeyring(app.state.settings))
         try:
             yield
         finally:

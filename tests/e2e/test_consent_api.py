@@ -5,7 +5,10 @@ history, tracked as privacy requests."""
 from __future__ import annotations
 
 import httpx
+import psycopg
+from psycopg import sql
 
+from service.settings import Settings
 from tests.e2e.conftest import TokenFactory, new_customer
 from tests.e2e.test_customers_api import assert_problem
 from tests.e2e.test_membership_api import (
@@ -24,7 +27,9 @@ def consent(
     return http.put(f"{CUSTOMERS}/{cid}/consent", json=body, headers=headers)
 
 
-def test_withdrawal_is_recorded_and_takes_effect(http: httpx.Client, auth: TokenFactory) -> None:
+def test_withdrawal_is_recorded_and_takes_effect(
+    http: httpx.Client, auth: TokenFactory, migrated: Settings
+) -> None:
     h = auth()
     customer = add_customer(http, h, age=35)
     cid = customer["id"]
@@ -63,6 +68,14 @@ def test_withdrawal_is_recorded_and_takes_effect(http: httpx.Client, auth: Token
     )
     masked = http.get(f"{CUSTOMERS}/{cid}/consent", headers=auth("analyst")).json()
     assert "ipAddress" not in masked["history"][-1]
+    # Shown from the encrypted event store: no read model holds the address or the agent.
+    with psycopg.connect(str(migrated.database_url)) as conn:
+        for table in ("consent_ledger", "customers_docs", "customers_view", "segment_facts"):
+            query = sql.SQL("SELECT count(*) FROM {t} WHERE {t}::text ~ %s").format(
+                t=sql.Identifier(table)
+            )
+            found = conn.execute(query, ("203\\.0\\.113\\.7|ConsentTest",)).fetchone()
+            assert found == (0,), table
 
     # Granting again is the same call; the member is back.
     assert consent(http, h, cid, consents={"marketing": True}).status_code == 200

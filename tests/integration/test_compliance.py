@@ -13,14 +13,15 @@ from domain.segment import Segment, SegmentDefinition
 from domain.values import Profile
 from eventstore import compliance
 from eventstore.application import Customers
-from eventstore.keys import AUDIT_KEY_PURPOSE, derive_key
+from eventstore.keys import AUDIT_KEY_PURPOSE, Keyring
 from service.cli import _verify_audit
 from service.settings import Settings
 from write_api.attribution import WriteAuditor
 
 
 def key(settings: Settings) -> bytes:
-    return derive_key(settings.master_key_bytes(), AUDIT_KEY_PURPOSE)
+    with psycopg.connect(str(settings.database_url)) as conn:
+        return Keyring.load(conn, settings).derive(AUDIT_KEY_PURPOSE)
 
 
 def test_tampering_with_the_audit_trail_is_detected(settings: Settings) -> None:
