@@ -15,7 +15,7 @@ from psycopg.rows import DictRow
 
 from domain.membership import Change
 from eventstore import compliance
-from eventstore.compliance import PrivacyRecord
+from eventstore.compliance import PrivacyRecord, RequestType
 from eventstore.keys import WrappedKey
 
 
@@ -78,6 +78,10 @@ SHRED_KEY = (
 )
 DROP_CLAIMS = "DELETE FROM unique_claims WHERE owner_id = %s"
 DROP_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE customer_id = %s"
+# Tracked activity: the events (device, session: personal) go with erasure and anonymization;
+# the running totals only with erasure (anonymization keeps the analytics).
+DROP_ACTIVITY_EVENTS = "DELETE FROM customer_events WHERE customer_id = %s"
+DROP_ACTIVITY_TOTALS = "DELETE FROM customer_activity WHERE customer_id = %s"
 QUEUE_JOB = (
     "INSERT INTO segment_jobs (id, org_id, segment_id, reason, state, requested_by)"
     " SELECT %(id)s, %(org)s, %(segment)s, %(reason)s, 'QUEUED', %(by)s WHERE NOT EXISTS"
@@ -191,6 +195,9 @@ class CustomerRecorder(PostgresApplicationRecorder):
             curs.execute(SHRED_KEY, (erase,))
             curs.execute(DROP_CLAIMS, (erase,))
             curs.execute(DROP_IDEMPOTENCY, (erase,))
+            curs.execute(DROP_ACTIVITY_EVENTS, (erase,))
+            if privacy is None or privacy.type == RequestType.ERASURE:
+                curs.execute(DROP_ACTIVITY_TOTALS, (erase,))
         if privacy is not None:
             assert self.audit_key, "the audit key is not set"
             compliance.record(curs.connection, self.audit_key, privacy)

@@ -52,7 +52,9 @@ from domain.segment_facts import (
     CustomerFacts,
 )
 
-TABLE = "segment_facts"
+TABLE = "segment_facts"  # written by the customers projection
+# What criteria are evaluated over: TABLE combined with tracked activity (migrations/0010).
+FACTS_VIEW = "customer_facts"
 
 # Binary COPY types of the fact columns, in CustomerFacts field order.
 _SQL_TYPES = {
@@ -97,7 +99,7 @@ def facts_from_row(row: Sequence[Any]) -> CustomerFacts:
 
 # id, org and the fact columns of some customers (rows[2:] -> facts_from_row).
 LOAD_FACTS = sql.SQL("SELECT id, org_id, {} FROM {} WHERE id = ANY(%s)").format(
-    sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(TABLE)
+    sql.SQL(", ").join(map(sql.Identifier, FACT_NAMES)), sql.Identifier(FACTS_VIEW)
 )
 
 
@@ -282,7 +284,7 @@ def _where(c: _Compiler, criteria: SegmentCriteria) -> sql.Composable:
 
 
 def compile_where(criteria: SegmentCriteria, as_of: datetime) -> tuple[sql.Composed, list[Any]]:
-    """The criteria (and "not deleted") as one condition over `segment_facts f`, with `%s`
+    """The criteria (and "not deleted") as one condition over `customer_facts f`, with `%s`
     placeholders; for composing counts, samples or joins with the caller's own SQL."""
     c = _Compiler(check_as_of(as_of))
     return c.finish(sql.SQL("({})").format(_where(c, criteria)))
@@ -291,10 +293,10 @@ def compile_where(criteria: SegmentCriteria, as_of: datetime) -> tuple[sql.Compo
 def compile_criteria(
     criteria: SegmentCriteria, org_id: str, as_of: datetime
 ) -> tuple[sql.Composed, list[Any]]:
-    """`SELECT f.id FROM segment_facts f WHERE f.org_id = %s AND ...` and its parameters:
+    """`SELECT f.id FROM customer_facts f WHERE f.org_id = %s AND ...` and its parameters:
     the ids of the organization's customers that match as of `as_of`."""
     c = _Compiler(check_as_of(as_of))
     query = sql.SQL("SELECT f.id FROM {} f WHERE f.org_id = {} AND {}").format(
-        sql.Identifier(TABLE), c.param(org_id, "text"), _where(c, criteria)
+        sql.Identifier(FACTS_VIEW), c.param(org_id, "text"), _where(c, criteria)
     )
     return c.finish(query)

@@ -73,10 +73,10 @@ IS_MEMBER = (
     " WHERE segment_id = %s AND customer_id = %s AND left_at IS NULL"
 )
 PREVIEW_SAMPLE = (
-    "SELECT d.doc FROM segment_facts f JOIN customers_docs d ON d.id = f.id"
+    "SELECT d.doc FROM customer_facts f JOIN customers_docs d ON d.id = f.id"
     " WHERE f.org_id = %s AND {where} ORDER BY f.id LIMIT %s"
 )
-PREVIEW_COUNT = "SELECT count(*) FROM segment_facts f WHERE f.org_id = %s AND {where}"
+PREVIEW_COUNT = "SELECT count(*) FROM customer_facts f WHERE f.org_id = %s AND {where}"
 
 router = APIRouter(
     prefix="/api/v1/customers/segments",

@@ -24,6 +24,7 @@ class Permission(StrEnum):
     ORDERS = "customers:orders"
     SUSPEND = "customers:suspend"
     SEGMENTS = "segments:write"
+    TRACK = "activity:track"
     PRIVACY = "privacy:manage"  # erasure, anonymization, export, history, requests, audit
     API_KEYS = "apikeys:manage"
 
@@ -46,6 +47,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.WRITE,
             Permission.DELETE,
             Permission.SEGMENTS,
+            Permission.TRACK,
         }
     ),
     Role.ANALYST: frozenset({Permission.READ}),
@@ -54,7 +56,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         {Permission.READ, Permission.PERSONAL_DATA, Permission.DELETE, Permission.PRIVACY}
     ),
     Role.SERVICE: frozenset(
-        {Permission.READ, Permission.PERSONAL_DATA, Permission.WRITE, Permission.ORDERS}
+        {
+            Permission.READ,
+            Permission.PERSONAL_DATA,
+            Permission.WRITE,
+            Permission.ORDERS,
+            Permission.TRACK,
+        }
     ),
 }
 
@@ -205,6 +213,7 @@ CanOrders = Annotated[Principal, allowed(Permission.ORDERS)]
 CanSegments = Annotated[Principal, allowed(Permission.SEGMENTS)]
 CanPrivacy = Annotated[Principal, allowed(Permission.PRIVACY)]
 CanManageKeys = Annotated[Principal, allowed(Permission.API_KEYS)]
+CanTrack = Annotated[Principal, allowed(Permission.TRACK)]
 
 
 def matrix_markdown() -> str:

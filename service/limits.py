@@ -1,8 +1,9 @@
 """Request limits: rate limits per route class for each principal and each client IP (token
 buckets, in this process), and the maximum request body size.
 
-Route classes: `exports` (export and history of personal data), `writes` (every other
-non-GET), `reads`. A class's limit is requests per minute with a burst of one minute's worth;
+Route classes: `exports` (export and history of personal data), `tracking` (activity
+events, single or batch), `writes` (every other non-GET), `reads`. A class's limit is
+requests per minute with a burst of one minute's worth;
 a request spends a token from its principal's bucket and from its client address's bucket
 (so many principals behind one address cannot multiply the budget). Over the limit: 429 with
 `Retry-After`. Limits are per process: with N API processes the service admits up to N times
@@ -25,6 +26,7 @@ from service.problems import problem
 from service.settings import Settings
 
 _EXPORTS = re.compile(r"^/api/v1/customers/[^/]+/(data|history)$")
+_TRACKING = re.compile(r"^/api/v1/customers/([^/]+/track|track/batch)$")
 _MAX_KEYS = 100_000
 
 
@@ -32,11 +34,14 @@ class RouteClass(StrEnum):
     READS = "reads"
     WRITES = "writes"
     EXPORTS = "exports"
+    TRACKING = "tracking"
 
 
 def route_class(method: str, path: str) -> RouteClass:
     if method == "GET" and _EXPORTS.match(path):
         return RouteClass.EXPORTS
+    if method == "POST" and _TRACKING.match(path):
+        return RouteClass.TRACKING
     if method in {"GET", "HEAD"} or path.endswith("/segments/preview"):
         return RouteClass.READS
     return RouteClass.WRITES
@@ -48,6 +53,7 @@ class RateLimiter:
             RouteClass.READS: settings.rate_limit_reads_per_minute,
             RouteClass.WRITES: settings.rate_limit_writes_per_minute,
             RouteClass.EXPORTS: settings.rate_limit_exports_per_minute,
+            RouteClass.TRACKING: settings.rate_limit_tracking_per_minute,
         }
         self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from domain.activity import EventType
 from domain.errors import Code, DomainError, invalid
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,15 @@ def problem(
     )
 
 
+_UNION_TAGS = frozenset(EventType)
+
+
 def field_path(loc: tuple[int | str, ...]) -> str:
     """('body', 'location', 'country') → 'location.country'; query/path keep the name."""
     # A bad key of a map is reported by pydantic as (..., key, "[key]"): the key names it.
-    parts = [str(p) for p in loc if p != "[key]"]
+    # A member of a tagged union (tracked events) as (..., index, tag, field): the tag is the
+    # `type` the client sent, not a field.
+    parts = [str(p) for p in loc if p != "[key]" and p not in _UNION_TAGS]
     if parts and parts[0] in {"body", "query", "path", "header"}:
         parts = parts[1:]
     return ".".join(parts) or "body"

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     rate_limit_reads_per_minute: int = 6000
     rate_limit_writes_per_minute: int = 1200
     rate_limit_exports_per_minute: int = 60
+    rate_limit_tracking_per_minute: int = 120_000
     max_body_bytes: int = 1_048_576
 
     log_level: str = "INFO"

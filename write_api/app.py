@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 
+from domain.activity import Batch, TrackedEvent, check_times
 from domain.consent import ConsentChange
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
@@ -25,10 +27,13 @@ from service.auth import (
     CanOrders,
     CanPrivacy,
     CanSegments,
+    CanTrack,
     CanWrite,
+    Principal,
 )
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
+from write_api import tracking
 from write_api.commands import Outcome
 from write_api.customers import CustomerCommands
 from write_api.schemas import (
@@ -101,6 +106,20 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
         status_code=outcome.status,
         media_type="application/json",
         headers=headers,
+    )
+
+
+def _track(
+    request: Request, principal: Principal, events: Sequence[Any], *, batch: bool
+) -> tracking.Result:
+    received = datetime.now(UTC)
+    late = check_times(list(events), received)
+    if late:
+        field, message = late[0]
+        raise invalid(field if batch else "timestamp", message)
+    submission = tracking.Submission(principal.org, events, received)
+    return tracking.track(
+        request.app.state.activity, submission, request.app.state.settings, batch=batch
     )
 
 
@@ -217,6 +236,51 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
     return Response(status_code=204)
 
 
+tracking_routes = APIRouter(tags=["tracking"])
+
+
+@tracking_routes.post(
+    PREFIX + "/{customer_id}/track",
+    status_code=202,
+    responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
+)
+def track_event(
+    customer_id: UUID, body: TrackedEvent, principal: CanTrack, request: Request
+) -> dict[str, Any]:
+    """One activity event. 202 once it is durable; behavioral events of a customer
+    without analytics-tracking consent are not stored (`stored: false`)."""
+    if body.customer_id not in (None, customer_id):
+        raise invalid("customerId", "differs from the customer in the path")
+    event = body.model_copy(update={"customer_id": customer_id})
+    result = _track(request, principal, [event], batch=False)
+    return {
+        "eventId": result.ids[0] if result.ids else None,
+        "stored": not result.skipped,
+        "duplicate": result.duplicates > 0,
+        **({"reason": "analytics_tracking_off"} if result.skipped else {}),
+    }
+
+
+@tracking_routes.post(
+    PREFIX + "/track/batch",
+    status_code=202,
+    responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
+)
+def track_batch(body: Batch, principal: CanTrack, request: Request) -> dict[str, Any]:
+    """Up to 1,000 events, each naming its customer; all stored or none (an unknown
+    customer is a 404 naming `events.N.customerId`), except behavioral events of
+    customers without analytics-tracking consent, listed in `skipped`."""
+    missing = [i for i, e in enumerate(body.events) if e.customer_id is None]
+    if missing:
+        raise invalid(f"events.{missing[0]}.customerId", "required in a batch")
+    result = _track(request, principal, body.events, batch=True)
+    return {
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "skipped": [{"index": i, "reason": "analytics_tracking_off"} for i in result.skipped],
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -225,9 +289,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.commands = CustomerCommands(es)
         app.state.segments = SegmentCommands(es, rules)
         app.state.api_keys = ApiKeyStore(app.state.settings, LazyKeyring(app.state.settings))
+        app.state.activity = tracking.ActivityWriter(app.state.settings)
         try:
             yield
         finally:
+            app.state.activity.close()
             app.state.api_keys.close()
             rules.close()
             es.close()
@@ -336,6 +402,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
     app.include_router(segment_routes)
+    app.include_router(tracking_routes)
     app.include_router(key_routes)
 
     @app.get("/health", include_in_schema=False)

@@ -90,7 +90,7 @@ MEMBER_COUNT = "SELECT count(*) FROM segment_members WHERE segment_id = %s"
 # Joins (matched, not a member) and leaves (a member, no longer matched) in one pass.
 DIFF = """
 SELECT coalesce(m.id, s.customer_id)::text, m.id IS NOT NULL
-FROM (SELECT f.id FROM segment_facts f WHERE f.org_id = %s AND {where}) m
+FROM (SELECT f.id FROM customer_facts f WHERE f.org_id = %s AND {where}) m
 FULL JOIN (SELECT customer_id FROM segment_members WHERE segment_id = %s) s
   ON s.customer_id = m.id
 WHERE m.id IS NULL OR s.customer_id IS NULL

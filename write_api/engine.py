@@ -1,6 +1,6 @@
-"""The segments process: the calculation worker, the incremental evaluator, the write
-auditor and the sweep that erases lifecycle-deleted customers after the grace period, each
-in a thread, sharing one event-sourced application."""
+"""The segments process: the calculation worker, the incremental evaluators (customer
+changes, tracked activity), the write auditor and the sweep that erases lifecycle-deleted
+customers after the grace period, each in a thread, sharing one event-sourced application."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from write_api import attribution
 from write_api.calculation import Calculator, work
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep_forever
-from write_api.membership import Reevaluator, follow_customers
+from write_api.membership import ActivityReevaluator, Reevaluator, follow_customers
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class SegmentEngine:
         self.app = app or Customers(settings, pool_size=2)
         self.calculator = Calculator(self.app)
         self.reevaluator = Reevaluator(self.app)
+        self.activity = ActivityReevaluator(Reevaluator(self.app), self._url)
         self.customers = CustomerCommands(self.app)
         self.auditor = attribution.WriteAuditor(self.app)
         self._grace = settings.erasure_grace_hours * 3600
@@ -51,6 +52,12 @@ class SegmentEngine:
                 target=follow_customers,
                 args=(self.reevaluator, self._url, self._stop),
                 name="reevaluator",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self.activity.follow,
+                args=(self._stop,),
+                name="activity-reevaluator",
                 daemon=True,
             ),
             threading.Thread(
@@ -77,6 +84,7 @@ class SegmentEngine:
         self._threads = []
         self.calculator.close()
         self.reevaluator.close()
+        self.activity.close()
         self.auditor.close()
         if self._own_app:
             self.app.close()

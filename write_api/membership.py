@@ -37,6 +37,7 @@ from projections.positions import (
     follow,
     read_position,
 )
+from write_api.tracking import CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +222,51 @@ def follow_customers(reevaluator: Reevaluator, url: str, stop: threading.Event) 
         stop=stop,
         wakes=lambda payload: payload.startswith(CUSTOMERS_VIEW + ":"),
     )
+
+
+# Claimed rows stay locked (and in the queue) until the re-evaluation commits.
+CLAIM_ACTIVITY_CHANGES = (
+    "DELETE FROM activity_changes WHERE customer_id IN"
+    " (SELECT customer_id FROM activity_changes LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING customer_id"
+)
+
+
+class ActivityReevaluator:
+    """Incremental membership for tracked activity: re-evaluates the customers the activity
+    writer queued (their purchases, logins, last activity changed the facts criteria read).
+    A crash before the commit leaves them queued; re-deciding is harmless."""
+
+    def __init__(self, reevaluator: Reevaluator, database_url: str, batch_size: int = 2000):
+        self._reevaluator = reevaluator
+        self._url = database_url
+        self._batch_size = batch_size
+        self._conn: Connection | None = None
+
+    def run_once(self) -> int:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, autocommit=True)
+        total = 0
+        while True:
+            with self._conn.transaction():
+                claimed = self._conn.execute(CLAIM_ACTIVITY_CHANGES, (self._batch_size,))
+                ids = [row[0] for row in claimed]
+                if not ids:
+                    return total
+                self._reevaluator.reevaluate(ids)
+                total += len(ids)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def follow(self, stop: threading.Event) -> None:
+        follow(
+            "activity evaluator",
+            self._url,
+            CHANGES_CHANNEL,
+            self.run_once,
+            close=self.close,
+            stop=stop,
+        )

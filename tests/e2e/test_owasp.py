@@ -28,6 +28,7 @@ BODIES: dict[str, Any] = {
     "/api/v1/customers/{customer_id}/consent": {"consents": {"marketing": True}},
     "/api/v1/customers/{customer_id}/email/verify": {"token": "t"},
     "/api/v1/customers/{customer_id}/active-orders": {"activeOrders": 1},
+    "/api/v1/customers/{customer_id}/track": {"type": "LOGOUT"},
     "/api/v1/customers/segments/{segment_id}": segment(),
     "/api/v1/customers/segments/{segment_id}/members": {"add": []},
 }

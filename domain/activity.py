@@ -1,0 +1,225 @@
+"""Tracked activity: the twelve event types with typed payloads, and which of them are
+behavioral (stored only with the customer's analytics-tracking consent).
+
+A tracked event is not a domain event of the Customer aggregate: it is a fact reported by
+another system, validated here and appended to the activity log (write_api/tracking.py).
+Device details are kept to what analytics needs (type, OS, browser, app version); user agents
+and IP addresses are not accepted (data minimisation).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field, PlainSerializer, StringConstraints, TypeAdapter
+
+from domain.consent import Purpose
+from domain.values import Currency, Model, ShortText
+
+MAX_BATCH = 1000
+# Clocks of producers drift; an event from further in the future is a bug, not a fact.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+Url = Annotated[str, StringConstraints(max_length=2048)]
+Amount = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    PlainSerializer(str, return_type=str, when_used="json"),
+]
+
+
+class EventType(StrEnum):
+    PAGE_VIEW = "PAGE_VIEW"
+    PURCHASE = "PURCHASE"
+    LOGIN = "LOGIN"
+    LOGOUT = "LOGOUT"
+    EMAIL_OPEN = "EMAIL_OPEN"
+    EMAIL_CLICK = "EMAIL_CLICK"
+    SMS_RECEIVED = "SMS_RECEIVED"
+    PUSH_RECEIVED = "PUSH_RECEIVED"
+    SEGMENT_JOINED = "SEGMENT_JOINED"
+    SEGMENT_LEFT = "SEGMENT_LEFT"
+    PREFERENCE_CHANGED = "PREFERENCE_CHANGED"
+    CONSENT_UPDATED = "CONSENT_UPDATED"
+
+
+# Observations of behaviour need analytics-tracking consent. Purchases are records of a
+# contract, and segment, preference and consent changes are records of the service itself:
+# kept whatever the analytics setting.
+BEHAVIORAL = frozenset(
+    {
+        EventType.PAGE_VIEW,
+        EventType.LOGIN,
+        EventType.LOGOUT,
+        EventType.EMAIL_OPEN,
+        EventType.EMAIL_CLICK,
+        EventType.SMS_RECEIVED,
+        EventType.PUSH_RECEIVED,
+    }
+)
+
+
+class Device(Model):
+    type: Literal["desktop", "mobile", "tablet", "tv", "wearable", "other"]
+    os: ShortText = ""
+    browser: ShortText = ""
+    app_version: ShortText = ""
+
+
+class PageView(Model):
+    url: Url
+    title: ShortText = ""
+    referrer: Url = ""
+    duration_seconds: Annotated[int, Field(ge=0, le=86_400)] | None = None
+
+
+class Purchase(Model):
+    order_id: ShortText
+    amount: Amount
+    currency: Currency
+    product: ShortText
+    category: ShortText = ""
+    channel: ShortText = ""
+
+
+class Login(Model):
+    method: ShortText = ""
+
+
+class Logout(Model):
+    pass
+
+
+class Message(Model):
+    """An e-mail opened, an SMS or push notification received."""
+
+    campaign_id: ShortText = ""
+    message_id: ShortText = ""
+
+
+class EmailClick(Message):
+    url: Url
+
+
+class SegmentChange(Model):
+    segment_id: UUID
+
+
+class PreferenceChange(Model):
+    fields: list[ShortText] = Field(min_length=1, max_length=50)
+
+
+class ConsentUpdate(Model):
+    consents: dict[Purpose, bool] = Field(min_length=1)
+
+
+class _Event(Model):
+    event_id: UUID | None = None
+    customer_id: UUID | None = None  # in a batch; the path names it for a single event
+    timestamp: AwareDatetime | None = None  # when it happened; default: when received
+    session_id: UUID | None = None
+    channel: ShortText = ""
+    device: Device | None = None
+
+
+class PageViewEvent(_Event):
+    type: Literal[EventType.PAGE_VIEW]
+    data: PageView
+
+
+class PurchaseEvent(_Event):
+    type: Literal[EventType.PURCHASE]
+    data: Purchase
+
+
+class LoginEvent(_Event):
+    type: Literal[EventType.LOGIN]
+    data: Login = Login()
+
+
+class LogoutEvent(_Event):
+    type: Literal[EventType.LOGOUT]
+    data: Logout = Logout()
+
+
+class EmailOpenEvent(_Event):
+    type: Literal[EventType.EMAIL_OPEN]
+    data: Message = Message()
+
+
+class EmailClickEvent(_Event):
+    type: Literal[EventType.EMAIL_CLICK]
+    data: EmailClick
+
+
+class SmsReceivedEvent(_Event):
+    type: Literal[EventType.SMS_RECEIVED]
+    data: Message = Message()
+
+
+class PushReceivedEvent(_Event):
+    type: Literal[EventType.PUSH_RECEIVED]
+    data: Message = Message()
+
+
+class SegmentJoinedEvent(_Event):
+    type: Literal[EventType.SEGMENT_JOINED]
+    data: SegmentChange
+
+
+class SegmentLeftEvent(_Event):
+    type: Literal[EventType.SEGMENT_LEFT]
+    data: SegmentChange
+
+
+class PreferenceChangedEvent(_Event):
+    type: Literal[EventType.PREFERENCE_CHANGED]
+    data: PreferenceChange
+
+
+class ConsentUpdatedEvent(_Event):
+    type: Literal[EventType.CONSENT_UPDATED]
+    data: ConsentUpdate
+
+
+TrackedEvent = Annotated[
+    PageViewEvent
+    | PurchaseEvent
+    | LoginEvent
+    | LogoutEvent
+    | EmailOpenEvent
+    | EmailClickEvent
+    | SmsReceivedEvent
+    | PushReceivedEvent
+    | SegmentJoinedEvent
+    | SegmentLeftEvent
+    | PreferenceChangedEvent
+    | ConsentUpdatedEvent,
+    Field(discriminator="type"),
+]
+
+
+class Batch(Model):
+    events: list[TrackedEvent] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+ONE: TypeAdapter[Any] = TypeAdapter(TrackedEvent)
+BATCH: TypeAdapter[Batch] = TypeAdapter(Batch)
+
+
+def check_times(events: list[Any], now: datetime) -> list[tuple[str, str]]:
+    """(field, message) for events dated too far in the future."""
+    limit = now + FUTURE_TOLERANCE
+    return [
+        (f"events.{i}.timestamp", "must not be in the future")
+        for i, e in enumerate(events)
+        if e.timestamp is not None and e.timestamp > limit
+    ]
+
+
+def occurred(event: Any, received: datetime) -> datetime:
+    return (event.timestamp or received).astimezone(UTC)
