@@ -17,7 +17,9 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("customers")
 
-PROCESS_KINDS = ("all", "gateway", "write-api", "read-api", "projector", "relay", "segments")
+PROCESS_KINDS = (
+    "all", "gateway", "write-api", "read-api", "projector", "relay", "segments", "ingest",
+)  # fmt: skip
 
 
 def _settings(embedded: bool) -> Settings:
@@ -88,6 +90,12 @@ def serve(kind: str, settings: Settings) -> None:
         from eventstore.relay import run_forever as relay_forever
 
         asyncio.run(relay_forever(settings))
+    elif kind == "ingest":
+        import asyncio
+
+        from write_api.ingest import run_forever as ingest_forever
+
+        asyncio.run(ingest_forever(settings))
     elif kind == "gateway":
         from service.gateway import Gateway
 
@@ -102,7 +110,8 @@ def _die_with_parent() -> None:
 
 
 def _serve_all(settings: Settings) -> None:
-    """Projector, relay and segments engine as child processes; the REST gateway in this one."""
+    """Projector, relay, segments engine and NATS ingester as child processes; the REST gateway
+    in this one."""
     migrate(settings)
     children = [
         subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
@@ -110,7 +119,7 @@ def _serve_all(settings: Settings) -> None:
             env=os.environ.copy(),
             preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
         )
-        for kind in ("projector", "relay", "segments")
+        for kind in ("projector", "relay", "segments", "ingest")
     ]
 
     def _stop_children() -> None:

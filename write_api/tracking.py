@@ -170,6 +170,12 @@ class ActivityWriter:
         self._queue.put(submission)
         return submission.future.result()
 
+    def submit_many(self, submissions: list[Submission]) -> list[Result]:
+        """Queued together, so stored in as few transactions as the group limit allows."""
+        for s in submissions:
+            self._queue.put(s)
+        return [s.future.result() for s in submissions]
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
