@@ -16,7 +16,7 @@ from eventstore.application import EVENTS_TABLE
 from eventstore.keys import LazyKeyring
 from projections.customers import VIEW, use_raw_json
 from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
-from read_api import customers, personal_data, privacy, segments
+from read_api import activity, customers, personal_data, privacy, segments
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(segments.router)
     # Before the customers router too: /customers/{id}/data is not /customers/{id}.
     app.include_router(personal_data.router)
+    app.include_router(activity.router)
     app.include_router(customers.router)
     app.include_router(privacy.router)
 

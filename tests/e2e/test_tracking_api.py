@@ -217,3 +217,42 @@ def test_a_new_customer_can_be_tracked_at_once_and_erasure_reaches_activity(
     assert stored_events(migrated, cid) == [] and activity(migrated, cid) is None
     gone = http.post(f"{CUSTOMERS}/{cid}/track", json=page_view(), headers=h)
     assert gone.status_code == 404
+
+
+def test_analytics_combine_profile_history_and_tracked_activity(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    history = [
+        {
+            "id": "p-1",
+            "amount": {"amount": 30.0, "currency": "EUR"},
+            "product": "Jacket",
+            "category": "Outerwear",
+            "purchaseDate": (datetime.now(UTC) - timedelta(days=100)).isoformat(),
+            "channel": "store",
+        }
+    ]
+    metadata = {"source": "website", "purchaseHistory": history}
+    cid = add_customer(http, h, metadata=metadata)["id"]
+    track = f"{CUSTOMERS}/{cid}/track"
+    events = [purchase(20.0, channel="web"), page_view(channel="web"), {"type": "LOGIN"}]
+    for body in events:
+        assert http.post(track, json=body, headers=h).status_code == 202
+    metrics = http.get(f"{CUSTOMERS}/{cid}/analytics", headers=h)
+    assert metrics.status_code == 200, metrics.text
+    m = metrics.json()
+    assert m["orderCount"] == 2
+    assert m["lifetimeValue"] == {"amount": 50.0, "currency": "EUR"}
+    assert m["averageOrderValue"] == {"amount": 25.0, "currency": "EUR"}
+    assert m["recencyDays"] == 0 and m["categories"] == ["footwear", "outerwear"]
+    assert m["purchaseFrequency"] == round(2 * 30 / 100, 4)
+    assert m["loginCount"] == 1 and m["lastLogin"] is not None
+    assert m["engagement"]["last7Days"] == 3
+    assert m["engagement"]["byType"] == {"PURCHASE": 1, "PAGE_VIEW": 1, "LOGIN": 1}
+    assert m["engagement"]["byChannel"] == {"web": 2, "unknown": 1}
+    assert m["devices"][0]["os"] == "Android"
+    masked = http.get(f"{CUSTOMERS}/{cid}/analytics", headers=auth("analyst")).json()
+    assert masked["devices"] == [{"type": "mobile", "events": 1}]
+    other = auth(org_id=f"other-{uuid.uuid4().hex[:6]}")
+    assert http.get(f"{CUSTOMERS}/{cid}/analytics", headers=other).status_code == 404
