@@ -1,4 +1,6 @@
-"""Customer metrics from tracked activity and profile facts: `GET /customers/{id}/analytics`.
+"""Customer metrics and insights from tracked activity and profile facts:
+`GET /customers/{id}/analytics`, `GET /customers/{id}/insights`, and the organization's
+fitted models, `GET /customers/insights/model`.
 
 Totals come from `customer_facts` (profile purchase history + tracked events, the values
 segment criteria see); engagement windows, channels, types and devices are counted from
@@ -13,8 +15,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 
+from domain import rfm
 from domain.errors import Code, DomainError
+from domain.purchase_model import predicted_value
 from domain.values import utc_iso
+from projections import purchase_models
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
 from service.auth import CanRead, Permission
@@ -130,3 +135,132 @@ def _devices(rows: list[Any], personal: bool) -> list[dict[str, Any]]:
     for kind, _, _, n, _, _ in rows:
         by_type[kind] = by_type.get(kind, 0) + n
     return [{"type": k, "events": n} for k, n in sorted(by_type.items())]
+
+
+INSIGHT_FACTS = (
+    "SELECT order_count, first_purchase_at, last_purchase_at, average_order_value,"
+    " total_spent, spend_currency"
+    " FROM customer_facts WHERE id = %s AND org_id = %s AND status <> 'DELETED'"
+)
+# Preferred channel and category (most frequent; ties by name), and the events of the last
+# 30 days against the 30 before.
+HABITS = """
+SELECT
+    (SELECT channel FROM customer_events WHERE customer_id = %(id)s AND channel IS NOT NULL
+        GROUP BY channel ORDER BY count(*) DESC, channel LIMIT 1),
+    (SELECT event_data->>'category' FROM customer_events
+        WHERE customer_id = %(id)s AND event_type = 'PURCHASE'
+        AND coalesce(event_data->>'category', '') <> ''
+        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1),
+    count(*) FILTER (WHERE occurred_at > now() - interval '30 days'),
+    count(*) FILTER (WHERE occurred_at <= now() - interval '30 days')
+FROM customer_events
+WHERE customer_id = %(id)s AND occurred_at > now() - interval '60 days'
+"""
+
+
+def trend(recent: int, previous: int) -> str:
+    if recent == previous == 0:
+        return "inactive"
+    if previous == 0 or recent > 1.25 * previous:
+        return "rising"
+    return "declining" if recent < 0.8 * previous else "steady"
+
+
+@router.get(
+    "/insights/model",
+    responses={200: {"description": "The organization's fitted models"}, **_ERRORS},
+)
+async def purchase_model(request: Request, principal: CanRead) -> dict[str, Any]:
+    """The organization's purchase (BG/NBD) and spend (Gamma-Gamma) models: parameters, fit
+    date, sample sizes, RFM quintile breaks; status PENDING until the first fit."""
+    async with paging.pool(request).connection() as conn:
+        row = await (await conn.execute(purchase_models.LOAD, (principal.org,))).fetchone()
+    model = purchase_models.load(row)
+    if model is None:
+        return {"status": "PENDING"}
+    return model.public()
+
+
+@router.get(
+    "/{id}/insights",
+    responses={
+        200: {
+            "description": "rfm, probabilityAlive, expectedPurchases90Days,"
+            " predictedValue12Months, preferredChannel, preferredCategory, engagementTrend"
+        },
+        **_ERRORS,
+    },
+)
+async def customer_insights(request: Request, principal: CanRead, id: UUID) -> dict[str, Any]:
+    """RFM scores against the organization's buyers and the predictions of its fitted models
+    (null until a model is fitted, for customers without a purchase, and, for value, for
+    customers buying in another currency than the model's)."""
+    async with paging.pool(request).connection() as conn:
+        facts = await (await conn.execute(INSIGHT_FACTS, (id, principal.org))).fetchone()
+        if facts is None:
+            raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+        row = await (await conn.execute(purchase_models.LOAD, (principal.org,))).fetchone()
+        habits = await (await conn.execute(HABITS, {"id": id})).fetchone()
+    assert habits is not None
+    channel, category, recent, previous = habits
+    now = datetime.now(UTC)
+    model = purchase_models.load(row)
+    return {
+        "customerId": str(id),
+        "asOf": utc_iso(now),
+        **predictions(model, facts, now),
+        "preferredChannel": channel,
+        "preferredCategory": category,
+        "engagementTrend": {
+            "trend": trend(recent, previous),
+            "last30Days": recent,
+            "previous30Days": previous,
+        },
+        "model": None
+        if model is None or model.fitted_at is None
+        else {
+            "fittedAt": utc_iso(model.fitted_at),
+            "sampleSize": model.customers,
+            "currency": model.currency and model.currency.upper(),
+        },
+    }
+
+
+def predictions(
+    model: purchase_models.Model | None, facts: tuple[Any, ...], now: datetime
+) -> dict[str, Any]:
+    orders, first, last, aov, spent, currency = facts
+    none: dict[str, Any] = {
+        "rfm": None,
+        "probabilityAlive": None,
+        "expectedPurchases90Days": None,
+        "predictedValue12Months": None,
+    }
+    if model is None or not orders or first is None or last is None:
+        return none
+    x = float(orders - 1)
+    t_x = (last - first).total_seconds() / 86400
+    age = max((now - first).total_seconds() / 86400, t_x)
+    recency = (now - last).total_seconds() / 86400
+    out = dict(none)
+    base = model.rfm_base
+    if base.get("recency") and base.get("frequency"):
+        r = rfm.quintile(recency, base["recency"], higher_is_better=False)
+        f = rfm.quintile(float(orders), base["frequency"])
+        same_money = currency == model.currency and spent is not None and "monetary" in base
+        m = rfm.quintile(float(spent), base["monetary"]) if same_money else None
+        out["rfm"] = {
+            "recency": r,
+            "frequency": f,
+            "monetary": m,
+            "segment": rfm.segment_name(r, f),
+        }
+    if model.bgnbd is not None:
+        out["probabilityAlive"] = round(model.bgnbd.p_alive(x, t_x, age), 6)
+        out["expectedPurchases90Days"] = round(model.bgnbd.expected_purchases(90, x, t_x, age), 6)
+        gg = model.gamma_gamma
+        if gg is not None and currency == model.currency and aov is not None:
+            value = predicted_value(model.bgnbd, gg, 365, x, t_x, age, float(aov))
+            out["predictedValue12Months"] = money(value, currency.upper())
+    return out

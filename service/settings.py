@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # Active dynamic segments are recalculated when their last calculation is older than
     # this (time-relative criteria drift with the clock); 0 = only on demand and on change.
     segment_recalculation_hours: float = 24.0
+    # Purchase/spend models and RFM breaks are fitted again when older than this.
+    model_fit_hours: float = 24.0
 
     # A lifecycle-deleted customer (DELETE /customers/{id}) is erased (Art. 17) this long
     # after its deletion; 0 = at once (within seconds). Set it to keep a recovery window.

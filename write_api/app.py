@@ -19,6 +19,7 @@ from domain.segment import SegmentDefinition, SegmentPublic
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
+from projections import purchase_models
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
 from service.auth import (
@@ -237,6 +238,25 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
 
 
 tracking_routes = APIRouter(tags=["tracking"])
+
+
+@tracking_routes.post(
+    PREFIX + "/insights/model",
+    status_code=202,
+    responses={202: {"description": "Queued; poll the Location"}, **_ERRORS},
+)
+def fit_purchase_model(principal: CanSegments, request: Request) -> Response:
+    """Fit the organization's purchase and spend models again now (they are also fitted
+    daily); the segments process picks the request up within seconds."""
+    commands: CustomerCommands = request.app.state.commands
+    with commands.app.datastore.get_connection() as conn, conn.transaction():
+        requested = conn.execute(purchase_models.REQUEST, (principal.org,)).fetchone()
+    return Response(
+        orjson.dumps({"status": "REQUESTED", "requestedAt": requested["requested_at"].isoformat()}),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": PREFIX + "/insights/model"},
+    )
 
 
 @tracking_routes.post(

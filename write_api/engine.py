@@ -1,6 +1,7 @@
 """The segments process: the calculation worker, the incremental evaluators (customer
-changes, tracked activity), the write auditor and the sweep that erases lifecycle-deleted
-customers after the grace period, each in a thread, sharing one event-sourced application."""
+changes, tracked activity), the write auditor, the model fitter and the sweep that erases
+lifecycle-deleted customers after the grace period, each in a thread, sharing one
+event-sourced application."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import threading
 
 from eventstore.application import Customers
+from projections import purchase_models
 from service.settings import Settings
 from write_api import attribution
 from write_api.calculation import Calculator, work
@@ -28,6 +30,7 @@ class SegmentEngine:
             raise RuntimeError("DATABASE_URL is not set")
         self._url = settings.database_url
         self._recalculate_every = settings.segment_recalculation_hours * 3600
+        self._model_fit_hours = settings.model_fit_hours
         self._own_app = app is None
         self.app = app or Customers(settings, pool_size=2)
         self.calculator = Calculator(self.app)
@@ -58,6 +61,12 @@ class SegmentEngine:
                 target=self.activity.follow,
                 args=(self._stop,),
                 name="activity-reevaluator",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=purchase_models.fit_forever,
+                args=(self._url, self._model_fit_hours, self._stop),
+                name="model-fitter",
                 daemon=True,
             ),
             threading.Thread(
