@@ -103,15 +103,22 @@ FROM numbered n JOIN {docs} d ON d.id = n.id
 """
 
 # `segments` of the stored doc is always empty: memberships change without the customer
-# changing, so they are read from segment_membership and put in at answer time.
+# changing, so they are read from segment_membership and put in at answer time. So is tracked
+# activity (customer_activity): last activity, login count and last login.
 GET_ONE = sql.SQL(
     "SELECT d.doc, d.version, ARRAY(SELECT m.segment_id::text FROM segment_membership m"
-    " WHERE m.customer_id = d.id AND m.left_at IS NULL ORDER BY 1)"
-    " FROM {} d WHERE d.id = %s AND d.org_id = %s"
+    " WHERE m.customer_id = d.id AND m.left_at IS NULL ORDER BY 1),"
+    " a.last_activity_at, a.login_count, a.last_login_at"
+    " FROM {} d LEFT JOIN customer_activity a ON a.customer_id = d.id"
+    " WHERE d.id = %s AND d.org_id = %s"
 ).format(sql.Identifier(DOCS))
 ACTIVE_SEGMENTS = (
     "SELECT customer_id::text, array_agg(segment_id::text ORDER BY segment_id)"
     " FROM segment_membership WHERE customer_id = ANY(%s::uuid[]) AND left_at IS NULL GROUP BY 1"
+)
+TRACKED = (
+    "SELECT customer_id::text, last_activity_at, login_count, last_login_at"
+    " FROM customer_activity WHERE customer_id = ANY(%s::uuid[])"
 )
 EXISTS = sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
 _STINTS = (
@@ -321,7 +328,7 @@ async def list_customers(
         assert row is not None
         items, count, last_key, last_id = row
         if count:
-            items = await _with_segments(conn, items)
+            items = await _with_live_fields(conn, items)
     if count and not principal.can(Permission.PERSONAL_DATA):
         items = orjson.dumps([masked(d) for d in orjson.loads(items)])
     next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
@@ -355,34 +362,66 @@ async def get_customer(
         row = await cur.fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
-    doc, version, segments = row
+    doc, version, segments, *tracked = row
     etag = f'"{version}"'
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})
-    return _json(shown(doc, principal, segments), {"ETag": etag})
+    activity = tuple(tracked) if tracked[0] is not None else None
+    return _json(shown(doc, principal, segments, activity), {"ETag": etag})
 
 
-def shown(doc: bytes, principal: Principal, segments: list[str] | None = None) -> bytes:
+Tracked = tuple[datetime, int, datetime | None]  # last activity, logins, last login
+
+
+def shown(
+    doc: bytes,
+    principal: Principal,
+    segments: list[str] | None = None,
+    activity: Tracked | None = None,
+) -> bytes:
     """A stored customer doc as `principal` may see it (masked without the personal-data
-    permission), with its current segments when given; parsed only when something changes."""
+    permission), with its current segments and tracked activity when given; parsed only when
+    something changes."""
     personal = principal.can(Permission.PERSONAL_DATA)
-    if personal and not segments:
+    if personal and not segments and activity is None:
         return doc
     customer = orjson.loads(doc)
     if segments:
         customer["segments"] = segments
+    if activity is not None:
+        with_activity(customer, activity)
     return orjson.dumps(customer if personal else masked(customer))
 
 
-async def _with_segments(conn: AsyncConnection[Any], items: bytes) -> bytes:
-    """The page's docs with their current segments (parsed only when some have any)."""
+def with_activity(customer: dict[str, Any], activity: Tracked) -> None:
+    """Tracked activity added to what the profile says (the later time, the sum of logins)."""
+    last_activity, logins, last_login = activity
+    customer["lastActivity"] = _later(customer.get("lastActivity"), last_activity)
+    metadata = customer.setdefault("metadata", {})
+    metadata["loginCount"] = metadata.get("loginCount", 0) + logins
+    if last_login is not None:
+        metadata["lastLogin"] = _later(metadata.get("lastLogin"), last_login)
+
+
+def _later(stored: str | None, tracked: datetime) -> str:
+    if stored is not None and datetime.fromisoformat(stored) >= tracked:
+        return stored
+    return utc_iso(tracked)
+
+
+async def _with_live_fields(conn: AsyncConnection[Any], items: bytes) -> bytes:
+    """The page's docs with their current segments and tracked activity (parsed only when
+    some have any)."""
     docs = orjson.loads(items)
-    cur = await conn.execute(ACTIVE_SEGMENTS, ([d["id"] for d in docs],))
-    found = dict(await cur.fetchall())
-    if not found:
+    ids = [d["id"] for d in docs]
+    segments = dict(await (await conn.execute(ACTIVE_SEGMENTS, (ids,))).fetchall())
+    tracked = {r[0]: r[1:] for r in await (await conn.execute(TRACKED, (ids,))).fetchall()}
+    if not segments and not tracked:
         return items
     for d in docs:
-        d["segments"] = found.get(d["id"], [])
+        d["segments"] = segments.get(d["id"], [])
+        if d["id"] in tracked:
+            with_activity(d, tracked[d["id"]])
     return orjson.dumps(docs)
 
 

@@ -16,7 +16,7 @@ from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
 _READ_METHODS = {"GET", "HEAD"}
-_READ_POSTS = {"/api/v1/customers/segments/preview"}  # queries with a body
+_READ_POSTS = {"/api/v1/customers/segments/preview", "/api/v1/customers/reports"}  # queries
 
 
 def merged_openapi(*apps: FastAPI) -> dict[str, Any]:

@@ -97,6 +97,15 @@ def test_single_events_are_stored_and_totalled(
     assert totals["last_login_at"] == datetime.fromisoformat(login_at)
     types = [t for t, _ in stored_events(migrated, cid)]
     assert sorted(types) == ["LOGIN", "PAGE_VIEW", "PURCHASE"]
+    # The customer shows them: login count, last login, last activity (now: the page view).
+    shown = http.get(f"{CUSTOMERS}/{cid}", headers=h).json()
+    assert shown["metadata"]["loginCount"] == 1
+    assert datetime.fromisoformat(shown["metadata"]["lastLogin"]) == datetime.fromisoformat(
+        login_at
+    )
+    assert datetime.now(UTC) - datetime.fromisoformat(shown["lastActivity"]) < timedelta(minutes=1)
+    listed = http.get(CUSTOMERS, headers=h).json()["items"]
+    assert [c["metadata"]["loginCount"] for c in listed if c["id"] == cid] == [1]
 
 
 def test_behavioral_events_need_analytics_consent(
