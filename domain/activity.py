@@ -211,14 +211,25 @@ ONE: TypeAdapter[Any] = TypeAdapter(TrackedEvent)
 BATCH: TypeAdapter[Batch] = TypeAdapter(Batch)
 
 
-def check_times(events: list[Any], now: datetime) -> list[tuple[str, str]]:
-    """(field, message) for events dated too far in the future."""
+def check_times(
+    events: list[Any], now: datetime, retention_months: int = 0
+) -> list[tuple[str, str]]:
+    """(field, message) for events dated too far in the future, or before the first month
+    the activity log keeps (`retention_months` whole months before this one; 0 = any)."""
     limit = now + FUTURE_TOLERANCE
-    return [
+    first = now.year * 12 + now.month - 1 - retention_months
+    oldest = datetime(first // 12, first % 12 + 1, 1, tzinfo=UTC) if retention_months else None
+    late = [
         (f"events.{i}.timestamp", "must not be in the future")
         for i, e in enumerate(events)
         if e.timestamp is not None and e.timestamp > limit
     ]
+    early = [
+        (f"events.{i}.timestamp", "older than the activity retention period")
+        for i, e in enumerate(events)
+        if oldest is not None and e.timestamp is not None and e.timestamp < oldest
+    ]
+    return late + early
 
 
 def occurred(event: Any, received: datetime) -> datetime:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # A lifecycle-deleted customer (DELETE /customers/{id}) is erased (Art. 17) this long
     # after its deletion; 0 = at once (within seconds). Set it to keep a recovery window.
     erasure_grace_hours: float = 0.0
+    # Tracked events older than this many whole months are dropped (partition by partition);
+    # 0 = kept. Running totals (order count, total spent, logins) keep counting them.
+    activity_retention_months: int = 0
 
     # Requests per minute per principal and per client address (0 = unlimited), per process;
     # and the largest request body accepted.

@@ -114,14 +114,13 @@ def _track(
     request: Request, principal: Principal, events: Sequence[Any], *, batch: bool
 ) -> tracking.Result:
     received = datetime.now(UTC)
-    late = check_times(list(events), received)
+    settings: Settings = request.app.state.settings
+    late = check_times(list(events), received, settings.activity_retention_months)
     if late:
         field, message = late[0]
         raise invalid(field if batch else "timestamp", message)
     submission = tracking.Submission(principal.org, events, received)
-    return tracking.track(
-        request.app.state.activity, submission, request.app.state.settings, batch=batch
-    )
+    return tracking.track(request.app.state.activity, submission, settings, batch=batch)
 
 
 def _job(job: dict[str, object], status: int) -> Response:

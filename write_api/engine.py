@@ -39,6 +39,7 @@ class SegmentEngine:
         self.customers = CustomerCommands(self.app)
         self.auditor = attribution.WriteAuditor(self.app)
         self._grace = settings.erasure_grace_hours * 3600
+        self._retention_months = settings.activity_retention_months
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -77,7 +78,7 @@ class SegmentEngine:
             ),
             threading.Thread(
                 target=sweep_forever,
-                args=(self.customers, self._grace, self._stop),
+                args=(self.customers, self._grace, self._retention_months, self._stop),
                 name="erasure",
                 daemon=True,
             ),

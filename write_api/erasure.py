@@ -1,10 +1,14 @@
-"""Erasure of lifecycle-deleted customers once `CUSTOMERS_ERASURE_GRACE_HOURS` have passed
-since their deletion (0: at the next sweep, every few seconds). Runs in the segments process."""
+"""Retention, in the segments process: erasure of lifecycle-deleted customers once
+`CUSTOMERS_ERASURE_GRACE_HOURS` have passed since their deletion (0: at the next sweep, every
+few seconds), and hourly, dropping the activity partitions older than
+`CUSTOMERS_ACTIVITY_RETENTION_MONTHS`."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import tuple_row
@@ -12,6 +16,7 @@ from psycopg.rows import tuple_row
 from domain.errors import DomainError
 from service.auth import Principal, Role
 from write_api.customers import CustomerCommands
+from write_api.tracking import drop_expired
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,7 @@ DUE = (
     " AND updated_at <= now() - make_interval(secs => %s) ORDER BY updated_at LIMIT %s"
 )
 SWEEP_SECONDS = 5.0
+PRUNE_SECONDS = 3600.0
 _BATCH = 500
 
 
@@ -43,9 +49,18 @@ def sweep(commands: CustomerCommands, grace_seconds: float) -> int:
     return erased
 
 
-def sweep_forever(commands: CustomerCommands, grace_seconds: float, stop: threading.Event) -> None:
+def sweep_forever(
+    commands: CustomerCommands, grace_seconds: float, retention_months: int, stop: threading.Event
+) -> None:
+    pruned = 0.0
     while not stop.wait(SWEEP_SECONDS):
         try:
             sweep(commands, grace_seconds)
+            if time.monotonic() - pruned > PRUNE_SECONDS:
+                with commands.app.datastore.get_connection() as conn, conn.transaction():
+                    dropped = drop_expired(conn, retention_months, datetime.now(UTC))
+                pruned = time.monotonic()
+                if dropped:
+                    log.info("dropped expired activity", extra={"partitions": dropped})
         except Exception:
-            log.exception("erasure sweep failed; retrying")
+            log.exception("retention sweep failed; retrying")

@@ -134,7 +134,9 @@ class Ingester:
             except ValidationError as e:
                 fields = sorted({field_path(tuple(err["loc"])) for err in e.errors()})
             else:
-                fields = [f for f, _ in check_times(events, datetime.now(UTC))] + [
+                now = datetime.now(UTC)
+                retention = self.settings.activity_retention_months
+                fields = [f for f, _ in check_times(events, now, retention)] + [
                     f"events.{i}.customerId" for i, e in enumerate(events) if e.customer_id is None
                 ]
             if fields:

@@ -205,6 +205,7 @@ class ActivityWriter:
                 results = self._store(conn, group)
             except Exception as e:
                 log.exception("storing tracked events failed")
+                self._partitions.clear()  # one may have been dropped by retention
                 if conn is not None:
                     conn.close()
                     conn = None
@@ -315,3 +316,24 @@ def track(
             raise DomainError(Code.UNAVAILABLE, "the customer is not readable yet; retry")
         time.sleep(0.05)
         submission = Submission(submission.org_id, submission.events, submission.received)
+
+
+PARTITIONS_OF_LOG = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'customer_events'::regclass"
+)
+
+
+def drop_expired(conn: psycopg.Connection[Any], retention_months: int, now: datetime) -> list[str]:
+    """Drop the monthly partitions wholly older than `retention_months` before this month
+    (0 = keep everything). Running totals keep counting what was dropped."""
+    if retention_months <= 0:
+        return []
+    months = now.year * 12 + now.month - 1 - retention_months  # first month kept
+    dropped = []
+    for (name,) in conn.execute(PARTITIONS_OF_LOG).fetchall():
+        year, month = int(name[-7:-3]), int(name[-2:])
+        if year * 12 + month - 1 < months:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            dropped.append(name)
+    return dropped
