@@ -49,6 +49,10 @@ CONSENT = (
     "SELECT at, consents::text, actor, source, policy_version, version"
     " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
 )
+ACTIVITY = (
+    "SELECT id, event_type, occurred_at, channel, session_id, device_info, event_data"
+    " FROM customer_events WHERE customer_id = %s ORDER BY occurred_at, id"
+)
 REQUESTS = (
     "SELECT id, type, status, received_at, completed_at FROM privacy_requests"
     " WHERE customer_id = %s ORDER BY received_at"
@@ -186,6 +190,20 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
                 REQUESTS, (customer_id,)
             ).fetchall()
         ]
+        activity = [
+            {
+                "eventId": str(eid),
+                "type": kind,
+                "occurredAt": utc_iso(at),
+                "channel": channel,
+                "sessionId": session and str(session),
+                "device": device,
+                "data": data,
+            }
+            for eid, kind, at, channel, session, device, data in cur.execute(
+                ACTIVITY, (customer_id,)
+            ).fetchall()
+        ]
     source = (profile or {}).get("metadata", {}).get("source")
     return {
         "exportedAt": utc_iso(datetime.now(UTC)),
@@ -194,7 +212,7 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
         "profile": profile,
         "consentHistory": consent,
         "segmentHistory": segments,
-        "activity": [],  # tracked activity arrives with the tracking service (issue 4)
+        "activity": activity,
         "privacyRequests": requests,
         "events": [_render_event(e) for e in events],
         "processing": {**FACTS, "source": source or "not recorded"},

@@ -32,6 +32,9 @@ def test_export_holds_everything_and_is_recorded(http: httpx.Client, auth: Token
     assert http.put(f"{url}/consent", json=consent, headers=h).status_code == 200
     sid = new_segment(http, h, criteria=SPAIN_30_TO_40)["id"]
     eventually(lambda: cid in members(http, h, sid))
+    viewed = {"type": "PAGE_VIEW", "data": {"url": "https://shop.example/"}}
+    viewed["device"] = {"type": "desktop", "os": "Linux"}
+    assert http.post(f"{url}/track", json=viewed, headers=h).status_code == 202
 
     exported = http.get(f"{url}/data", headers=dpo)
     assert exported.status_code == 200, exported.text
@@ -45,6 +48,9 @@ def test_export_holds_everything_and_is_recorded(http: httpx.Client, auth: Token
     assert {"purposes", "recipients", "retention", "source"} <= set(body["processing"])
     assert body["processing"]["source"] == "website"
     assert [r["type"] for r in body["privacyRequests"]] == ["CONSENT_CHANGE", "EXPORT"]
+    (tracked,) = body["activity"]
+    assert tracked["type"] == "PAGE_VIEW" and tracked["device"]["os"] == "Linux"
+    assert tracked["data"]["url"] == "https://shop.example/"
 
     archive = http.get(f"{url}/data", params={"format": "zip"}, headers=dpo)
     assert archive.status_code == 200
