@@ -37,13 +37,23 @@ FloatArray = NDArray[np.float64]
 MIN_BGNBD_CUSTOMERS = 20
 MIN_GAMMA_GAMMA_BUYERS = 10
 
-# Box for the log-parameters: e^-30..e^30 holds any day- or money-scale value, and keeps
-# exp() finite when the likelihood is flat in some direction (e.g. a, b -> infinity together
-# when the drop-out probability has no heterogeneity).
-_LOG_BOUND = 30.0
+# Box for the log-parameters, fitted on data rescaled to about 1 (times by the mean T, values
+# by the geometric mean of m): e^-15..e^15 holds any sensible value, and stops a likelihood
+# that keeps rising toward a boundary of the model (e.g. a, b -> inf together when the
+# drop-out probability has no heterogeneity) before differences of gammaln(huge) lose their
+# precision (rounding ~1e-16 * e^15 * 15 = 5e-9 per customer at the edge).
+_LOG_BOUND = 15.0
 # Eq. (10) has a removable singularity at a = 1; within this distance it is evaluated as the
 # mean of a = 1 -+ _A_NEAR_ONE (error O(_A_NEAR_ONE^2), cancellation error ~1e-16/_A_NEAR_ONE).
 _A_NEAR_ONE = 1e-4
+
+# Projected-gradient thresholds (mean log-likelihood per customer, per unit of a
+# log-parameter). Below _CONVERGED a fit is done. Between the two it is accepted only when
+# restarts cannot improve it any more: moving any log-parameter by 0.1 would gain under 1e-4
+# per customer, which happens on a likelihood that keeps rising, ever more slowly, toward a
+# boundary of the model (e.g. r, alpha -> inf when purchase rates show no heterogeneity).
+_CONVERGED = 1e-6
+_STALLED = 1e-3
 
 _Objective = Callable[[FloatArray], tuple[float, FloatArray]]
 
@@ -79,34 +89,43 @@ def _customers(
 
 
 def _minimize(objective: _Objective, start: FloatArray, model: str) -> FloatArray:
-    """Minimise over the log-parameter box; a failed or non-finite optimum is an error."""
+    """Minimise over the log-parameter box; a failed or non-finite optimum is an error.
+
+    Convergence is judged here, by the projected gradient, not by L-BFGS-B's own flag: on a
+    narrow curved ridge (e.g. Gamma-Gamma with large p and q) it can report success after a
+    step that made no progress, and on a flat optimum it reports a failed line search."""
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(start)
     options = {"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8}
-    result: Any = optimize.minimize(
-        objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options
-    )
-    if not result.success:
-        # A line search that finds no decrease (float noise on a flat optimum) ends the run;
-        # a restart from there forgets the stale curvature estimate.
-        result = optimize.minimize(
-            objective, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options
+
+    def run(x0: FloatArray) -> Any:
+        return optimize.minimize(
+            objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options
         )
+
+    result = run(start)
+    for _ in range(5):
+        if _projected_gradient(objective, result.x) <= _CONVERGED:
+            break
+        # A restart forgets the stale curvature estimate; keep going while it helps.
+        again = run(result.x)
+        if not again.fun < result.fun:
+            break
+        result = again
     theta = np.asarray(result.x, dtype=np.float64)
     if not (np.all(np.isfinite(theta)) and np.isfinite(result.fun)):
         raise ValueError(f"{model} fit failed: {result.message}")
-    if not result.success and not _stationary(objective, theta):
+    if not _projected_gradient(objective, theta) <= _STALLED:
         raise ValueError(f"{model} fit did not converge: {result.message}")
     return theta
 
 
-def _stationary(objective: _Objective, theta: FloatArray) -> bool:
-    """Is the projected gradient (mean per customer) within scipy's default tolerance? The
-    run then stopped at an optimum it could not polish further: typically a likelihood
-    that is flat toward a boundary of the model (e.g. no drop-out heterogeneity)."""
+def _projected_gradient(objective: _Objective, theta: FloatArray) -> float:
+    """Largest gradient component of the mean log-likelihood per customer, ignoring those
+    that push against the box (inf when not finite)."""
     _, grad = objective(theta)
     outward = ((theta <= -_LOG_BOUND) & (grad > 0)) | ((theta >= _LOG_BOUND) & (grad < 0))
     projected = np.where(outward, 0.0, grad)
-    return bool(np.all(np.isfinite(projected)) and np.max(np.abs(projected)) <= 1e-5)
+    return float(np.max(np.abs(projected))) if np.all(np.isfinite(projected)) else np.inf
 
 
 # --------------------------------------------------------------------------- BG/NBD
@@ -133,23 +152,25 @@ def _bgnbd_loglik(
     r, alpha, a, b = np.exp(theta)
     u, at = counts.values, counts.position
     repeat = x > 0
-    rx = r + x
+    # The paper's r ln(alpha) - (r+x) ln(alpha+T) regrouped as -r log1p(T/alpha) - x ln(alpha+T):
+    # the big logs cancel when r and alpha are large (little rate heterogeneity).
+    log1p_T = np.log1p(T / alpha)
+    log1p_tx = np.log1p(t_x / alpha)
     log_alpha_T = np.log(alpha + T)
     log_alpha_tx = np.log(alpha + t_x)
     b_x_1 = np.where(repeat, b + x - 1.0, 1.0)  # > 0 where used; 1.0 keeps log() quiet
-    # log L = A1 + A2 + log(exp(A3) + [x > 0] exp(A4)), the two branches being "still alive
-    # at T" and "dropped out right after the purchase at t_x". A1 + A2 depends on x only.
+    # log L = A12 + log(exp(A3) + [x > 0] exp(A4)), the two branches being "still alive at T"
+    # and "dropped out right after the purchase at t_x". A12 depends on x only.
     a12 = (
         special.gammaln(r + u)
         - special.gammaln(r)
-        + r * np.log(alpha)
         + special.gammaln(a + b)
         + special.gammaln(b + u)
         - special.gammaln(b)
         - special.gammaln(a + b + u)
     )
-    a3 = -rx * log_alpha_T
-    a4 = np.where(repeat, np.log(a) - np.log(b_x_1) - rx * log_alpha_tx, -np.inf)
+    a3 = -r * log1p_T - x * log_alpha_T
+    a4 = np.where(repeat, np.log(a) - np.log(b_x_1) - r * log1p_tx - x * log_alpha_tx, -np.inf)
     branches = np.logaddexp(a3, a4)
     loglik = a12[at] + branches
     alive = np.exp(a3 - branches)
@@ -157,15 +178,13 @@ def _bgnbd_loglik(
 
     psi_ab = special.digamma(a + b)
     psi_abu = special.digamma(a + b + u)
-    d_r = (
-        (special.digamma(r + u) - special.digamma(r) + np.log(alpha))[at]
-        - alive * log_alpha_T
-        - dropped * log_alpha_tx
+    d_r = (special.digamma(r + u) - special.digamma(r))[at] - alive * log1p_T - dropped * log1p_tx
+    alpha_d_alpha = alive * (r * T - x * alpha) / (alpha + T) + dropped * (r * t_x - x * alpha) / (
+        alpha + t_x
     )
-    d_alpha = r / alpha - rx * (alive / (alpha + T) + dropped / (alpha + t_x))
     d_a = (psi_ab - psi_abu)[at] + dropped / a
     d_b = (psi_ab + special.digamma(b + u) - special.digamma(b) - psi_abu)[at] - dropped / b_x_1
-    grad = np.stack([r * d_r, alpha * d_alpha, a * d_a, b * d_b])
+    grad = np.stack([r * d_r, alpha_d_alpha, a * d_a, b * d_b])
     return loglik, grad
 
 
@@ -332,16 +351,20 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdFit:
         raise ValueError("BG/NBD needs customers observed for some time (T > 0)")
 
     counts = _Counts.of(xs)
+    # Fitted in units of the mean T (alpha scales with time, r, a, b do not), so the box and
+    # the start suit any data; the log-likelihood is reported in days, as the paper's.
+    scale = float(Ts.mean())
+    txs_scaled, Ts_scaled = txs / scale, Ts / scale
 
     def objective(theta: FloatArray) -> tuple[float, FloatArray]:
         # Mean rather than sum keeps the optimiser's tolerances independent of n.
-        loglik, grad = _bgnbd_loglik(theta, xs, txs, Ts, counts)
+        loglik, grad = _bgnbd_loglik(theta, xs, txs_scaled, Ts_scaled, counts)
         return -float(loglik.mean()), -grad.mean(axis=1)
 
     # Start at r = 1 with the population's average purchase rate and a 50% drop-out chance.
-    rate = xs.sum() / Ts.sum()
+    rate = xs.sum() / Ts_scaled.sum()
     start = np.log(np.array([1.0, 1.0 / rate, 1.0, 1.0]))
-    theta = _minimize(objective, start, "BG/NBD")
+    theta = _minimize(objective, start, "BG/NBD") + np.array([0.0, np.log(scale), 0.0, 0.0])
     loglik, _ = _bgnbd_loglik(theta, xs, txs, Ts, counts)
     r, alpha, a, b = (float(v) for v in np.exp(theta))
     return BgNbdFit(r, alpha, a, b, float(loglik.sum()), n)
@@ -447,13 +470,19 @@ def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> GammaGammaFit:
             f"Gamma-Gamma needs at least {MIN_GAMMA_GAMMA_BUYERS} repeat buyers, got {n}"
         )
 
+    # Fitted in units of the geometric mean of m (gamma scales with money, p and q do not),
+    # so the box and the start suit cents as well as euros; geometric, because spend can be
+    # so heavy-tailed (q < 1) that one customer dominates the arithmetic mean.
+    scale = float(np.exp(np.log(ms).mean()))
+    ms_scaled = ms / scale
+
     def objective(theta: FloatArray) -> tuple[float, FloatArray]:
-        loglik, grad = _gamma_gamma_loglik(theta, xs, ms)
+        loglik, grad = _gamma_gamma_loglik(theta, xs, ms_scaled)
         return -float(loglik.mean()), -grad.mean(axis=1)
 
-    # p = 1, q = 2 puts the population mean p*gamma/(q-1) at gamma: start it at the data's.
-    start = np.log(np.array([1.0, 2.0, float(np.mean(ms))]))
-    theta = _minimize(objective, start, "Gamma-Gamma")
+    # p = 1, q = 2 puts the population mean p*gamma/(q-1) at gamma = 1, the data's scale.
+    theta = _minimize(objective, np.log(np.array([1.0, 2.0, 1.0])), "Gamma-Gamma")
+    theta += np.array([0.0, 0.0, np.log(scale)])
     loglik, _ = _gamma_gamma_loglik(theta, xs, ms)
     p, q, gamma = (float(v) for v in np.exp(theta))
     return GammaGammaFit(p, q, gamma, float(loglik.sum()), n)
