@@ -280,7 +280,10 @@ class BgNbdFit:
                 log_density += (a - 1.0) * np.log(p) if p > 0 else -np.inf
             if not right:
                 log_density += (shape_b - 1.0) * np.log1p(-p) if p < 1 else -np.inf
-            return per_p(p) * float(np.exp(log_density))
+            # Overflow here (degenerate fits: a, b at the bound) makes the result non-finite,
+            # which the caller reports as nan instead of a number.
+            with np.errstate(over="ignore"):
+                return per_p(p) * float(np.exp(log_density))
 
         # Breaks around the posterior's bulk, so that the adaptive subdivision sees it.
         mean = a / (a + shape_b)

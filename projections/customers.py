@@ -39,6 +39,19 @@ log = logging.getLogger(__name__)
 VIEW = "customers_view"  # also the name of its row in `positions`
 DOCS = "customers_docs"
 FACTS = segment_sql.TABLE
+# The list filters over VIEW (allow-list: the only SQL a request can select; values are
+# parameters), shared by the listing, reports and model fits.
+FILTERS = {
+    "status": "status = %(status)s",
+    "country": "country_code = %(country)s",
+    "city": "lower(city) = lower(%(city)s)",
+    "gender": "gender = %(gender)s",
+    "tags": "tags @> %(tags)s::text[]",
+    "age_min": "age >= %(age_min)s",
+    "age_max": "age <= %(age_max)s",
+    "created_from": "created_at >= %(created_from)s",
+    "created_to": "created_at <= %(created_to)s",
+}
 
 _PREFIX = "domain.customer:Customer."  # every Customer event; other aggregates are skipped
 CREATED = _PREFIX + "Created"

@@ -1,12 +1,21 @@
-"""purchase_models: per organization, the BG/NBD and Gamma-Gamma fits and the RFM quintile
-breaks, fitted in the background from `customer_facts` (profile history + tracked purchases).
+"""model_fits: BG/NBD (purchases) and Gamma-Gamma (spend) fits of an organization's tracked
+purchases as of a calibration end, with optional holdout validation; and the RFM quantile
+samples the insights score against.
 
-The fit uses every buyer's (x repeat purchases, t_x, T) in days as of the fit; spend is fitted
-in the organization's main currency (the most common one among buyers), on the customers'
-average order value (all orders, not only repeat ones: the facts keep no per-order values).
+Purchase occasions are calendar days (UTC): several purchases on one day are one occasion worth
+their sum, the convention of the published models; the first occasion is not a repeat. As of
+the calibration end c, a customer whose first occasion is on day f and last on day l, with
+x + 1 occasions, has x repeat purchases, t_x = l - f and T = c - f (days). Spend is fitted on
+the mean value of the repeat occasions, in the organization's main currency (the most common
+among purchases; customers who also bought in another currency are left out of the spend
+model). Fits run in the segments process, one at a time, each in one transaction (a crash
+leaves the fit QUEUED, to be run again); a successful fit of the whole base is the model the
+insights use until the next. Deterministic: the same data in the same order give the same fit.
+
 For RFM, the buyers' recency (days), frequency (orders) and monetary value (total spent, main
-currency) are kept as 1,001-point quantile samples (actual values, so ties keep their mass): a
-customer's score against the sample is within 0.1 percentile of the score against everyone.
+currency) from `customer_facts` are kept as 1,001-point quantile samples (actual values, so
+ties keep their mass): a customer's score against the sample is within 0.1 percentile of the
+score against everyone.
 """
 
 from __future__ import annotations
@@ -15,166 +24,384 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from domain.purchase_model import BgNbdFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma
+from domain.values import utc_iso
+from projections.customers import FILTERS
 
 log = logging.getLogger(__name__)
 
-TABLE = "purchase_models"
 SAMPLE = np.linspace(0.0, 1.0, 1001)
 ENROL_SECONDS = 600.0
+FREQUENCY_GROUPS = 8  # 0, 1, ..., 6, 7+ repeat purchases in the calibration period
 
-BUYERS = """
-SELECT order_count - 1,
-    extract(epoch FROM last_purchase_at - first_purchase_at) / 86400,
-    extract(epoch FROM %(as_of)s - first_purchase_at) / 86400,
-    extract(epoch FROM %(as_of)s - last_purchase_at) / 86400,
-    average_order_value, total_spent, spend_currency
+COLUMNS = (
+    "id, state, requested_at, requested_by, calibration_end, holdout_end, selection,"
+    " finished_at, currency, customers, repeat_purchases, bgnbd, gamma_gamma, rfm_base,"
+    " validation, error"
+)
+QUEUE = (
+    "INSERT INTO model_fits (id, org_id, state, requested_by, calibration_end, holdout_end,"  # noqa: S608
+    f" selection) VALUES (%s, %s, 'QUEUED', %s, %s, %s, %s) RETURNING {COLUMNS}"
+)
+ONE = f"SELECT {COLUMNS} FROM model_fits WHERE id = %s AND org_id = %s"  # noqa: S608
+LIST = (
+    f"SELECT {COLUMNS} FROM model_fits WHERE org_id = %s"  # noqa: S608
+    " ORDER BY requested_at DESC, id LIMIT %s"
+)
+# The model insights and reports use: the organization's latest successful whole-base fit.
+LOAD = (
+    f"SELECT {COLUMNS} FROM model_fits WHERE org_id = %s AND state = 'SUCCEEDED'"  # noqa: S608
+    " AND selection IS NULL ORDER BY finished_at DESC LIMIT 1"
+)
+CLAIM = (
+    "SELECT id, org_id, calibration_end, holdout_end, selection FROM model_fits"
+    " WHERE state = 'QUEUED' ORDER BY requested_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+FINISH = """
+UPDATE model_fits SET state = %(state)s, finished_at = now(),
+    calibration_end = %(calibration_end)s, currency = %(currency)s, customers = %(customers)s,
+    repeat_purchases = %(repeat)s, bgnbd = %(bgnbd)s, gamma_gamma = %(gg)s,
+    rfm_base = %(base)s, validation = %(validation)s, error = %(error)s
+WHERE id = %(id)s
+"""
+# A daily whole-base fit for organizations whose latest one is older than allowed (and none
+# is queued), and a first one for organizations with customers and no fit yet.
+SCHEDULE = """
+INSERT INTO model_fits (id, org_id, state, requested_by)
+SELECT gen_random_uuid(), org_id, 'QUEUED', 'schedule' FROM model_fits
+WHERE selection IS NULL GROUP BY org_id
+HAVING max(requested_at) < now() - make_interval(secs => %s)
+    AND NOT bool_or(state = 'QUEUED')
+"""
+ENROL = """
+INSERT INTO model_fits (id, org_id, state, requested_by)
+SELECT gen_random_uuid(), f.org_id, 'QUEUED', 'schedule'
+FROM (SELECT DISTINCT org_id FROM segment_facts) f
+WHERE NOT EXISTS (SELECT 1 FROM model_fits m WHERE m.org_id = f.org_id)
+"""
+
+# Purchase occasions (days) up to %(until)s, per customer, of the selected customers.
+_DAYS = """
+WITH days AS (
+    SELECT customer_id, (occurred_at AT TIME ZONE 'UTC')::date AS day,
+        sum((event_data->>'amount')::numeric) AS value,
+        min(upper(event_data->>'currency')) AS currency,
+        count(DISTINCT upper(event_data->>'currency')) AS currencies
+    FROM customer_events
+    WHERE org_id = %(org)s AND event_type = 'PURCHASE' AND occurred_at <= %(until)s {where}
+    GROUP BY 1, 2
+)
+"""
+OCCASIONS = (
+    _DAYS
+    + """
+SELECT customer_id, count(*) - 1,
+    max(day) - min(day),
+    extract(epoch FROM %(until)s - (min(day)::timestamp AT TIME ZONE 'UTC')) / 86400,
+    (sum(value) - (array_agg(value ORDER BY day))[1]) / nullif(count(*) - 1, 0),
+    CASE WHEN max(currencies) = 1 AND min(currency) = max(currency) THEN min(currency) END
+FROM days GROUP BY customer_id ORDER BY customer_id
+"""
+)
+CURRENCIES = _DAYS + "SELECT currency, count(*) FROM days GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1"  # noqa: S608
+HOLDOUT_DAYS = """
+SELECT DISTINCT customer_id, (occurred_at AT TIME ZONE 'UTC')::date
+FROM customer_events
+WHERE org_id = %(org)s AND event_type = 'PURCHASE'
+    AND occurred_at > %(until)s AND occurred_at <= %(holdout)s AND customer_id = ANY(%(ids)s)
+"""
+FACTS = """
+SELECT extract(epoch FROM %(until)s - last_purchase_at) / 86400, order_count,
+    CASE WHEN upper(spend_currency) = %(currency)s THEN total_spent END
 FROM customer_facts
 WHERE org_id = %(org)s AND status <> 'DELETED' AND order_count > 0
-    AND first_purchase_at IS NOT NULL AND last_purchase_at <= %(as_of)s
+    AND last_purchase_at <= %(until)s {where}
 """
-SAVE = """
-INSERT INTO purchase_models AS m (org_id, fitted_at, observed_until, currency, customers,
-    repeat_buyers, bgnbd, gamma_gamma, rfm_base, error)
-VALUES (%(org)s, now(), %(as_of)s, %(currency)s, %(customers)s, %(repeat)s, %(bgnbd)s,
-    %(gg)s, %(base)s, %(error)s)
-ON CONFLICT (org_id) DO UPDATE SET fitted_at = excluded.fitted_at,
-    observed_until = excluded.observed_until, currency = excluded.currency,
-    customers = excluded.customers, repeat_buyers = excluded.repeat_buyers,
-    bgnbd = excluded.bgnbd, gamma_gamma = excluded.gamma_gamma,
-    rfm_base = excluded.rfm_base, error = excluded.error
-"""
-REQUEST = (
-    "INSERT INTO purchase_models (org_id, requested_at) VALUES (%s, now())"
-    " ON CONFLICT (org_id) DO UPDATE SET requested_at = now()"
-    " RETURNING requested_at"
-)
-# Organizations with customers and no model yet, and models requested or older than allowed.
-ENROL = (
-    "INSERT INTO purchase_models (org_id, requested_at)"
-    " SELECT DISTINCT org_id, now() FROM segment_facts ON CONFLICT DO NOTHING"
-)
-DUE = (
-    "SELECT org_id FROM purchase_models"
-    " WHERE requested_at > coalesce(fitted_at, '-infinity')"
-    " OR fitted_at < now() - make_interval(secs => %s) ORDER BY org_id"
-)
-LOAD = (
-    "SELECT fitted_at, observed_until, currency, customers, repeat_buyers, bgnbd, gamma_gamma,"
-    " rfm_base, error, requested_at FROM purchase_models WHERE org_id = %s"
-)
+
+
+def selection_sql(
+    selection: dict[str, Any] | None, column: str = "customer_id"
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """` AND <column> IN (...)` for a segment's current members or list filters (stored as
+    their FILTERS parameters)."""
+    if not selection:
+        return sql.SQL(""), {}
+    if "segmentId" in selection:
+        members: sql.Composable = sql.SQL(
+            "SELECT customer_id FROM segment_membership"
+            " WHERE segment_id = %(segment)s AND left_at IS NULL"
+        )
+        params: dict[str, Any] = {"segment": UUID(selection["segmentId"])}
+    else:
+        params = dict(selection["filters"])
+        members = sql.SQL("SELECT id FROM customers_view WHERE org_id = %(org)s AND {}").format(
+            sql.SQL(" AND ").join(sql.SQL(FILTERS[k]) for k in params)
+        )
+    return sql.SQL(" AND {} IN ({})").format(sql.Identifier(column), members), params
 
 
 @dataclass(frozen=True)
 class Model:
-    fitted_at: datetime | None
-    observed_until: datetime | None
-    currency: str | None  # folded, as in the facts
+    id: UUID
+    state: str
+    requested_at: datetime
+    requested_by: str
+    calibration_end: datetime | None
+    holdout_end: datetime | None
+    selection: dict[str, Any] | None
+    finished_at: datetime | None
+    currency: str | None
     customers: int
-    repeat_buyers: int
+    repeat_purchases: int
     bgnbd: BgNbdFit | None
     gamma_gamma: GammaGammaFit | None
     rfm_base: dict[str, list[float]]  # recency, frequency, monetary: sorted samples
+    validation: dict[str, Any] | None
     error: str | None
-    requested_at: datetime | None
+
+    def summary(self) -> dict[str, Any]:
+        """What an answer computed with this model says about it."""
+        return {
+            "id": str(self.id),
+            "calibrationEnd": self.calibration_end and utc_iso(self.calibration_end),
+            "customers": self.customers,
+            "currency": self.currency,
+        }
 
     def public(self) -> dict[str, Any]:
         return {
-            "status": "FITTED" if self.bgnbd else "FAILED" if self.error else "PENDING",
-            "fittedAt": self.fitted_at and self.fitted_at.isoformat(),
-            "observedUntil": self.observed_until and self.observed_until.isoformat(),
-            "requestedAt": self.requested_at and self.requested_at.isoformat(),
-            "currency": self.currency and self.currency.upper(),
-            "sampleSize": {"customers": self.customers, "repeatBuyers": self.repeat_buyers},
+            "id": str(self.id),
+            "state": self.state,
+            "requestedAt": utc_iso(self.requested_at),
+            "requestedBy": self.requested_by,
+            "calibrationEnd": self.calibration_end and utc_iso(self.calibration_end),
+            "holdoutEnd": self.holdout_end and utc_iso(self.holdout_end),
+            "selection": self.selection,
+            "finishedAt": self.finished_at and utc_iso(self.finished_at),
+            "currency": self.currency,
+            "customers": self.customers,
+            "repeatPurchases": self.repeat_purchases,
             "bgnbd": self.bgnbd and _params(self.bgnbd, ("r", "alpha", "a", "b")),
             "gammaGamma": self.gamma_gamma and _params(self.gamma_gamma, ("p", "q", "gamma")),
             "rfmQuintileBreaks": {k: v[200:1000:200] for k, v in self.rfm_base.items()},
+            "validation": self.validation,
             "error": self.error,
         }
 
 
-def _params(fit: Any, names: tuple[str, ...]) -> dict[str, float]:
-    return {**{n: getattr(fit, n) for n in names}, "logLikelihood": fit.log_likelihood}
+def _params(fit: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """Parameters as fitted (per day for the BG/NBD rates), the likelihood and the sample;
+    a fit only exists when the optimiser converged (domain.purchase_model)."""
+    return {
+        **{n: getattr(fit, n) for n in names},
+        "timeUnit": "day",
+        "logLikelihood": fit.log_likelihood,
+        "sampleSize": fit.sample_size,
+        "converged": True,
+    }
 
 
 def load(row: tuple[Any, ...] | None) -> Model | None:
     if row is None:
         return None
-    fitted, until, currency, customers, repeat, bg, gg, base, error, requested = row
+    (fid, state, requested, by, cal, hold, sel, done, cur, n, repeat, bg, gg, base, val, err) = row
     return Model(
-        fitted,
-        until,
-        currency,
-        customers or 0,
+        fid,
+        state,
+        requested,
+        by,
+        cal,
+        hold,
+        sel,
+        done,
+        cur,
+        n or 0,
         repeat or 0,
         BgNbdFit(**bg) if bg else None,
         GammaGammaFit(**gg) if gg else None,
         base or {},
-        error,
-        requested,
+        val,
+        err,
     )
 
 
-def fit(conn: psycopg.Connection[Any], org: str, as_of: datetime) -> dict[str, Any]:
-    """Fit the organization's models as of `as_of` and save them (or the reason they could
-    not be fitted); returns what was saved."""
-    rows = conn.execute(BUYERS, {"org": org, "as_of": as_of}).fetchall()
-    saved: dict[str, Any] = {
-        "org": org,
-        "as_of": as_of,
+@dataclass(frozen=True)
+class Occasions:
+    """The selected buyers as of a calibration end (one element per customer)."""
+
+    ids: list[UUID]
+    x: np.ndarray[Any, np.dtype[np.float64]]
+    t_x: np.ndarray[Any, np.dtype[np.float64]]
+    T: np.ndarray[Any, np.dtype[np.float64]]
+    repeat_mean: np.ndarray[Any, np.dtype[np.float64]]  # nan: no repeat or other currency
+
+
+def occasions(
+    conn: psycopg.Connection[Any], org: str, until: datetime, selection: dict[str, Any] | None
+) -> tuple[Occasions, str | None]:
+    where, params = selection_sql(selection)
+    params = {**params, "org": org, "until": until}
+    top = conn.execute(sql.SQL(CURRENCIES).format(where=where), params).fetchone()
+    currency = top[0] if top else None
+    rows = conn.execute(sql.SQL(OCCASIONS).format(where=where), params).fetchall()
+    mean = [float(r[4]) if r[4] is not None and r[5] == currency else np.nan for r in rows]
+    return (
+        Occasions(
+            [r[0] for r in rows],
+            np.array([r[1] for r in rows], dtype=np.float64),
+            np.array([r[2] for r in rows], dtype=np.float64),
+            np.array([float(r[3]) for r in rows], dtype=np.float64),
+            np.array(mean, dtype=np.float64),
+        ),
+        currency,
+    )
+
+
+def fit(
+    conn: psycopg.Connection[Any],
+    org: str,
+    until: datetime,
+    holdout: datetime | None = None,
+    selection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The organization's fits as of `until` (and their validation up to `holdout`), as the
+    FINISH parameters; FAILED with the reason when there is too little data."""
+    done: dict[str, Any] = {
+        "state": "FAILED",
+        "calibration_end": until,
         "currency": None,
-        "customers": len(rows),
+        "customers": 0,
         "repeat": 0,
         "bgnbd": None,
         "gg": None,
         "base": None,
+        "validation": None,
         "error": None,
     }
     try:
-        if not rows:
-            raise ValueError("no customer has purchased yet")
-        data = np.array([r[:4] for r in rows], dtype=np.float64)
-        x, t_x, age, recency = data.T
-        currencies = [r[6] for r in rows if r[6] is not None]
-        main = max(set(currencies), key=currencies.count) if currencies else None
-        in_main = [i for i, r in enumerate(rows) if main is not None and r[6] == main]
-        aov = np.array([float(rows[i][4]) for i in in_main], dtype=np.float64)
-        spent = np.array([float(rows[i][5]) for i in in_main], dtype=np.float64)
-        base = {"recency": _sample(recency), "frequency": _sample(x + 1)}
-        if spent.size:
-            base["monetary"] = _sample(spent)
-        saved.update(currency=main, repeat=int((x[in_main] > 0).sum()), base=Jsonb(base))
-        saved["bgnbd"] = Jsonb(vars(fit_bgnbd(x, t_x, age)))
-        saved["gg"] = Jsonb(vars(fit_gamma_gamma(x[in_main], aov)))
+        data, currency = occasions(conn, org, until, selection)
+        done.update(customers=len(data.ids), repeat=int(data.x.sum()), currency=currency)
+        bg = fit_bgnbd(data.x, data.t_x, data.T)
+        repeat_buyers = data.repeat_mean > 0  # nan compares false
+        gg = fit_gamma_gamma(data.x[repeat_buyers], data.repeat_mean[repeat_buyers])
+        done.update(state="SUCCEEDED", bgnbd=Jsonb(vars(bg)), gg=Jsonb(vars(gg)))
+        done["base"] = Jsonb(rfm_base(conn, org, until, currency, selection))
+        if holdout is not None:
+            validation = validate(conn, bg, data, org=org, until=until, holdout=holdout)
+            done["validation"] = Jsonb(validation)
     except ValueError as e:  # too little data, or the optimiser failed
-        saved["error"] = str(e)
-    conn.execute(SAVE, saved)
-    return saved
+        done["error"] = str(e)
+    return done
+
+
+def rfm_base(
+    conn: psycopg.Connection[Any],
+    org: str,
+    until: datetime,
+    currency: str | None,
+    selection: dict[str, Any] | None,
+) -> dict[str, list[float]]:
+    where, params = selection_sql(selection, "id")
+    rows = conn.execute(
+        sql.SQL(FACTS).format(where=where),
+        {**params, "org": org, "until": until, "currency": currency},
+    ).fetchall()
+    base: dict[str, list[float]] = {}
+    if rows:
+        base["recency"] = _sample([float(r[0]) for r in rows])
+        base["frequency"] = _sample([r[1] for r in rows])
+        spent = [float(r[2]) for r in rows if r[2] is not None]
+        if spent:
+            base["monetary"] = _sample(spent)
+    return base
+
+
+def validate(
+    conn: psycopg.Connection[Any],
+    bg: BgNbdFit,
+    data: Occasions,
+    *,
+    org: str,
+    until: datetime,
+    holdout: datetime,
+) -> dict[str, Any]:
+    """Predicted against actual repeat purchases in (until, holdout] of the calibration
+    customers: by calibration frequency, week by week cumulatively, and per customer."""
+    length = (holdout - until).total_seconds() / 86400
+    index = {cid: i for i, cid in enumerate(data.ids)}
+    actual_days: list[list[float]] = [[] for _ in data.ids]
+    params = {"org": org, "until": until, "holdout": holdout, "ids": data.ids}
+    for cid, day in conn.execute(HOLDOUT_DAYS, params):
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        # A day's purchases count from the start of the day, but not before the holdout.
+        actual_days[index[cid]].append(max((start - until).total_seconds() / 86400, 0.0))
+    actual = np.array([len(d) for d in actual_days], dtype=np.float64)
+    predicted = bg.expected_purchases(np.full(len(data.ids), length), data.x, data.t_x, data.T)
+    groups = np.minimum(data.x, FREQUENCY_GROUPS - 1).astype(int)
+    by_frequency = [
+        {
+            "repeatPurchases": str(g) if g < FREQUENCY_GROUPS - 1 else f"{g}+",
+            "customers": int((groups == g).sum()),
+            "predicted": float(predicted[groups == g].mean()),
+            "actual": float(actual[groups == g].mean()),
+        }
+        for g in range(FREQUENCY_GROUPS)
+        if (groups == g).any()
+    ]
+    weeks = max(1, int(np.ceil(length / 7)))
+    moments = np.array([min(7.0 * w, length) for w in range(1, weeks + 1)])
+    all_days = np.array(sorted(d for days in actual_days for d in days), dtype=np.float64)
+    cumulative = [
+        {
+            "week": w + 1,
+            "end": utc_iso(until + timedelta(days=float(t))),
+            "predicted": float(
+                bg.expected_purchases(np.full(len(data.ids), t), data.x, data.t_x, data.T).sum()
+            ),
+            "actual": int(np.searchsorted(all_days, t, side="right")),
+        }
+        for w, t in enumerate(moments)
+    ]
+    return {
+        "holdoutDays": length,
+        "customers": len(data.ids),
+        "byFrequency": by_frequency,
+        "cumulative": cumulative,
+        "totals": {"predicted": float(predicted.sum()), "actual": int(actual.sum())},
+        "meanAbsoluteError": float(np.abs(predicted - actual).mean()),
+    }
 
 
 def _sample(values: Any) -> list[float]:
     return [float(v) for v in np.quantile(values, SAMPLE, method="inverted_cdf")]
 
 
-def fit_due(conn: psycopg.Connection[Any], max_age_hours: float) -> int:
-    """Fit every organization whose model is requested or older than allowed."""
-    due = [r[0] for r in conn.execute(DUE, (max_age_hours * 3600,))]
-    for org in due:
-        fit(conn, org, datetime.now(UTC))
-    return len(due)
+def run_next(conn: psycopg.Connection[Any]) -> bool:
+    """Run the oldest queued fit, in one transaction; False when none is queued."""
+    with conn.transaction():
+        claimed = conn.execute(CLAIM).fetchone()
+        if claimed is None:
+            return False
+        fid, org, until, holdout, selection = claimed
+        done = fit(conn, org, until or datetime.now(UTC), holdout, selection)
+        conn.execute(FINISH, {**done, "id": fid})
+    log.info("model fit", extra={"fit": str(fid), "state": done["state"]})
+    return True
 
 
 def fit_forever(database_url: str, max_age_hours: float, stop: threading.Event) -> None:
-    """The segments process's model-fitting thread: fits what is due every few seconds, and
-    enrols organizations without a model every ten minutes (a scan of the facts)."""
+    """The segments process's model-fitting thread: runs queued fits, schedules the daily
+    ones, and enrols organizations without a fit every ten minutes (a scan of the facts)."""
     enrolled = 0.0
     while not stop.is_set():
         try:
@@ -183,8 +410,10 @@ def fit_forever(database_url: str, max_age_hours: float, stop: threading.Event) 
                     if time.monotonic() - enrolled > ENROL_SECONDS:
                         conn.execute(ENROL)
                         enrolled = time.monotonic()
-                    fit_due(conn, max_age_hours)
-                    stop.wait(2.0)
+                    conn.execute(SCHEDULE, (max_age_hours * 3600,))
+                    while run_next(conn):
+                        pass
+                    stop.wait(1.0)
         except Exception:
             log.exception("model fitting failed; retrying")
             stop.wait(5.0)

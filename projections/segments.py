@@ -23,6 +23,7 @@ REDEFINE = (
     " updated_at = %s, version = %s WHERE id = %s"
 )
 SELECT_DEFINITION = "SELECT definition FROM segments_view WHERE id = %s"
+EXISTS = "SELECT 1 FROM segments_view WHERE org_id = %s AND id = %s"
 SET_STATUS = "UPDATE segments_view SET status = %s, updated_at = %s, version = %s WHERE id = %s"
 DELETE = "DELETE FROM segments_view WHERE id = %s"
 TRUNCATE = "TRUNCATE segments_view"

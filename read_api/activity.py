@@ -1,6 +1,5 @@
 """Customer metrics and insights from tracked activity and profile facts:
-`GET /customers/{id}/analytics`, `GET /customers/{id}/insights`, and the organization's
-fitted models, `GET /customers/insights/model`.
+`GET /customers/{id}/analytics` and `GET /customers/{id}/insights`.
 
 Totals come from `customer_facts` (profile purchase history + tracked events, the values
 segment criteria see); engagement windows, channels, types and devices are counted from
@@ -9,15 +8,16 @@ segment criteria see); engagement windows, channels, types and devices are count
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request
+from psycopg import sql
 
 from domain import rfm
 from domain.errors import Code, DomainError
-from domain.purchase_model import predicted_value
 from domain.values import utc_iso
 from projections import purchase_models
 from read_api import paging
@@ -138,9 +138,12 @@ def _devices(rows: list[Any], personal: bool) -> list[dict[str, Any]]:
 
 
 INSIGHT_FACTS = (
-    "SELECT order_count, first_purchase_at, last_purchase_at, average_order_value,"
-    " total_spent, spend_currency"
+    "SELECT order_count, last_purchase_at, total_spent, upper(spend_currency)"
     " FROM customer_facts WHERE id = %s AND org_id = %s AND status <> 'DELETED'"
+)
+# The customer's purchase days as the model fits count them.
+OCCASIONS = sql.SQL(purchase_models.OCCASIONS).format(
+    where=sql.SQL(" AND customer_id = %(customer)s")
 )
 # Preferred channel and category (most frequent; ties by name), and the events of the last
 # 30 days against the 30 before.
@@ -168,21 +171,6 @@ def trend(recent: int, previous: int) -> str:
 
 
 @router.get(
-    "/insights/model",
-    responses={200: {"description": "The organization's fitted models"}, **_ERRORS},
-)
-async def purchase_model(request: Request, principal: CanRead) -> dict[str, Any]:
-    """The organization's purchase (BG/NBD) and spend (Gamma-Gamma) models: parameters, fit
-    date, sample sizes, RFM quintile breaks; status PENDING until the first fit."""
-    async with paging.pool(request).connection() as conn:
-        row = await (await conn.execute(purchase_models.LOAD, (principal.org,))).fetchone()
-    model = purchase_models.load(row)
-    if model is None:
-        return {"status": "PENDING"}
-    return model.public()
-
-
-@router.get(
     "/{id}/insights",
     responses={
         200: {
@@ -193,23 +181,27 @@ async def purchase_model(request: Request, principal: CanRead) -> dict[str, Any]
     },
 )
 async def customer_insights(request: Request, principal: CanRead, id: UUID) -> dict[str, Any]:
-    """RFM scores against the organization's buyers and the predictions of its fitted models
-    (null until a model is fitted, for customers without a purchase, and, for value, for
-    customers buying in another currency than the model's)."""
+    """RFM scores against the organization's buyers and the predictions of the model in use
+    (its latest whole-base fit) from the customer's tracked purchase days: null until a model
+    is fitted, for customers without a tracked purchase, and, for value, for customers buying
+    in another currency than the model's."""
+    now = datetime.now(UTC)
     async with paging.pool(request).connection() as conn:
         facts = await (await conn.execute(INSIGHT_FACTS, (id, principal.org))).fetchone()
         if facts is None:
             raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
         row = await (await conn.execute(purchase_models.LOAD, (principal.org,))).fetchone()
         habits = await (await conn.execute(HABITS, {"id": id})).fetchone()
+        params = {"org": principal.org, "until": now, "customer": id}
+        days = await (await conn.execute(OCCASIONS, params)).fetchone()
     assert habits is not None
     channel, category, recent, previous = habits
-    now = datetime.now(UTC)
     model = purchase_models.load(row)
     return {
         "customerId": str(id),
         "asOf": utc_iso(now),
-        **predictions(model, facts, now),
+        "rfm": model and rfm_scores(model, facts, now),
+        **predictions(model, days),
         "preferredChannel": channel,
         "preferredCategory": category,
         "engagementTrend": {
@@ -217,50 +209,48 @@ async def customer_insights(request: Request, principal: CanRead, id: UUID) -> d
             "last30Days": recent,
             "previous30Days": previous,
         },
-        "model": None
-        if model is None or model.fitted_at is None
-        else {
-            "fittedAt": utc_iso(model.fitted_at),
-            "sampleSize": model.customers,
-            "currency": model.currency and model.currency.upper(),
-        },
+        "model": model and model.summary(),
     }
 
 
+def rfm_scores(
+    model: purchase_models.Model, facts: tuple[Any, ...], now: datetime
+) -> dict[str, Any] | None:
+    orders, last, spent, currency = facts
+    base = model.rfm_base
+    if not orders or last is None or not base.get("recency") or not base.get("frequency"):
+        return None
+    r = rfm.quintile((now - last).total_seconds() / 86400, base["recency"], higher_is_better=False)
+    f = rfm.quintile(float(orders), base["frequency"])
+    same_money = currency == model.currency and spent is not None and "monetary" in base
+    m = rfm.quintile(float(spent), base["monetary"]) if same_money else None
+    return {"recency": r, "frequency": f, "monetary": m, "segment": rfm.segment_name(r, f)}
+
+
+def finite(value: float) -> float | None:
+    """Rounded; None where a degenerate fit leaves the model without a number."""
+    return round(value, 6) if math.isfinite(value) else None
+
+
 def predictions(
-    model: purchase_models.Model | None, facts: tuple[Any, ...], now: datetime
+    model: purchase_models.Model | None, days: tuple[Any, ...] | None
 ) -> dict[str, Any]:
-    orders, first, last, aov, spent, currency = facts
-    none: dict[str, Any] = {
-        "rfm": None,
+    out: dict[str, Any] = {
         "probabilityAlive": None,
         "expectedPurchases90Days": None,
         "predictedValue12Months": None,
     }
-    if model is None or not orders or first is None or last is None:
-        return none
-    x = float(orders - 1)
-    t_x = (last - first).total_seconds() / 86400
-    age = max((now - first).total_seconds() / 86400, t_x)
-    recency = (now - last).total_seconds() / 86400
-    out = dict(none)
-    base = model.rfm_base
-    if base.get("recency") and base.get("frequency"):
-        r = rfm.quintile(recency, base["recency"], higher_is_better=False)
-        f = rfm.quintile(float(orders), base["frequency"])
-        same_money = currency == model.currency and spent is not None and "monetary" in base
-        m = rfm.quintile(float(spent), base["monetary"]) if same_money else None
-        out["rfm"] = {
-            "recency": r,
-            "frequency": f,
-            "monetary": m,
-            "segment": rfm.segment_name(r, f),
-        }
-    if model.bgnbd is not None:
-        out["probabilityAlive"] = round(model.bgnbd.p_alive(x, t_x, age), 6)
-        out["expectedPurchases90Days"] = round(model.bgnbd.expected_purchases(90, x, t_x, age), 6)
-        gg = model.gamma_gamma
-        if gg is not None and currency == model.currency and aov is not None:
-            value = predicted_value(model.bgnbd, gg, 365, x, t_x, age, float(aov))
-            out["predictedValue12Months"] = money(value, currency.upper())
+    if model is None or model.bgnbd is None or days is None:
+        return out
+    _, x, t_x, age, repeat_mean, currency = days
+    x, t_x, age = float(x), float(t_x), float(age)
+    out["probabilityAlive"] = finite(model.bgnbd.p_alive(x, t_x, age))
+    out["expectedPurchases90Days"] = finite(model.bgnbd.expected_purchases(90, x, t_x, age))
+    gg = model.gamma_gamma
+    if gg is not None and currency is not None and currency == model.currency:
+        # Without a repeat occasion of positive value, the population's mean spend applies.
+        mean = float(repeat_mean or 0)
+        spend = gg.expected_average_value(x if mean > 0 else 0.0, mean)
+        value = finite(model.bgnbd.expected_purchases(365, x, t_x, age) * spend)
+        out["predictedValue12Months"] = money(value, currency)
     return out

@@ -16,7 +16,7 @@ from eventstore.application import EVENTS_TABLE
 from eventstore.keys import LazyKeyring
 from projections.customers import VIEW, use_raw_json
 from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
-from read_api import activity, customers, personal_data, privacy, segments
+from read_api import activity, customers, models, personal_data, privacy, reports, segments
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
@@ -78,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Before the customers router too: /customers/{id}/data is not /customers/{id}.
     app.include_router(personal_data.router)
     app.include_router(activity.router)
+    app.include_router(models.router)
+    app.include_router(reports.router)
     app.include_router(customers.router)
     app.include_router(privacy.router)
 

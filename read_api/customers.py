@@ -30,7 +30,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
 from eventstore.keys import LazyKeyring
-from projections.customers import DOCS, VIEW
+from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from service.auth import CanRead, Permission, Principal
@@ -69,17 +69,6 @@ _SORT_KEYS = {
     "email": 'lower(email) COLLATE "C"',
 }
 _TIME_SORTS = frozenset({"createdAt", "updatedAt", "lastActivity"})
-_FILTERS = {
-    "status": "status = %(status)s",
-    "country": "country_code = %(country)s",
-    "city": "lower(city) = lower(%(city)s)",
-    "gender": "gender = %(gender)s",
-    "tags": "tags @> %(tags)s::text[]",
-    "age_min": "age >= %(age_min)s",
-    "age_max": "age <= %(age_max)s",
-    "created_from": "created_at >= %(created_from)s",
-    "created_to": "created_at <= %(created_to)s",
-}
 # q (prefix of e-mail OR name) is a UNION of two branches, each a plain conjunction the
 # planner can serve from one index (the sort index's range when q is on the sort field).
 _PREFIXES = (
@@ -152,7 +141,7 @@ def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) 
     key = sql.SQL(_SORT_KEYS[sort.field])
     direction = sql.SQL("DESC" if sort.descending else "ASC")
     where: list[sql.Composable] = [sql.SQL("org_id = %(org)s")]
-    where += [sql.SQL(_FILTERS[f]) for f in filters]
+    where += [sql.SQL(FILTERS[f]) for f in filters]
     if "created_from" in filters and sort.field in _IMPLIED_BY_CREATED_FROM:
         where.append(sql.SQL("{} >= %(created_from)s").format(key))
     if after:
@@ -318,7 +307,7 @@ async def list_customers(
     if cursor is not None:
         params["after_key"], params["after_id"] = codec.decode(cursor, sort)
 
-    filters = tuple(f for f in _FILTERS if f in params)
+    filters = tuple(f for f in FILTERS if f in params)
     query = list_query(sort, filters, cursor is not None, q is not None)
     async with paging.pool(request).connection() as conn:
         # Not prepared: a custom plan per request lets the planner see the actual values

@@ -7,19 +7,22 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from psycopg.types.json import Jsonb
 
 from domain.activity import Batch, TrackedEvent, check_times
 from domain.consent import ConsentChange
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
+from domain.selection import filter_params
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from projections import purchase_models
+from projections import segments as segments_view
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
 from service.auth import (
@@ -44,6 +47,7 @@ from write_api.schemas import (
     CustomerUpdate,
     EmailVerification,
     MemberAssignment,
+    ModelFitRequest,
     SegmentCreate,
     SegmentUpdate,
 )
@@ -240,22 +244,58 @@ tracking_routes = APIRouter(tags=["tracking"])
 
 
 @tracking_routes.post(
-    PREFIX + "/insights/model",
+    PREFIX + "/analytics/models",
     status_code=202,
-    responses={202: {"description": "Queued; poll the Location"}, **_ERRORS},
+    responses={202: {"description": "The queued fit; poll the Location"}, **_ERRORS},
 )
-def fit_purchase_model(principal: CanSegments, request: Request) -> Response:
-    """Fit the organization's purchase and spend models again now (they are also fitted
-    daily); the segments process picks the request up within seconds."""
+def fit_models(body: ModelFitRequest, principal: CanSegments, request: Request) -> Response:
+    """Fit the purchase and spend models as of `calibrationEnd` (default now), optionally
+    validated on a holdout up to `holdoutEnd`, for every customer or a selection; the
+    segments process runs it within seconds. A whole-base fit becomes the model insights use."""
+    now = datetime.now(UTC)
+    if body.calibration_end is not None and body.calibration_end > now:
+        raise invalid("calibrationEnd", "must not be in the future")
+    if body.holdout_end is not None:
+        if body.holdout_end > now:
+            raise invalid("holdoutEnd", "must not be in the future: actuals are needed")
+        if body.holdout_end <= (body.calibration_end or now):
+            raise invalid("holdoutEnd", "must be after calibrationEnd")
     commands: CustomerCommands = request.app.state.commands
     with commands.app.datastore.get_connection() as conn, conn.transaction():
-        requested = conn.execute(purchase_models.REQUEST, (principal.org,)).fetchone()
+        selection = _selection(conn, principal, body)
+        row = conn.execute(
+            purchase_models.QUEUE,
+            (
+                uuid4(),
+                principal.org,
+                principal.sub,
+                body.calibration_end,
+                body.holdout_end,
+                selection and Jsonb(selection),
+            ),
+            prepare=False,
+        ).fetchone()
+    fit = purchase_models.load(tuple(row.values()))
+    assert fit is not None
     return Response(
-        orjson.dumps({"status": "REQUESTED", "requestedAt": requested["requested_at"].isoformat()}),
+        orjson.dumps(fit.public()),
         status_code=202,
         media_type="application/json",
-        headers={"Location": PREFIX + "/insights/model"},
+        headers={"Location": f"{PREFIX}/analytics/models/{fit.id}"},
     )
+
+
+def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[str, Any] | None:
+    if body.segment_id is not None and body.filters is not None:
+        raise invalid("filters", "segmentId and filters are mutually exclusive")
+    if body.segment_id is not None:
+        found = conn.execute(segments_view.EXISTS, (principal.org, body.segment_id)).fetchone()
+        if found is None:
+            raise DomainError(Code.NOT_FOUND, f"segment {body.segment_id} not found")
+        return {"segmentId": str(body.segment_id)}
+    if body.filters is not None:
+        return {"filters": filter_params(body.filters, "filters")}
+    return None
 
 
 @tracking_routes.post(

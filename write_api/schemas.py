@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from domain.segment import SegmentDefinition, SegmentStatus
+from domain.selection import CustomerFilters
 from domain.values import CustomerStatus, Model, Profile
 from service.auth import Role
 
@@ -44,3 +45,18 @@ class MemberAssignment(Model):
 class ApiKeyCreate(Model):
     name: Annotated[str, Field(min_length=1, max_length=120)]
     roles: Annotated[list[Role], Field(min_length=1, max_length=6)]
+
+
+class ModelFitRequest(Model):
+    calibration_end: AwareDatetime | None = Field(
+        default=None, description="purchases up to this instant are fitted; default: now"
+    )
+    holdout_end: AwareDatetime | None = Field(
+        default=None, description="validate predictions against (calibrationEnd, holdoutEnd]"
+    )
+    segment_id: UUID | None = Field(
+        default=None, description="fit the segment's current members only (not with filters)"
+    )
+    filters: CustomerFilters | None = Field(
+        default=None, description="fit the customers the list filters select"
+    )

@@ -42,12 +42,14 @@ def test_another_organizations_objects_are_not_found(
     victim_segment = new_segment(http, owner, kind="STATIC", criteria=None)
     job = http.post(f"{CUSTOMERS}/segments/{victim_segment['id']}/calculate", headers=owner)
     key = http.post("/api/v1/api-keys", json={"name": "k", "roles": ["analyst"]}, headers=owner)
+    fit = http.post(f"{CUSTOMERS}/analytics/models", json={}, headers=owner)
     ids = {
         "customer_id": victim["id"],
         "id": victim["id"],
         "segment_id": victim_segment["id"],
         "job_id": job.json()["id"],
         "key_id": key.json()["id"],
+        "fit_id": fit.json()["id"],
     }
     intruder = auth("admin", org_id=f"intruder-{uuid.uuid4().hex[:6]}")
     checked = 0

@@ -1,0 +1,61 @@
+"""A selection of customers by the listing's filters (`GET /customers`), as reports and model
+fits take it in a body; `filter_params` turns it into the parameters of
+projections.customers.FILTERS, with the same rules as the list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints, field_validator
+
+from domain.errors import invalid
+from domain.values import CustomerStatus, Gender, Model, lookup_country
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Country = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+City = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Age = Annotated[int, Field(ge=0, le=150)]
+
+
+class CustomerFilters(Model):
+    status: CustomerStatus | None = None
+    country: Country | None = Field(default=None, description="ISO 3166 code or English name")
+    city: City | None = Field(default=None, description="case-insensitive")
+    gender: Gender | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = Field(
+        default=None, description="the customer has all of them"
+    )
+    age_min: Age | None = None
+    age_max: Age | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _not_deleted(cls, value: CustomerStatus | None) -> CustomerStatus | None:
+        if value is CustomerStatus.DELETED:
+            raise ValueError("deleted customers are never selected")
+        return value
+
+
+def filter_params(filters: CustomerFilters, field: str) -> dict[str, Any]:
+    """The parameters of projections.customers.FILTERS; errors name `field`.<name>."""
+    params: dict[str, Any] = {}
+    if filters.status is not None:
+        params["status"] = filters.status.value
+    if filters.country is not None:
+        try:
+            params["country"] = lookup_country(filters.country)[0]
+        except ValueError as e:
+            raise invalid(f"{field}.country", str(e)) from None
+    if filters.city is not None:
+        params["city"] = filters.city
+    if filters.gender is not None:
+        params["gender"] = filters.gender.value
+    if filters.tags:
+        params["tags"] = sorted(set(filters.tags))
+    if filters.age_min is not None:
+        params["age_min"] = filters.age_min
+    if filters.age_max is not None:
+        params["age_max"] = filters.age_max
+        if filters.age_min is not None and filters.age_min > filters.age_max:
+            raise invalid(f"{field}.ageMax", "must not be less than ageMin")
+    return params
