@@ -57,6 +57,7 @@ bench: install
 	$(VENV)/bin/python -m bench.segments
 	$(VENV)/bin/python -m bench.privacy
 	$(VENV)/bin/python -m bench.security
+	$(VENV)/bin/python -m bench.tracking
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
