@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from domain.activity import EventType
 from domain.errors import Code, DomainError, invalid
+from domain.values import storable_json, unstorable_field
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,20 @@ async def _storable_query(request: Request) -> None:
     for name, value in request.query_params.multi_items():
         if "\x00" in value:
             raise invalid(name, "must not contain NUL characters")
+
+
+async def storable_body(request: Request) -> None:
+    """For routes whose models skip the per-field storability check (tracked events): the raw
+    body is checked once, and only a refused one is walked to name the field."""
+    raw = await request.body()
+    if storable_json(raw):
+        return
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return  # not JSON at all: the body's own validation says so
+    field = unstorable_field(parsed) or "body"
+    raise invalid(field, "must not contain NUL characters or lone surrogates")
 
 
 def install(app: FastAPI) -> None:

@@ -301,6 +301,7 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
 @tracking_routes.post(
     PREFIX + "/{customer_id}/track",
     status_code=202,
+    dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
 )
 def track_event(
@@ -323,6 +324,7 @@ def track_event(
 @tracking_routes.post(
     PREFIX + "/track/batch",
     status_code=202,
+    dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
 )
 def track_batch(body: Batch, principal: CanTrack, request: Request) -> dict[str, Any]:

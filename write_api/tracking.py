@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import orjson
 import psycopg
@@ -54,12 +54,13 @@ STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS staged_events ("
     " id uuid, customer_id uuid, org_id text, event_type text, event_data jsonb, channel text,"
     " occurred_at timestamptz, received_at timestamptz, session_id uuid, device_info jsonb,"
-    " amount_cents bigint, currency text, category text) ON COMMIT DELETE ROWS"
+    " amount_cents bigint, currency text, category text, submission int)"
+    " ON COMMIT DELETE ROWS"
 )
 COPY = "COPY staged_events FROM STDIN (FORMAT BINARY)"
 _TYPES = (
     "uuid", "uuid", "text", "text", "jsonb", "text", "timestamptz", "timestamptz", "uuid",
-    "jsonb", "int8", "text", "text",
+    "jsonb", "int8", "text", "text", "int4",
 )  # fmt: skip
 PARTITIONS = (
     "SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC') FROM staged_events"
@@ -78,9 +79,10 @@ WITH new AS (
     FROM staged_events
     ON CONFLICT DO NOTHING
     RETURNING id, customer_id, occurred_at
-), added AS (
-    SELECT s.* FROM new JOIN staged_events s
+), added AS (  -- one staged row per new event, though a group may hold an event twice
+    SELECT DISTINCT ON (s.id, s.customer_id, s.occurred_at) s.* FROM new JOIN staged_events s
         ON s.id = new.id AND s.customer_id = new.customer_id AND s.occurred_at = new.occurred_at
+    ORDER BY s.id, s.customer_id, s.occurred_at, s.submission
 ), totals AS (
     SELECT customer_id, min(org_id) AS org_id, count(*) AS event_count,
         count(*) FILTER (WHERE event_type = 'PURCHASE') AS purchase_count,
@@ -123,7 +125,7 @@ WITH new AS (
 ), queued AS (
     INSERT INTO activity_changes SELECT customer_id FROM merged ON CONFLICT DO NOTHING
 )
-SELECT id, customer_id, occurred_at FROM new
+SELECT submission, count(*) FROM added GROUP BY submission
 """
 NOTIFY = f"NOTIFY {CHANGES_CHANNEL}"
 
@@ -142,6 +144,9 @@ class Submission:
     org_id: str
     events: Sequence[Any]  # domain.activity events, customer_id set
     received: datetime
+    # Events without an id get one derived from this and their index (redeliveries of a
+    # message are then the same events); without it, random ones.
+    id_seed: str | None = None
     future: Future[Result] = field(default_factory=Future)
 
 
@@ -225,7 +230,7 @@ class ActivityWriter:
             for cid, org, status, analytics in conn.execute(CUSTOMERS, (ids,))
         }
         plans: list[tuple[list[int], list[int], list[int], list[tuple[Any, ...]]]] = []
-        for s in group:
+        for n, s in enumerate(group):
             skipped: list[int] = []
             unknown: list[int] = []
             pending: list[int] = []
@@ -239,23 +244,26 @@ class ActivityWriter:
                 elif e.type in BEHAVIORAL and not c.analytics:
                     skipped.append(i)
                 else:
-                    rows.append(_row(s.org_id, e, s.received))
+                    event_id = e.event_id or (
+                        uuid5(NAMESPACE_URL, f"{s.id_seed}:{i}") if s.id_seed else uuid4()
+                    )
+                    rows.append(_row(s.org_id, event_id, e, s.received, n))
             # A request that cannot be stored whole stores nothing (no partial state).
             plans.append((skipped, unknown, pending, [] if unknown or pending else rows))
         staged = [r for *_, rows in plans for r in rows]
-        stored: set[tuple[UUID, UUID]] = set()
+        stored: dict[int, int] = {}  # new events per submission (the rest were stored before)
         if staged:
             with conn.cursor() as cur, cur.copy(COPY) as copy:
                 copy.set_types(_TYPES)
                 for r in staged:
                     copy.write_row(r)
             self._ensure_partitions(conn)
-            stored = {(i, c) for i, c, _ in conn.execute(STORE)}
+            stored = dict(conn.execute(STORE).fetchall())
             conn.execute(NOTIFY)
         conn.commit()
         results = []
-        for skipped, unknown, pending, rows in plans:
-            new = sum(1 for r in rows if (r[0], r[1]) in stored)
+        for n, (skipped, unknown, pending, rows) in enumerate(plans):
+            new = stored.get(n, 0)
             ids = [str(r[0]) for r in rows]
             results.append(Result(new, len(rows) - new, skipped, unknown, pending, ids))
         return results
@@ -275,11 +283,13 @@ class ActivityWriter:
             self._partitions.add(month)
 
 
-def _row(org_id: str, e: Any, received: datetime) -> tuple[Any, ...]:
+def _row(
+    org_id: str, event_id: UUID, e: Any, received: datetime, submission: int
+) -> tuple[Any, ...]:
     data = e.data.dump()
     purchase = e.type == EventType.PURCHASE
     return (
-        e.event_id or uuid4(),
+        event_id,
         e.customer_id,
         org_id,
         e.type.value,
@@ -292,6 +302,7 @@ def _row(org_id: str, e: Any, received: datetime) -> tuple[Any, ...]:
         cents(e.data.amount) if purchase else None,
         fold(data["currency"]) if purchase else None,
         fold(data.get("category")) if purchase else None,
+        submission,
     )
 
 
@@ -315,7 +326,9 @@ def track(
         if time.monotonic() > deadline:
             raise DomainError(Code.UNAVAILABLE, "the customer is not readable yet; retry")
         time.sleep(0.05)
-        submission = Submission(submission.org_id, submission.events, submission.received)
+        submission = Submission(
+            submission.org_id, submission.events, submission.received, submission.id_seed
+        )
 
 
 PARTITIONS_OF_LOG = (

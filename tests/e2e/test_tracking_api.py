@@ -4,6 +4,7 @@ segment criteria read (a purchase makes a customer join), erasure reaching the a
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -159,10 +160,17 @@ def test_batches_are_stored_whole_and_redelivery_is_not_counted_twice(
     assert first.json()["accepted"] == 30
     again = http.post(BATCH, json={"events": events}, headers=h)
     assert again.json() == {"accepted": 0, "duplicates": 30, "skipped": []}
+    twice = {**purchase(10.0, customerId=ids[0]), "eventId": str(uuid.uuid4())}
+    within = http.post(BATCH, json={"events": [twice, twice]}, headers=h)
+    assert within.json() == {"accepted": 1, "duplicates": 1, "skipped": []}
     for cid in ids:
         totals = activity(migrated, cid)
         assert totals is not None
-        assert (totals["purchase_count"], totals["total_spent_cents"]) == (10, 10_000)
+        extra = 1 if cid == ids[0] else 0
+        assert (totals["purchase_count"], totals["total_spent_cents"]) == (
+            10 + extra,
+            10_000 + 1000 * extra,
+        )
 
     # One unknown customer (or another organization's) refuses the whole batch.
     stranger = add_customer(http, auth(org_id=f"other-{uuid.uuid4().hex[:6]}"))["id"]
@@ -174,7 +182,7 @@ def test_batches_are_stored_whole_and_redelivery_is_not_counted_twice(
         )
         assert_problem(refused, 404, "events.1.customerId")
     totals = activity(migrated, ids[0])
-    assert totals is not None and totals["purchase_count"] == 10
+    assert totals is not None and totals["purchase_count"] == 11
 
 
 def test_bad_input_is_refused_with_the_field_named(http: httpx.Client, auth: TokenFactory) -> None:
@@ -194,6 +202,13 @@ def test_bad_input_is_refused_with_the_field_named(http: httpx.Client, auth: Tok
     assert_problem(http.post(BATCH, json=no_customer, headers=h), 422, "events.0.customerId")
     too_many = {"events": [purchase(customerId=cid)] * 1001}
     assert_problem(http.post(BATCH, json=too_many, headers=h), 422, "events")
+    nul = page_view()
+    nul["data"]["title"] = "a\x00b"
+    assert_problem(http.post(track, json=nul, headers=h), 422, "data.title")
+    lone = {"events": [{**page_view(), "customerId": cid, "channel": "web\ud800"}]}
+    raw = json.dumps(lone).encode()  # lone surrogates as JSON escapes, as clients send them
+    headers = {**h, "Content-Type": "application/json"}
+    assert_problem(http.post(BATCH, content=raw, headers=headers), 422, "events.0.channel")
     unknown = http.post(f"{CUSTOMERS}/{uuid.uuid4()}/track", json=purchase(), headers=h)
     assert unknown.status_code == 404
     assert http.post(track, json=purchase(), headers=auth("analyst")).status_code == 403
