@@ -177,6 +177,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         jobs: Sequence[JobRequest] = (),
         erase: UUID | None = None,
         privacy: PrivacyRecord | None = None,
+        statements: Sequence[tuple[Any, Any]] = (),
         **kwargs: Any,
     ) -> None:
         # The idempotency record goes first: concurrent retries of one request must meet on
@@ -213,6 +214,9 @@ class CustomerRecorder(PostgresApplicationRecorder):
                 curs.execute(REMOVE_MEMBERS, (change.segment_id, list(change.left)))
             if change.joined:
                 curs.execute(ADD_MEMBERS, (change.segment_id, list(change.joined)))
+        # Bookkeeping of the caller's that must commit with the events (an import's checkpoint).
+        for query, params in statements:
+            curs.execute(query, params)
         for job in jobs:
             curs.execute(
                 QUEUE_JOB,

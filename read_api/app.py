@@ -16,7 +16,17 @@ from eventstore.application import EVENTS_TABLE
 from eventstore.keys import LazyKeyring
 from projections.customers import VIEW, use_raw_json
 from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
-from read_api import activity, customers, models, personal_data, privacy, reports, segments
+from read_api import (
+    activity,
+    customers,
+    export,
+    import_jobs,
+    models,
+    personal_data,
+    privacy,
+    reports,
+    segments,
+)
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
@@ -73,15 +83,21 @@ def create_app(settings: Settings) -> FastAPI:
     logs.install(app)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
-    # Before the customers router: /customers/segments must not match /customers/{id}.
-    app.include_router(segments.router)
-    # Before the customers router too: /customers/{id}/data is not /customers/{id}.
-    app.include_router(personal_data.router)
-    app.include_router(activity.router)
-    app.include_router(models.router)
-    app.include_router(reports.router)
-    app.include_router(customers.router)
-    app.include_router(privacy.router)
+    # First match wins: fixed paths (/customers/export, /customers/segments/export,
+    # /customers/import/…, /customers/{id}/data, …) before /customers/segments/{id} and
+    # /customers/{id}.
+    for module in (
+        export,
+        segments,
+        personal_data,
+        import_jobs,
+        activity,
+        models,
+        reports,
+        customers,
+        privacy,
+    ):
+        app.include_router(module.router)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics(request: Request) -> Response:

@@ -22,7 +22,7 @@ from uuid import UUID
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from psycopg import AsyncConnection, sql
 from pydantic import AwareDatetime, StringConstraints
 
@@ -242,16 +242,8 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("", response_class=Response, responses=_PAGE_JSON)
-async def list_customers(
+async def customer_filters(
     *,
-    request: Request,
-    principal: CanRead,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=2048, description="nextCursor of the previous page")
-    ] = None,
-    sort: Sort = Sort.CREATED_AT_DESC,
     status: CustomerStatus | None = None,
     country: Annotated[
         str | None, Query(max_length=100, description="ISO 3166 code or English name")
@@ -270,12 +262,10 @@ async def list_customers(
     created_to: Annotated[
         AwareDatetime | None, Query(alias="createdTo", description="RFC 3339, inclusive")
     ] = None,
-    q: Annotated[
-        str | None,
-        Query(min_length=1, max_length=254, description="prefix of e-mail or name"),
-    ] = None,
-) -> Response:
-    params: dict[str, Any] = {"org": principal.org, "limit": limit, "fetch": limit + 1}
+) -> dict[str, Any]:
+    """The filters of `GET /customers` (same parameters, same rules, same 422s) as the
+    parameters of projections.customers.FILTERS: only those given."""
+    params: dict[str, Any] = {}
     if status is not None:
         params["status"] = status.value
     if country is not None:
@@ -301,14 +291,39 @@ async def list_customers(
         params["created_to"] = created_to
         if created_from is not None and created_from > created_to:
             raise invalid("createdTo", "must not be before createdFrom")
+    return params
+
+
+@router.get("", response_class=Response, responses=_PAGE_JSON)
+async def list_customers(
+    *,
+    request: Request,
+    principal: CanRead,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=2048, description="nextCursor of the previous page")
+    ] = None,
+    sort: Sort = Sort.CREATED_AT_DESC,
+    filters: Annotated[dict[str, Any], Depends(customer_filters)],
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=254, description="prefix of e-mail or name"),
+    ] = None,
+) -> Response:
+    params: dict[str, Any] = {
+        "org": principal.org,
+        "limit": limit,
+        "fetch": limit + 1,
+        **filters,
+    }
     if q is not None:
         params["q"] = _escape_like(q) + "%"
     codec: CursorCodec = request.app.state.cursors
     if cursor is not None:
         params["after_key"], params["after_id"] = codec.decode(cursor, sort)
 
-    filters = tuple(f for f in FILTERS if f in params)
-    query = list_query(sort, filters, cursor is not None, q is not None)
+    given = tuple(f for f in FILTERS if f in params)
+    query = list_query(sort, given, cursor is not None, q is not None)
     async with paging.pool(request).connection() as conn:
         # Not prepared: a custom plan per request lets the planner see the actual values
         # (LIKE prefix, selectivity of each filter) and pick the right index.

@@ -1,13 +1,13 @@
 """Request limits: rate limits per route class for each principal and each client IP (token
 buckets, in this process), and the maximum request body size.
 
-Route classes: `exports` (export and history of personal data), `tracking` (activity
-events, single or batch), `writes` (every other non-GET), `reads`. A class's limit is
-requests per minute with a burst of one minute's worth;
-a request spends a token from its principal's bucket and from its client address's bucket
-(so many principals behind one address cannot multiply the budget). Over the limit: 429 with
-`Retry-After`. Limits are per process: with N API processes the service admits up to N times
-as much; size them accordingly (docs/security.md).
+Route classes: `exports` (exports, and a customer's export and history of personal data),
+`tracking` (activity events, single or batch), `writes` (every other non-GET), `reads`. A
+class's limit is requests per minute with a burst of one minute's worth; a request spends a
+token from its principal's bucket and from its client address's bucket (so many principals
+behind one address cannot multiply the budget). Over the limit: 429 with `Retry-After`.
+Limits are per process: with N API processes the service admits up to N times as much; size
+them accordingly (docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from domain.errors import Code, DomainError
 from service.problems import problem
 from service.settings import Settings
 
-_EXPORTS = re.compile(r"^/api/v1/customers/[^/]+/(data|history)$")
+_EXPORTS = re.compile(r"^/api/v1/customers/([^/]+/(data|history)|(segments/)?export)$")
 _TRACKING = re.compile(r"^/api/v1/customers/([^/]+/track|track/batch)$")
 _MAX_KEYS = 100_000
+_IMPORT = "/api/v1/customers/import"
 
 
 class RouteClass(StrEnum):
@@ -89,19 +90,22 @@ class RateLimiter:
 
 
 class BodyLimit:
-    """413 for a body over `max_bytes`, by Content-Length or while it streams in."""
+    """413 for a body over `max_bytes` (`import_max_bytes` for file imports, which stream to
+    the database), by Content-Length or while it streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, import_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.import_max_bytes = import_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.import_max_bytes if scope.get("path") == _IMPORT else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, scope, receive, send)
             return
         seen, exceeded, started = 0, False, False
 
@@ -112,7 +116,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # the app sees the client go; we answer
+                if seen > limit:  # the app sees the client go; we answer
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -130,16 +134,18 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await self._too_large(scope, receive, send)
+            await _too_large(limit, scope, receive, send)
 
-    def _detail(self) -> str:
-        return f"the request body exceeds {self.max_bytes} bytes"
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, self._detail(), instance=scope.get("path"))
-        await response(scope, receive, send)
+async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem(413, f"the request body exceeds {limit} bytes", instance=scope.get("path"))
+    await response(scope, receive, send)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.state.rate_limiter = RateLimiter(settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        import_max_bytes=settings.max_import_bytes,
+    )

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     rate_limit_exports_per_minute: int = 60
     rate_limit_tracking_per_minute: int = 120_000
     max_body_bytes: int = 1_048_576
+    max_import_bytes: int = 10 * 1024**3  # an import's file, streamed to the database
 
     log_level: str = "INFO"
 

@@ -10,8 +10,10 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from psycopg.types.json import Jsonb
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from domain.activity import Batch, TrackedEvent, check_times
 from domain.consent import ConsentChange
@@ -37,7 +39,7 @@ from service.auth import (
 )
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
-from write_api import tracking
+from write_api import imports, tracking
 from write_api.commands import Outcome
 from write_api.customers import CustomerCommands
 from write_api.schemas import (
@@ -241,6 +243,49 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
 
 
 tracking_routes = APIRouter(tags=["tracking"])
+import_routes = APIRouter(tags=["import"])
+
+
+@import_routes.post(
+    PREFIX + "/import",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "content": {"text/csv": {}, "application/x-ndjson": {}},
+            "description": "the file, streamed",
+        }
+    },
+    responses={202: {"description": "The queued job; poll the Location"}, **_ERRORS},
+)
+async def start_import(
+    request: Request,
+    principal: CanWrite,
+    format: imports.Format = imports.Format.CSV,
+    mode: imports.Mode = imports.Mode.CREATE,
+    dry_run: Annotated[bool, Query(alias="dryRun")] = False,
+) -> Response:
+    """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import")."""
+    settings: Settings = request.app.state.settings
+    job = imports.Job(uuid4(), principal.org, format, mode, dry_run, principal.sub, 0)
+    conn = await run_in_threadpool(imports.connect, settings)
+    upload = imports.Upload(conn, job)
+    try:
+        async for piece in request.stream():
+            await run_in_threadpool(upload.feed, piece)
+        answer = await run_in_threadpool(upload.finish)
+    except BaseException as e:
+        await run_in_threadpool(upload.abandon, "upload interrupted")
+        if isinstance(e, ClientDisconnect):
+            return Response(status_code=499)  # "client closed request": nobody reads it
+        raise
+    finally:
+        await run_in_threadpool(conn.close)
+    return Response(
+        orjson.dumps(answer),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"{PREFIX}/import/{job.id}"},
+    )
 
 
 @tracking_routes.post(
@@ -464,6 +509,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(segment_routes)
     app.include_router(tracking_routes)
+    app.include_router(import_routes)
     app.include_router(key_routes)
 
     @app.get("/health", include_in_schema=False)

