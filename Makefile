@@ -58,6 +58,7 @@ bench: install
 	$(VENV)/bin/python -m bench.privacy
 	$(VENV)/bin/python -m bench.security
 	$(VENV)/bin/python -m bench.tracking
+	$(VENV)/bin/python -m bench.analytics
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
