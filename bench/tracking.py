@@ -6,14 +6,16 @@ Then, against `write_api.tracking.ActivityWriter` (group commit into `customer_e
 
 - baselines: binary COPY of the same rows straight into `customer_events` on one connection,
   and the writer called in process with validated events (no HTTP, no NATS);
-- single `track` requests to `customers serve write-api` (uvicorn, a child process: the load
-  generator in this process does not share its GIL), open loop (latency from the scheduled
-  send time) at 150 and at 1,000 req/s, beside `/health` of the same process at 1,000 req/s;
+- single `track` requests to `customers serve write-api` with CUSTOMERS_WORKERS=2 (uvicorn
+  child processes: the load generator in this process does not share their GIL), open loop
+  (latency from the scheduled send time) at 150 and at 1,000 req/s, beside `/health` of the
+  same server at 1,000 req/s;
   then the process's capacity for them (closed loop, CPU measured there);
 - the batch endpoint of the same process for 60 s, 1,000 mixed events per request from 8
   connections;
 - NATS for 60 s: batches of 1,000 events published to the tracking subject at a fixed rate
-  while `customers serve ingest` (a child process) stores them; rows counted in the table.
+  while two `customers serve ingest` processes (as `customers serve` runs them with
+  CUSTOMERS_WORKERS=2) store them; rows counted in the table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import orjson
 import psycopg
@@ -46,6 +49,7 @@ from service.embedded import free_port
 DB = "customers_bench_tracking"
 CUSTOMERS = 10_000
 BATCH = 1_000  # events per request / message (the endpoint's maximum)
+WORKERS = 2  # CUSTOMERS_WORKERS of the servers under test: one per core of this machine
 DURATION = 60.0  # seconds of sustained ingestion, HTTP and NATS each
 CONNECTIONS = 8  # batch clients
 TRACK_RATE = 1_000.0  # single-event requests per second, open loop
@@ -361,7 +365,7 @@ def baselines(out: report.Report, url: str, ids: list[uuid.UUID]) -> tuple[float
     now = datetime.now(UTC)
     events = [ONE.validate_python(event(rng, rng.choice(ids), now)) for _ in range(20_000)]
     rows = 200_000
-    data = [_row(BULK_ORG, events[i % len(events)], now)[:10] for i in range(rows)]
+    data = [_row(BULK_ORG, uuid4(), events[i % len(events)], now, 0)[:10] for i in range(rows)]
     # The writer creates a month's partition on demand; create them here the same way.
     writer = ActivityWriter(get_settings())
     writer.submit(Submission(BULK_ORG, events[:100], now))
@@ -448,6 +452,7 @@ def http_phases(
         env.python_argv("-m", "service.cli", "serve", "write-api"),
         e,
         DATABASE_URL=url,
+        CUSTOMERS_WORKERS=str(WORKERS),
         CUSTOMERS_HOST="127.0.0.1",
         CUSTOMERS_WRITE_API_PORT=str(port),
     )
@@ -511,7 +516,7 @@ def http_phases(
             )
         out.add(
             f"Single track, open loop {TRACK_RATE:,.0f} req/s for {TRACK_SECONDS:.0f} s "
-            "(1 write-api process)",
+            f"({WORKERS} write-api processes)",
             paced_text(one, cut),
             baseline=f"GET /health of the same process at the same rate: {health_text}",
             target=f"p99 ≤ {TARGET_P99_MS:.0f} ms",
@@ -547,7 +552,7 @@ def http_phases(
         errors = f"; {stats.errors} errors {dict(stats.statuses)}" if stats.errors else ""
         out.add(
             f"Batch endpoint, {BATCH:,} mixed events per request, {CONNECTIONS} connections, "
-            f"{DURATION:.0f} s (1 write-api process)",
+            f"{DURATION:.0f} s ({WORKERS} write-api processes)",
             f"{fmt_min(rate)}; per request {lat(stats, 50, 99)}; {stored:,} rows stored{errors}",
             baseline=floors,
             target=f"≥ {TARGET_PER_MIN:,} events/min",
@@ -577,23 +582,29 @@ async def nats_phase(
     bodies = batches(ids, 60, seed=33)
     nc = await nats.connect(e.nats_url, name="bench-tracking")
     js = nc.jetstream()
-    child: env.Child | None = None
+    children: list[env.Child] = []
     try:
         await ingest.ensure_stream(js, settings)
-        child = env.Child(
-            "ingest-tracking",
-            env.python_argv("-m", "service.cli", "serve", "ingest"),
-            e,
-            DATABASE_URL=url,
-        )
+        # As `customers serve` runs them: CUSTOMERS_WORKERS ingesters on one durable consumer.
+        children = [
+            env.Child(
+                f"ingest-tracking-{n}",
+                env.python_argv("-m", "service.cli", "serve", "ingest"),
+                e,
+                DATABASE_URL=url,
+            )
+            for n in range(WORKERS)
+        ]
         deadline = time.monotonic() + 30
         while True:
             try:
                 await js.consumer_info(stream, ingest.DURABLE)
                 break
             except NotFoundError:
-                if not child.alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"ingester did not start:\n{child.tail()}") from None
+                dead = [c for c in children if not c.alive()]
+                if dead or time.monotonic() > deadline:
+                    tail = dead[0].tail() if dead else ""
+                    raise RuntimeError(f"ingester did not start:\n{tail}") from None
                 await asyncio.sleep(0.1)
 
         async def lag() -> int:
@@ -615,7 +626,7 @@ async def nats_phase(
         interval = BATCH / NATS_OFFERED
         groups = {
             "publisher (bench process)": [os.getpid()],
-            "ingest": [child.pid],
+            "ingest": [c.pid for c in children],
             "nats-server (all)": env.pids_named("nats-server"),
         }
         published = 0
@@ -651,7 +662,7 @@ async def nats_phase(
             else f"{left:,} still pending {drained:.0f} s later"
         )
         out.add(
-            f"NATS ingestion (customers serve ingest), {BATCH:,} events per message, "
+            f"NATS ingestion ({WORKERS} x customers serve ingest), {BATCH:,} events per message, "
             f"{NATS_OFFERED:,} events/s offered, {DURATION:.0f} s",
             f"{fmt_min(rate)} stored; lag at the end {behind:,} events ({after}; "
             f"{total:,} of {published:,} stored in all; {redelivered:,} messages delivered "
@@ -666,8 +677,8 @@ async def nats_phase(
             f"{cpu.summary(per=max(1, stored), unit='event')}.\n\n{waits.summary()}",
         )
     finally:
-        if child is not None:
-            child.stop()
+        for c in children:
+            c.stop()
         try:
             await js.delete_stream(stream)
         finally:

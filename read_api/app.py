@@ -30,7 +30,7 @@ from read_api import (
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
-from service.settings import Settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     use_raw_json(conn)  # `doc` and json_agg come back as bytes, sent untouched
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
     database_url = settings.database_url

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import logging
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from service import logs
 from service.settings import Settings, get_settings
@@ -40,13 +46,19 @@ def migrate(settings: Settings) -> None:
     log.info("migrated", extra={"applied": applied})
 
 
-def http_config(app: Any, settings: Settings, host: str, port: int) -> Any:
-    """uvicorn's configuration, loaded; with a certificate, HTTPS accepting TLS 1.3 only."""
-    import ssl
+class HttpConfig(uvicorn.Config):
+    """With a certificate, HTTPS accepting TLS 1.3 only, in this process and in each worker
+    process it spawns (which load their own configuration)."""
 
-    import uvicorn
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
 
-    config = uvicorn.Config(
+
+def http_config(app: Any, settings: Settings, host: str, port: int) -> HttpConfig:
+    """uvicorn's configuration of one server process, loaded."""
+    config = HttpConfig(
         app,
         host=host,
         port=port,
@@ -56,26 +68,42 @@ def http_config(app: Any, settings: Settings, host: str, port: int) -> Any:
         ssl_keyfile=settings.tls_key_file,
     )
     config.load()
-    if config.ssl is not None:
-        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
     return config
 
 
-def _uvicorn(app: object, settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.Server(http_config(app, settings, host, port)).run()
+def _uvicorn(factory: str, settings: Settings, host: str, port: int) -> None:
+    """Serve the app `factory` ("module:function") in `CUSTOMERS_WORKERS` processes."""
+    if settings.workers <= 1:
+        module, name = factory.split(":")
+        app = getattr(importlib.import_module(module), name)()
+        uvicorn.Server(http_config(app, settings, host, port)).run()
+        return
+    config = HttpConfig(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+    )
+    # Bound here with IPPROTO_TCP: uvicorn's own `workers` binding uses proto 0, and asyncio
+    # then skips TCP_NODELAY on the accepted sockets (~40 ms delayed-ACK stalls; uvicorn
+    # issue 3149).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def serve(kind: str, settings: Settings) -> None:
     if kind == "write-api":
-        from write_api.app import create_app as create_write_app
-
-        _uvicorn(create_write_app(settings), settings, settings.host, settings.write_api_port)
+        _uvicorn("write_api.app:create_app", settings, settings.host, settings.write_api_port)
     elif kind == "read-api":
-        from read_api.app import create_app as create_read_app
-
-        _uvicorn(create_read_app(settings), settings, settings.host, settings.read_api_port)
+        _uvicorn("read_api.app:create_app", settings, settings.host, settings.read_api_port)
     elif kind == "projector":
         from projections.runner import run_forever
 
@@ -97,9 +125,7 @@ def serve(kind: str, settings: Settings) -> None:
 
         asyncio.run(ingest_forever(settings))
     elif kind == "gateway":
-        from service.gateway import Gateway
-
-        _uvicorn(Gateway(settings), settings, settings.host, settings.http_port)
+        _uvicorn("service.gateway:create_gateway", settings, settings.host, settings.http_port)
     else:
         _serve_all(settings)
 
@@ -119,7 +145,7 @@ def _serve_all(settings: Settings) -> None:
             env=os.environ.copy(),
             preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
         )
-        for kind in ("projector", "relay", "segments", "ingest")
+        for kind in ("projector", "relay", "segments", *["ingest"] * max(1, settings.workers))
     ]
 
     def _stop_children() -> None:

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
 
+    # Processes serving HTTP (`customers serve`, `serve gateway`, `serve write-api`, `serve
+    # read-api`) and NATS ingesters under `customers serve`: about one per core.
+    workers: int = 1
+
     host: str = "127.0.0.1"
     http_port: int = 8080
     write_api_port: int = 8081

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -89,3 +93,44 @@ def test_tls_13_is_served_and_12_refused(https: tuple[int, Path]) -> None:
         httpx.get(url, verify=client_context(cert, ssl.TLSVersion.TLSv1_2), timeout=10)
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"http://localhost:{port}/health", timeout=10)  # no plaintext either
+
+
+def test_worker_processes_serve_tls_13_only(
+    migrated: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`CUSTOMERS_WORKERS=2`: two server processes on one socket, each loading its own TLS
+    configuration, both refusing TLS 1.2."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls-workers"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "CUSTOMERS_WORKERS": "2",
+        "CUSTOMERS_HTTP_PORT": str(port),
+        "CUSTOMERS_TLS_CERT_FILE": str(cert),
+        "CUSTOMERS_TLS_KEY_FILE": str(key),
+    }
+    server = subprocess.Popen(  # our own interpreter and module
+        [sys.executable, "-m", "service.cli", "serve", "gateway"], env=env
+    )
+    url = f"https://localhost:{port}/health"
+    modern = client_context(cert, ssl.TLSVersion.TLSv1_3)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url, verify=modern, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "no server"
+            time.sleep(0.1)
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+        assert sum(b"resource_tracker" not in c for c in commands) == 2  # the workers
+        for _ in range(6):  # connections land on either process
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(url, verify=client_context(cert, ssl.TLSVersion.TLSv1_2), timeout=5)
+            assert httpx.get(url, verify=modern, timeout=5).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
