@@ -22,9 +22,7 @@ ROWS = 4000
 
 def segments_process(settings: Settings) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": str(settings.database_url)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "segments"], env=env
-    )
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "segments"], env=env)
 
 
 def job_row(settings: Settings, job_id: uuid.UUID) -> tuple[Any, ...]:
