@@ -116,7 +116,7 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
     )
 
 
-def _track(
+async def _track(
     request: Request, principal: Principal, events: Sequence[Any], *, batch: bool
 ) -> tracking.Result:
     received = datetime.now(UTC)
@@ -126,7 +126,7 @@ def _track(
         field, message = late[0]
         raise invalid(field if batch else "timestamp", message)
     submission = tracking.Submission(principal.org, events, received)
-    return tracking.track(request.app.state.activity, submission, settings, batch=batch)
+    return await tracking.track(request.app.state.activity, submission, settings, batch=batch)
 
 
 def _job(job: dict[str, object], status: int) -> Response:
@@ -349,7 +349,7 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
 )
-def track_event(
+async def track_event(
     customer_id: UUID, body: TrackedEvent, principal: CanTrack, request: Request
 ) -> dict[str, Any]:
     """One activity event. 202 once it is durable; behavioral events of a customer
@@ -357,7 +357,7 @@ def track_event(
     if body.customer_id not in (None, customer_id):
         raise invalid("customerId", "differs from the customer in the path")
     event = body.model_copy(update={"customer_id": customer_id})
-    result = _track(request, principal, [event], batch=False)
+    result = await _track(request, principal, [event], batch=False)
     return {
         "eventId": result.ids[0] if result.ids else None,
         "stored": not result.skipped,
@@ -372,14 +372,14 @@ def track_event(
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
 )
-def track_batch(body: Batch, principal: CanTrack, request: Request) -> dict[str, Any]:
+async def track_batch(body: Batch, principal: CanTrack, request: Request) -> dict[str, Any]:
     """Up to 1,000 events, each naming its customer; all stored or none (an unknown
     customer is a 404 naming `events.N.customerId`), except behavioral events of
     customers without analytics-tracking consent, listed in `skipped`."""
     missing = [i for i, e in enumerate(body.events) if e.customer_id is None]
     if missing:
         raise invalid(f"events.{missing[0]}.customerId", "required in a batch")
-    result = _track(request, principal, body.events, batch=True)
+    result = await _track(request, principal, body.events, batch=True)
     return {
         "accepted": result.accepted,
         "duplicates": result.duplicates,

@@ -11,6 +11,7 @@ organization, status and analytics consent come from the read model.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -171,9 +172,12 @@ class ActivityWriter:
         self._thread = threading.Thread(target=self._run, name="activity-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, submission: Submission) -> Result:
+    def enqueue(self, submission: Submission) -> Future[Result]:
         self._queue.put(submission)
-        return submission.future.result()
+        return submission.future
+
+    def submit(self, submission: Submission) -> Result:
+        return self.enqueue(submission).result()
 
     def submit_many(self, submissions: list[Submission]) -> list[Result]:
         """Queued together, so stored in as few transactions as the group limit allows."""
@@ -306,14 +310,15 @@ def _row(
     )
 
 
-def track(
+async def track(
     writer: ActivityWriter, submission: Submission, settings: Settings, *, batch: bool
 ) -> Result:
     """Store a request's events; a customer created a moment ago (not in the read model yet)
-    is waited for up to the consistency wait. NOT_FOUND names the first unknown customer."""
+    is waited for up to the consistency wait. NOT_FOUND names the first unknown customer.
+    Awaited on the event loop: no worker thread is held while the writer commits."""
     deadline = time.monotonic() + settings.consistency_wait_seconds
     while True:
-        result = writer.submit(submission)
+        result = await asyncio.wrap_future(writer.enqueue(submission))
         if result.unknown:
             i = result.unknown[0]
             raise DomainError(
@@ -325,7 +330,7 @@ def track(
             return result
         if time.monotonic() > deadline:
             raise DomainError(Code.UNAVAILABLE, "the customer is not readable yet; retry")
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
         submission = Submission(
             submission.org_id, submission.events, submission.received, submission.id_seed
         )
