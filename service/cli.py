@@ -12,11 +12,11 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from service import logs
 from service.settings import Settings, get_settings
@@ -46,19 +46,9 @@ def migrate(settings: Settings) -> None:
     log.info("migrated", extra={"applied": applied})
 
 
-class HttpConfig(uvicorn.Config):
-    """With a certificate, HTTPS accepting TLS 1.3 only, in this process and in each worker
-    process it spawns (which load their own configuration)."""
-
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
-
-
-def http_config(app: Any, settings: Settings, host: str, port: int) -> HttpConfig:
-    """uvicorn's configuration of one server process, loaded."""
-    config = HttpConfig(
+def http_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration, loaded; with a certificate, HTTPS accepting TLS 1.3 only."""
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -68,42 +58,70 @@ def http_config(app: Any, settings: Settings, host: str, port: int) -> HttpConfi
         ssl_keyfile=settings.tls_key_file,
     )
     config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
     return config
 
 
-def _uvicorn(factory: str, settings: Settings, host: str, port: int) -> None:
-    """Serve the app `factory` ("module:function") in `CUSTOMERS_WORKERS` processes."""
-    if settings.workers <= 1:
-        module, name = factory.split(":")
-        app = getattr(importlib.import_module(module), name)()
-        uvicorn.Server(http_config(app, settings, host, port)).run()
+_WORKER = "CUSTOMERS_SERVER_WORKER"  # set in the worker processes of a multi-process server
+
+
+def _uvicorn(kind: str, factory: str, settings: Settings, host: str, port: int) -> None:
+    """Serve the app `factory` ("module:function"); with `CUSTOMERS_WORKERS` > 1, in that many
+    processes of `customers serve <kind>`, each listening on the port with SO_REUSEPORT, so
+    that the kernel spreads connections over them (a shared socket lets whichever process
+    is awake take whole bursts of them)."""
+    if settings.workers > 1:
+        _supervise(kind, settings.workers)
         return
-    config = HttpConfig(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        ssl_certfile=settings.tls_cert_file,
-        ssl_keyfile=settings.tls_key_file,
-    )
-    # Bound here with IPPROTO_TCP: uvicorn's own `workers` binding uses proto 0, and asyncio
-    # then skips TCP_NODELAY on the accepted sockets (~40 ms delayed-ACK stalls; uvicorn
-    # issue 3149).
+    module, name = factory.split(":")
+    app = getattr(importlib.import_module(module), name)()
+    server = uvicorn.Server(http_config(app, settings, host, port))
+    if not os.environ.get(_WORKER):
+        server.run()
+        return
+    # Bound with IPPROTO_TCP: asyncio skips TCP_NODELAY on sockets accepted from a listener
+    # bound with proto 0 (~40 ms delayed-ACK stalls; uvicorn issue 3149).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.set_inheritable(True)
-    Multiprocess(config, sockets=[sock]).run()
+    server.run(sockets=[sock])
+
+
+def _supervise(kind: str, workers: int) -> None:
+    """Run the workers until one ends (then stop the others: a process manager restarts the
+    whole server) or this process is told to stop (they get SIGTERM and drain)."""
+    env = {**os.environ, "CUSTOMERS_WORKERS": "1", _WORKER: "1"}
+    procs = [
+        subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
+            [sys.executable, "-m", "service.cli", "serve", kind],
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
+        )
+        for _ in range(workers)
+    ]
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def serve(kind: str, settings: Settings) -> None:
     if kind == "write-api":
-        _uvicorn("write_api.app:create_app", settings, settings.host, settings.write_api_port)
+        port = settings.write_api_port
+        _uvicorn(kind, "write_api.app:create_app", settings, settings.host, port)
     elif kind == "read-api":
-        _uvicorn("read_api.app:create_app", settings, settings.host, settings.read_api_port)
+        port = settings.read_api_port
+        _uvicorn(kind, "read_api.app:create_app", settings, settings.host, port)
     elif kind == "projector":
         from projections.runner import run_forever
 
@@ -125,7 +143,8 @@ def serve(kind: str, settings: Settings) -> None:
 
         asyncio.run(ingest_forever(settings))
     elif kind == "gateway":
-        _uvicorn("service.gateway:create_gateway", settings, settings.host, settings.http_port)
+        port = settings.http_port
+        _uvicorn(kind, "service.gateway:create_gateway", settings, settings.host, port)
     else:
         _serve_all(settings)
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHANGES_CHANNEL = "activity_changes"
 GROUP_LIMIT = 10_000  # events per transaction
+_RETRIES = 3
 
 # Existence and organization from the write side (a live data key), locked until the commit:
 # an erasure (which shreds the key and deletes the customer's activity) waits for this batch,
@@ -107,6 +108,7 @@ WITH new AS (
         first_purchase_at, last_purchase_at, categories, login_count, last_login_at,
         first_event_at, last_activity_at
     FROM totals
+    ORDER BY customer_id  -- writers of other processes lock the same rows in the same order
     ON CONFLICT (customer_id) DO UPDATE SET
         event_count = a.event_count + excluded.event_count,
         purchase_count = a.purchase_count + excluded.purchase_count,
@@ -124,7 +126,8 @@ WITH new AS (
         last_activity_at = greatest(a.last_activity_at, excluded.last_activity_at)
     RETURNING customer_id
 ), queued AS (
-    INSERT INTO activity_changes SELECT customer_id FROM merged ON CONFLICT DO NOTHING
+    INSERT INTO activity_changes SELECT customer_id FROM merged ORDER BY 1
+    ON CONFLICT DO NOTHING
 )
 SELECT submission, count(*) FROM added GROUP BY submission
 """
@@ -211,7 +214,7 @@ class ActivityWriter:
                     conn = psycopg.connect(self._url, row_factory=tuple_row)
                     conn.execute(STAGE)
                     conn.commit()
-                results = self._store(conn, group)
+                results = self._store_retrying(conn, group)
             except Exception as e:
                 log.exception("storing tracked events failed")
                 self._partitions.clear()  # one may have been dropped by retention
@@ -226,6 +229,18 @@ class ActivityWriter:
                 s.future.set_result(r)
         if conn is not None:
             conn.close()
+
+    def _store_retrying(
+        self, conn: psycopg.Connection[Any], group: list[Submission]
+    ) -> list[Result]:
+        """A group that lost a deadlock or serialization race (writers of other processes)
+        is stored again: nothing of it was committed."""
+        for _ in range(_RETRIES - 1):
+            try:
+                return self._store(conn, group)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                conn.rollback()
+        return self._store(conn, group)
 
     def _store(self, conn: psycopg.Connection[Any], group: list[Submission]) -> list[Result]:
         ids = list({e.customer_id for s in group for e in s.events})

@@ -98,7 +98,7 @@ def test_tls_13_is_served_and_12_refused(https: tuple[int, Path]) -> None:
 def test_worker_processes_serve_tls_13_only(
     migrated: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """`CUSTOMERS_WORKERS=2`: two server processes on one socket, each loading its own TLS
+    """`CUSTOMERS_WORKERS=2`: two server processes sharing the port, each loading its own TLS
     configuration, both refusing TLS 1.2."""
     cert, key = self_signed(tmp_path_factory.mktemp("tls-workers"))
     port = free_port()

@@ -17,7 +17,7 @@ import psycopg
 from service.settings import Settings
 from write_api import imports
 
-ROWS = 4000
+ROWS = 8000
 
 
 def segments_process(settings: Settings) -> subprocess.Popen[bytes]:
@@ -25,12 +25,11 @@ def segments_process(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "segments"], env=env)
 
 
-def job_row(settings: Settings, job_id: uuid.UUID) -> tuple[Any, ...]:
-    with psycopg.connect(str(settings.database_url)) as conn:
-        row = conn.execute(
-            "SELECT state, next_line, rows_read, created, failed FROM import_jobs WHERE id = %s",
-            (job_id,),
-        ).fetchone()
+def job_row(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT state, next_line, rows_read, created, failed FROM import_jobs WHERE id = %s",
+        (job_id,),
+    ).fetchone()
     assert row is not None
     return tuple(row)
 
@@ -46,28 +45,29 @@ def test_a_killed_import_resumes_and_counts_every_row_once(settings: Settings) -
         upload.feed((header + rows + bad).encode())
         assert upload.finish()["state"] == "QUEUED"
 
+    watch = psycopg.connect(str(settings.database_url), autocommit=True)
     first = segments_process(settings)
     try:
         deadline = time.monotonic() + 60
-        while job_row(settings, job.id)[1] == 0 and time.monotonic() < deadline:
+        while job_row(watch, job.id)[1] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait()
     finally:
         if first.poll() is None:
             first.kill()
-    state, next_line, *_ = job_row(settings, job.id)
+    state, next_line, *_ = job_row(watch, job.id)
     assert state == "RUNNING" and 0 < next_line < ROWS, "the kill should land mid-file"
 
     second = segments_process(settings)
     try:
         deadline = time.monotonic() + 90
-        while job_row(settings, job.id)[0] == "RUNNING" and time.monotonic() < deadline:
+        while job_row(watch, job.id)[0] == "RUNNING" and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
-    assert job_row(settings, job.id) == ("SUCCEEDED", 2**31 - 1, ROWS + 1, ROWS, 1)
+    assert job_row(watch, job.id) == ("SUCCEEDED", 2**31 - 1, ROWS + 1, ROWS, 1)
     with psycopg.connect(str(settings.database_url)) as conn:
         keys = conn.execute("SELECT count(*) FROM customer_keys WHERE org_id = %s", (org,))
         assert keys.fetchone() == (ROWS,)
@@ -77,3 +77,4 @@ def test_a_killed_import_resumes_and_counts_every_row_once(settings: Settings) -
         chunks = conn.execute("SELECT count(*) FROM import_chunks WHERE job_id = %s", (job.id,))
         assert chunks.fetchone() == (0,)  # the file (personal data) is gone with the job
     assert rejected == [(ROWS + 2, "email")]
+    watch.close()
