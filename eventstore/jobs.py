@@ -1,7 +1,9 @@
-"""segment_jobs rows as both APIs show them (the table: migrations/0004_membership.sql)."""
+"""Job rows as both APIs show them: segment calculations (migrations/0004_membership.sql)
+and customer imports (migrations/0012_imports.sql)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from domain.values import utc_iso
@@ -31,5 +33,49 @@ def render_job(row: tuple[Any, ...]) -> dict[str, Any]:
         "memberCount": count,
         "joined": joined,
         "left": left,
+        "error": error,
+    }
+
+
+IMPORT_COLUMNS = (
+    "id, format, mode, dry_run, state, requested_by, created_at, started_at, finished_at,"
+    " bytes, bytes_done, rows_read, created, updated, skipped, failed, error"
+)
+GET_IMPORT = f"SELECT {IMPORT_COLUMNS} FROM import_jobs WHERE id = %s AND org_id = %s"  # noqa: S608
+IMPORT_REJECTIONS = (
+    "SELECT line, field, reason FROM import_rejections WHERE job_id = %s AND line > %s"
+    " ORDER BY line LIMIT %s"
+)
+
+
+def render_import(row: tuple[Any, ...]) -> dict[str, Any]:
+    """An import as the API shows it, with its rate and, from the bytes left, an ETA."""
+    (jid, fmt, mode, dry, state, by, created_at, started, finished, size, done, read, *counts) = row
+    created, updated, skipped, failed, error = counts
+    end = finished or datetime.now(UTC)
+    seconds = (end - started).total_seconds() if started else 0.0
+    rate = read / seconds if seconds > 0 else None
+    eta = None
+    if state == "RUNNING" and done and seconds > 0:
+        eta = round((size - done) / (done / seconds), 1)
+    return {
+        "id": str(jid),
+        "format": fmt,
+        "mode": mode,
+        "dryRun": dry,
+        "state": state,
+        "requestedBy": by,
+        "createdAt": utc_iso(created_at),
+        "startedAt": started and utc_iso(started),
+        "finishedAt": finished and utc_iso(finished),
+        "bytes": size,
+        "bytesDone": done,
+        "rowsRead": read,
+        "created": created,
+        "updated": updated,
+        "skipped": skipped,
+        "failed": failed,
+        "rowsPerSecond": rate and round(rate, 1),
+        "etaSeconds": eta,
         "error": error,
     }

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from domain.errors import Code, DomainError
+from eventstore.jobs import GET_IMPORT, IMPORT_REJECTIONS, render_import
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
 from service.auth import CanRead
 from service.problems import problem_responses
-from write_api.imports import GET, REPORT, render
 
 router = APIRouter(prefix="/api/v1/customers/import", tags=["import"])
 _ERRORS = {
@@ -37,10 +37,10 @@ class ReportFormat(StrEnum):
 @router.get("/{job_id}", responses=_ERRORS)
 async def get_import(request: Request, principal: CanRead, job_id: UUID) -> dict[str, Any]:
     async with paging.pool(request).connection() as conn:
-        row = await (await conn.execute(GET, (job_id, principal.org))).fetchone()
+        row = await (await conn.execute(GET_IMPORT, (job_id, principal.org))).fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"import {job_id} not found")
-    return render(row)
+    return render_import(row)
 
 
 @router.get("/{job_id}/report", response_class=StreamingResponse, responses=_ERRORS)
@@ -53,7 +53,7 @@ async def import_report(
     """Every rejected row: `line` (where the record starts in the file), `field`, `reason`."""
     pool = paging.pool(request)
     async with pool.connection() as conn:
-        if await (await conn.execute(GET, (job_id, principal.org))).fetchone() is None:
+        if await (await conn.execute(GET_IMPORT, (job_id, principal.org))).fetchone() is None:
             raise DomainError(Code.NOT_FOUND, f"import {job_id} not found")
 
     async def rows() -> AsyncIterator[bytes]:
@@ -62,7 +62,9 @@ async def import_report(
         after = 0
         while True:
             async with pool.connection() as conn:
-                page = await (await conn.execute(REPORT, (job_id, after, _PAGE))).fetchall()
+                page = await (
+                    await conn.execute(IMPORT_REJECTIONS, (job_id, after, _PAGE))
+                ).fetchall()
             if not page:
                 return
             yield b"".join(_line(row, format) for row in page)

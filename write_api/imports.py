@@ -40,6 +40,7 @@ from domain.customer import Customer
 from domain.errors import DomainError, invalid
 from domain.values import Profile
 from eventstore.application import Customers
+from eventstore.jobs import IMPORT_COLUMNS, render_import
 from eventstore.recorder import Claim
 from service.problems import field_path
 from service.settings import Settings
@@ -80,10 +81,6 @@ class Mode(StrEnum):
     UPSERT = "upsert"
 
 
-JOB_COLUMNS = (
-    "id, format, mode, dry_run, state, requested_by, created_at, started_at, finished_at,"
-    " bytes, bytes_done, rows_read, created, updated, skipped, failed, error"
-)
 START = (
     "INSERT INTO import_jobs (id, org_id, format, mode, dry_run, state, requested_by)"
     " VALUES (%s, %s, %s, %s, %s, 'RECEIVING', %s)"
@@ -91,10 +88,9 @@ START = (
 ADD_CHUNK = "INSERT INTO import_chunks (job_id, seq, data) VALUES (%s, %s, %s)"
 RECEIVED = (
     "UPDATE import_jobs SET state = 'QUEUED', bytes = %s, sha256 = %s WHERE id = %s"  # noqa: S608
-    f" RETURNING {JOB_COLUMNS}"
+    f" RETURNING {IMPORT_COLUMNS}"
 )
 ABANDON = "UPDATE import_jobs SET state = 'FAILED', error = %s, finished_at = now() WHERE id = %s"
-GET = f"SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = %s AND org_id = %s"  # noqa: S608
 CLAIM = (
     "UPDATE import_jobs SET state = 'RUNNING', started_at = coalesce(started_at, now())"
     " WHERE id = (SELECT id FROM import_jobs WHERE state = 'QUEUED' ORDER BY created_at"
@@ -129,43 +125,6 @@ OWNERS = (
     "SELECT key_hash, owner_id FROM unique_claims"
     " WHERE scope = %s AND org_id = %s AND key_hash = ANY(%s)"
 )
-REPORT = (
-    "SELECT line, field, reason FROM import_rejections WHERE job_id = %s AND line > %s"
-    " ORDER BY line LIMIT %s"
-)
-
-
-def render(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A job as the API shows it, with its rate and, from the bytes left, an ETA."""
-    (jid, fmt, mode, dry, state, by, created_at, started, finished, size, done, read, *counts) = row
-    created, updated, skipped, failed, error = counts
-    end = finished or datetime.now(UTC)
-    seconds = (end - started).total_seconds() if started else 0.0
-    rate = read / seconds if seconds > 0 else None
-    eta = None
-    if state == "RUNNING" and done and seconds > 0:
-        eta = round((size - done) / (done / seconds), 1)
-    return {
-        "id": str(jid),
-        "format": fmt,
-        "mode": mode,
-        "dryRun": dry,
-        "state": state,
-        "requestedBy": by,
-        "createdAt": created_at.isoformat(),
-        "startedAt": started and started.isoformat(),
-        "finishedAt": finished and finished.isoformat(),
-        "bytes": size,
-        "bytesDone": done,
-        "rowsRead": read,
-        "created": created,
-        "updated": updated,
-        "skipped": skipped,
-        "failed": failed,
-        "rowsPerSecond": rate and round(rate, 1),
-        "etaSeconds": eta,
-        "error": error,
-    }
 
 
 # --------------------------------------------------------------------------- upload
@@ -235,7 +194,7 @@ class Upload:
     def finish(self) -> dict[str, Any]:
         self._store(bytes(self.buffer))
         row = self.conn.execute(RECEIVED, (self.size, self.digest.digest(), self.job.id))
-        return render(tuple(row.fetchone() or ()))
+        return render_import(tuple(row.fetchone() or ()))
 
     def abandon(self, reason: str) -> None:
         if self.checked:
