@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -289,6 +290,21 @@ def _parser() -> argparse.ArgumentParser:
     p_audit = sub.add_parser("audit", help="audit trail maintenance")
     p_audit.add_argument("action", choices=["verify"])
 
+    for name, helptext in (
+        ("import", "import customers from a CSV or NDJSON file into a running service"),
+        ("export", "export customers of a running service to stdout"),
+    ):
+        p_transfer = sub.add_parser(name, help=helptext)
+        p_transfer.add_argument("--url", default=os.environ.get("CUSTOMERS_API_URL"))
+        p_transfer.add_argument("--token", default=os.environ.get("CUSTOMERS_API_TOKEN"))
+        p_transfer.add_argument("--format", choices=["csv", "ndjson"], default="csv")
+        if name == "import":
+            p_transfer.add_argument("file", type=Path)
+            p_transfer.add_argument("--mode", choices=["create", "upsert"], default="create")
+            p_transfer.add_argument("--dry-run", action="store_true")
+        else:
+            p_transfer.add_argument("--segment", help="a segment's current members only")
+
     p_master = sub.add_parser("keys", help="master-key rotation")
     p_master.add_argument("action", choices=["rotate", "status"])
 
@@ -317,6 +333,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
+
+    if args.command in {"import", "export"}:
+        from service import transfer
+
+        if not args.url or not args.token:
+            parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
+        if args.command == "import":
+            return transfer.import_file(
+                args.url,
+                args.token,
+                args.file,
+                fmt=args.format,
+                mode=args.mode,
+                dry_run=args.dry_run,
+            )
+        return transfer.export(args.url, args.token, args.format, args.segment, sys.stdout.buffer)
 
     settings = _settings(embedded=args.command == "serve" and args.kind == "all")
     if args.command == "serve":
