@@ -59,6 +59,7 @@ bench: install
 	$(VENV)/bin/python -m bench.security
 	$(VENV)/bin/python -m bench.tracking
 	$(VENV)/bin/python -m bench.analytics
+	$(VENV)/bin/python -m bench.transfers
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
