@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import TokenFactory, new_customer
-from tests.e2e.test_membership_api import CUSTOMERS, add_customer
+from tests.e2e.test_membership_api import CUSTOMERS, add_customer, eventually
 
 SERVER_OWNED = ("id", "version", "createdAt", "updatedAt", "lastActivity", "segments", "status")
 
@@ -56,7 +56,7 @@ def test_export_then_import_into_another_organization_round_trips(
     imported = customers_cli(service_url, target_token, "import", str(file))
     assert imported.returncode == 0, imported.stderr
     assert b"succeeded: 3 rows, 3 created" in imported.stderr
-    assert comparable(http, target) == comparable(http, source)
+    eventually(lambda: comparable(http, target) == comparable(http, source))
 
     again = customers_cli(service_url, target_token, "import", str(file))
     assert b"succeeded: 3 rows, 0 created, 0 updated, 3 skipped" in again.stderr
