@@ -4,6 +4,7 @@
 #   make lint     ruff + mypy
 #   make bench    benchmarks
 #   make migrate  apply the database schema
+#   make openapi  write the REST contract to api/openapi/customers-api.v1.yaml
 
 VENV ?= .venv
 # First python3 on PATH that is >= 3.11.
@@ -16,10 +17,10 @@ STAMP := $(VENV)/.installed
 PACKAGES := domain eventstore write_api projections read_api service
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run test lint format bench migrate clean distclean
+.PHONY: help venv install run test lint format bench migrate openapi clean distclean
 
 help:
-	@echo "targets: run test lint format bench migrate venv install clean"
+	@echo "targets: run test lint format bench migrate openapi venv install clean"
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "error: need python3 >= 3.11 on PATH" >&2; exit 1; }
@@ -39,6 +40,9 @@ run: install
 
 migrate: install
 	$(VENV)/bin/customers migrate
+
+openapi: install
+	$(VENV)/bin/customers openapi > api/openapi/customers-api.v1.yaml
 
 test: install
 	$(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)

@@ -305,6 +305,8 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p_transfer.add_argument("--segment", help="a segment's current members only")
 
+    sub.add_parser("openapi", help="print the REST contract (OpenAPI 3.1, YAML)")
+
     p_master = sub.add_parser("keys", help="master-key rotation")
     p_master.add_argument("action", choices=["rotate", "status"])
 
@@ -332,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 get_settings(), sub=args.sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl
             )
         )
+        return 0
+
+    if args.command == "openapi":
+        from service.gateway import published_openapi
+
+        sys.stdout.write(published_openapi())
         return 0
 
     if args.command in {"import", "export"}:
