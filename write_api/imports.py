@@ -17,6 +17,7 @@ profile's rules refuse), naming the field.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -32,6 +33,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from eventsourcing import persistence
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import tuple_row
 from pydantic import ValidationError
@@ -371,13 +373,22 @@ class Importer:
         job = Job(jid, org, Format(fmt), Mode(mode), dry, by, next_line)
         try:
             self._run(job)
-            conn.execute(FINISH, ("SUCCEEDED", None, job.id))
+            outcome: tuple[str, str | None] = ("SUCCEEDED", None)
+        except (psycopg.OperationalError, persistence.OperationalError):
+            # The database refused or lost a connection: nothing is wrong with the job. It
+            # runs again from its checkpoint, here or (if this connection is gone too, taking
+            # the lock with it) after another worker's recovery.
+            log.warning("import interrupted; it will resume", extra={"job": str(job.id)})
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(REQUEUE, (job.id,))
+                conn.execute(UNLOCK, (job.id,))
+            raise
         except Exception as e:
             log.exception("import failed", extra={"job": str(job.id)})
-            conn.execute(FINISH, ("FAILED", type(e).__name__, job.id))
-        finally:
-            conn.execute(DROP_CHUNKS, (job.id,))
-            conn.execute(UNLOCK, (job.id,))
+            outcome = ("FAILED", type(e).__name__)
+        conn.execute(FINISH, (*outcome, job.id))
+        conn.execute(DROP_CHUNKS, (job.id,))
+        conn.execute(UNLOCK, (job.id,))
         return True
 
     def _run(self, job: Job) -> None:

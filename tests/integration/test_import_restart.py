@@ -13,7 +13,9 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
+from eventstore.application import Customers
 from service.settings import Settings
 from write_api import imports
 
@@ -78,3 +80,39 @@ def test_a_killed_import_resumes_and_counts_every_row_once(settings: Settings) -
         assert chunks.fetchone() == (0,)  # the file (personal data) is gone with the job
     assert rejected == [(ROWS + 2, "email")]
     watch.close()
+
+
+def test_a_lost_connection_requeues_the_job_instead_of_failing_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org = f"org-{uuid.uuid4().hex[:6]}"
+    header = "email,name,preferences.marketingConsent,preferences.dataProcessingConsent\r\n"
+    rows = "".join(f"q{i}@example.com,Q {i},false,true\r\n" for i in range(10))
+    job = imports.Job(uuid.uuid4(), org, imports.Format.CSV, imports.Mode.CREATE, False, "t", 0)
+    with imports.connect(settings) as conn:
+        upload = imports.Upload(conn, job)
+        upload.feed((header + rows).encode())
+        upload.finish()
+    real = imports._Chunks.readinto
+    failures = iter([psycopg.OperationalError("server closed the connection unexpectedly")])
+
+    def flaky(self: imports._Chunks, buffer: Any) -> int:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(self, buffer)
+
+    monkeypatch.setattr(imports._Chunks, "readinto", flaky)
+    app = Customers(settings, pool_size=1)
+    importer = imports.Importer(app)
+    watch = psycopg.connect(str(settings.database_url), autocommit=True)
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            importer.run_next()
+        assert job_row(watch, job.id)[0] == "QUEUED"  # not FAILED: the file is still there
+        assert importer.run_next()
+        assert job_row(watch, job.id) == ("SUCCEEDED", 2**31 - 1, 10, 10, 0)
+    finally:
+        importer.close()
+        app.close()
+        watch.close()
