@@ -401,19 +401,19 @@ def run_next(conn: psycopg.Connection[Any]) -> bool:
 
 def fit_forever(database_url: str, max_age_hours: float, stop: threading.Event) -> None:
     """The segments process's model-fitting thread: runs queued fits, schedules the daily
-    ones, and enrols organizations without a fit every ten minutes (a scan of the facts)."""
+    ones, and enrols organizations without a fit every ten minutes (a scan of the facts).
+    It holds a connection only while it works: fits are rare, connections are not free."""
     enrolled = 0.0
     while not stop.is_set():
         try:
             with psycopg.connect(database_url, autocommit=True, row_factory=tuple_row) as conn:
-                while not stop.is_set():
-                    if time.monotonic() - enrolled > ENROL_SECONDS:
-                        conn.execute(ENROL)
-                        enrolled = time.monotonic()
-                    conn.execute(SCHEDULE, (max_age_hours * 3600,))
-                    while run_next(conn):
-                        pass
-                    stop.wait(1.0)
+                if time.monotonic() - enrolled > ENROL_SECONDS:
+                    conn.execute(ENROL)
+                    enrolled = time.monotonic()
+                conn.execute(SCHEDULE, (max_age_hours * 3600,))
+                while run_next(conn):
+                    pass
+            stop.wait(2.0)
         except Exception:
             log.exception("model fitting failed; retrying")
             stop.wait(5.0)

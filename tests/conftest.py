@@ -178,8 +178,9 @@ def env(
         "CUSTOMERS_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         # Lifecycle-deleted customers stay readable during tests; erasure is tested on its own.
         "CUSTOMERS_ERASURE_GRACE_HOURS": "720",
-        # Two workers, each with a whole service, share the machine's 100 connections.
-        "CUSTOMERS_DB_POOL_SIZE": "3",
+        # Two workers, each with a whole service and its background processes, share the
+        # machine's 100 connections.
+        "CUSTOMERS_DB_POOL_SIZE": "2",
         # The whole suite comes from one address; limits are tested on their own.
         "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
         "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",

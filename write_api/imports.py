@@ -500,7 +500,7 @@ def _pairs(batch: Batch, new: list[Customer]) -> list[tuple[tuple[int, Profile],
     return [(lp, by_email[lp[1].email]) for lp in batch.profiles if lp[1].email in by_email]
 
 
-def work(importer: Importer, stop: threading.Event, poll: float = 0.5) -> None:
+def work(importer: Importer, stop: threading.Event, poll: float = 1.0) -> None:
     """The segments process's import thread: run queued jobs until `stop`."""
     backoff = 0.1
     next_recovery = 0.0
@@ -510,6 +510,7 @@ def work(importer: Importer, stop: threading.Event, poll: float = 0.5) -> None:
                 importer.recover()
                 next_recovery = time.monotonic() + 10.0
             if not importer.run_next():
+                importer.close()  # idle: give the connection back (imports are rare)
                 stop.wait(poll)
             backoff = 0.1
         except Exception:
