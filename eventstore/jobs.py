@@ -37,6 +37,25 @@ def render_job(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+# A worker holds a session advisory lock per job it runs (keys per kind of job: `space`); a
+# RUNNING job whose lock can be taken has lost its worker.
+LOCK_JOB = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, %s))"
+UNLOCK_JOB = "SELECT pg_advisory_unlock(hashtextextended(%s::text, %s))"
+
+
+def requeue_orphans(conn: Any, running: str, requeue: str, space: int) -> int:
+    """Run `requeue` for every job `running` lists whose worker is gone; how many."""
+    requeued = 0
+    for (jid,) in conn.execute(running).fetchall():
+        row = conn.execute(LOCK_JOB, (jid, space)).fetchone()
+        if row and row[0]:
+            try:
+                requeued += conn.execute(requeue, (jid,)).rowcount
+            finally:
+                conn.execute(UNLOCK_JOB, (jid, space))
+    return requeued
+
+
 IMPORT_COLUMNS = (
     "id, format, mode, dry_run, state, requested_by, created_at, started_at, finished_at,"
     " bytes, bytes_done, rows_read, created, updated, skipped, failed, error"

@@ -94,26 +94,33 @@ def _supervise(kind: str, workers: int) -> None:
     """Run the workers until one ends (then stop the others: a process manager restarts the
     whole server) or this process is told to stop (they get SIGTERM and drain)."""
     env = {**os.environ, "CUSTOMERS_WORKERS": "1", _WORKER: "1"}
-    procs = [
-        subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
-            [sys.executable, "-m", "service.cli", "serve", kind],
-            env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
-        )
-        for _ in range(workers)
-    ]
+    procs = [_child(kind, env) for _ in range(workers)]
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
+
+
+def _child(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`customers serve <kind>` as a child process, ended with this one."""
+    return subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
+        [sys.executable, "-m", "service.cli", "serve", kind],
+        env=env,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
+    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM (they drain and stop at a consistent position), then SIGKILL after `timeout`."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def serve(kind: str, settings: Settings) -> None:
@@ -159,28 +166,12 @@ def _serve_all(settings: Settings) -> None:
     """Projector, relay, segments engine and NATS ingester as child processes; the REST gateway
     in this one."""
     migrate(settings)
-    children = [
-        subprocess.Popen(  # noqa: S603 — our own interpreter and module, fixed arguments
-            [sys.executable, "-m", "service.cli", "serve", kind],
-            env=os.environ.copy(),
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 — no threads started yet
-        )
-        for kind in ("projector", "relay", "segments", *["ingest"] * max(1, settings.workers))
-    ]
-
-    def _stop_children() -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    kinds = ("projector", "relay", "segments", *["ingest"] * max(1, settings.workers))
+    children = [_child(kind, os.environ.copy()) for kind in kinds]
 
     def _exit(signum: int, _frame: object) -> None:
         # uvicorn drains requests, then re-raises the signal it caught: it lands here.
-        _stop_children()
+        _stop(children)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
@@ -196,7 +187,7 @@ def _serve_all(settings: Settings) -> None:
     try:
         serve("gateway", settings)
     finally:
-        _stop_children()
+        _stop(children)
 
 
 def _api_keys(settings: Settings, args: argparse.Namespace) -> int:

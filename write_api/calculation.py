@@ -36,7 +36,7 @@ from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, SegmentCalculated, events, stream_id
 from domain.segment import Segment, effective_criteria
 from eventstore.application import Customers
-from eventstore.jobs import JOB_COLUMNS, render_job
+from eventstore.jobs import JOB_COLUMNS, LOCK_JOB, UNLOCK_JOB, render_job, requeue_orphans
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import max_notification_id, read_position
 from projections.segment_sql import compile_where
@@ -72,8 +72,7 @@ RUNNING = "SELECT id FROM segment_jobs WHERE state = 'RUNNING'"
 REQUEUE = (
     "UPDATE segment_jobs SET state = 'QUEUED', phase = NULL WHERE id = %s AND state = 'RUNNING'"
 )
-LOCK_JOB = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, 0))"
-UNLOCK_JOB = "SELECT pg_advisory_unlock(hashtextextended(%s::text, 0))"
+LOCK_SPACE = 0  # of eventstore.jobs.LOCK_JOB
 # Time-relative criteria ("last purchase within 30 days") drift with the clock, unseen by
 # the incremental path: active dynamic segments are recalculated when their last
 # calculation is older than the configured interval.
@@ -136,15 +135,7 @@ class Calculator:
 
     def recover(self) -> int:
         """Queue again the RUNNING jobs whose worker is gone (its advisory lock with it)."""
-        conn = self._connection()
-        requeued = 0
-        for (jid,) in conn.execute(RUNNING).fetchall():
-            row = conn.execute(LOCK_JOB, (jid,)).fetchone()
-            if row and row[0]:
-                try:
-                    requeued += conn.execute(REQUEUE, (jid,)).rowcount
-                finally:
-                    conn.execute(UNLOCK_JOB, (jid,))
+        requeued = requeue_orphans(self._connection(), RUNNING, REQUEUE, LOCK_SPACE)
         if requeued:
             log.warning("requeued jobs of a vanished worker", extra={"jobs": requeued})
         return requeued
@@ -164,11 +155,11 @@ class Calculator:
             if row is None:
                 return False
             job = Job(*row)
-            conn.execute(LOCK_JOB, (job.id,))  # session lock: outlives this transaction
+            conn.execute(LOCK_JOB, (job.id, LOCK_SPACE))  # session lock: outlives the transaction
         try:
             self._run(conn, job)
         finally:
-            conn.execute(UNLOCK_JOB, (job.id,))
+            conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
         return True
 
     def _phase(self, conn: Connection, job: Job, phase: str) -> None:

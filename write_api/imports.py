@@ -42,7 +42,13 @@ from domain.customer import Customer
 from domain.errors import DomainError, invalid
 from domain.values import Profile
 from eventstore.application import Customers
-from eventstore.jobs import IMPORT_COLUMNS, render_import
+from eventstore.jobs import (
+    IMPORT_COLUMNS,
+    LOCK_JOB,
+    UNLOCK_JOB,
+    render_import,
+    requeue_orphans,
+)
 from eventstore.recorder import Claim
 from service.problems import field_path
 from service.settings import Settings
@@ -107,8 +113,7 @@ STALE_UPLOADS = (
     " finished_at = now() WHERE state = 'RECEIVING' AND created_at < now() - interval '1 hour'"
     " RETURNING id"
 )
-LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, 1))"
-UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s::text, 1))"
+LOCK_SPACE = 1  # of eventstore.jobs.LOCK_JOB
 CHUNK = "SELECT data FROM import_chunks WHERE job_id = %s AND seq = %s"
 CHECKPOINT = (
     "UPDATE import_jobs SET next_line = %s, bytes_done = %s, rows_read = rows_read + %s,"
@@ -353,12 +358,7 @@ class Importer:
     def recover(self) -> None:
         """Queue again the RUNNING jobs whose worker is gone (its advisory lock with it)."""
         conn = self._connection()
-        for (jid,) in conn.execute(RUNNING).fetchall():
-            if conn.execute(LOCK, (jid,)).fetchone() == (True,):
-                try:
-                    conn.execute(REQUEUE, (jid,))
-                finally:
-                    conn.execute(UNLOCK, (jid,))
+        requeue_orphans(conn, RUNNING, REQUEUE, LOCK_SPACE)
         for (jid,) in conn.execute(STALE_UPLOADS).fetchall():
             conn.execute(DROP_CHUNKS, (jid,))
 
@@ -369,7 +369,7 @@ class Importer:
             if row is None:
                 return False
             jid, org, fmt, mode, dry, by, next_line = row
-            conn.execute(LOCK, (jid,))  # session lock: outlives this transaction
+            conn.execute(LOCK_JOB, (jid, LOCK_SPACE))  # session lock: outlives the transaction
         job = Job(jid, org, Format(fmt), Mode(mode), dry, by, next_line)
         try:
             self._run(job)
@@ -381,14 +381,14 @@ class Importer:
             log.warning("import interrupted; it will resume", extra={"job": str(job.id)})
             with contextlib.suppress(psycopg.Error):
                 conn.execute(REQUEUE, (job.id,))
-                conn.execute(UNLOCK, (job.id,))
+                conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
             raise
         except Exception as e:
             log.exception("import failed", extra={"job": str(job.id)})
             outcome = ("FAILED", type(e).__name__)
         conn.execute(FINISH, (*outcome, job.id))
         conn.execute(DROP_CHUNKS, (job.id,))
-        conn.execute(UNLOCK, (job.id,))
+        conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
         return True
 
     def _run(self, job: Job) -> None:

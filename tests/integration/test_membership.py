@@ -21,6 +21,7 @@ from domain.membership import Change, Reason, SegmentCalculated, SegmentJoined, 
 from domain.segment import Segment, SegmentDefinition
 from domain.values import Profile
 from eventstore.application import Customers
+from eventstore.jobs import LOCK_JOB
 from projections import segment_sql
 from projections.runner import Projector
 from read_api.segments import GET as GET_SEGMENT
@@ -195,7 +196,7 @@ def test_jobs_of_a_vanished_worker_are_queued_again(
     alive = calculation.queue(app, org, segment.id, calculation.Reason.CALCULATION, "tester")
     sql(settings, "UPDATE segment_jobs SET state = 'RUNNING' WHERE segment_id = %s", segment.id)
     with psycopg.connect(str(settings.database_url), autocommit=True) as worker:
-        worker.execute(calculation.LOCK_JOB, (alive["id"],))  # a live worker holds this one
+        worker.execute(LOCK_JOB, (alive["id"], calculation.LOCK_SPACE))  # a live worker holds it
         assert calculator.recover() == 1
         assert job_state(settings, orphan["id"])[0] == "QUEUED"
         assert job_state(settings, alive["id"])[0] == "RUNNING"
