@@ -63,8 +63,11 @@ FORCE_EMBEDDED = os.environ.get("CUSTOMERS_TEST_EMBEDDED", "") not in ("", "0")
 
 
 def _worker() -> str:
-    """xdist worker id (gw0, gw1, ...) or "main" when not distributed."""
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    """xdist worker id (gw0, gw1, ...) or "main" when not distributed, after the run's
+    CUSTOMERS_TEST_TAG if set: runs side by side on one server need different databases,
+    since each run drops and recreates its workers' ones."""
+    tag = os.environ.get("CUSTOMERS_TEST_TAG", "")
+    return tag + os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @dataclass(frozen=True)
