@@ -3,7 +3,7 @@
 1. Import of N customers (default 100,000; `--rows 1000000` for the issue's scale) from a CSV
    in the export's columns (dotted names, tags as JSON text, booleans as true/false), values
    drawn by `service.seed.CustomerFactory`: the upload through `write_api.imports.Upload` (as
-   `POST /customers/import` feeds it), the job run in process by `imports.Importer.run_next`,
+   `POST /customers/import` feeds it), the job run in process by `JobRunner.run_next`,
    then `projections.runner.Projector.run_once` until every customer is in customers_view;
    each part timed, and rows/s end to end until listable. Baseline: plain `COPY ... FROM STDIN
    (FORMAT csv)` of the same file into a scratch table of text columns.
@@ -99,12 +99,11 @@ def rps(rows: int, seconds: float) -> str:
 
 
 def run(out: report.Report, url: str, rows: int) -> None:
-    import uuid
-
     from eventstore.application import Customers
     from projections.runner import Projector
     from service.settings import get_settings
-    from write_api import imports
+    from write_api import imports, jobs
+    from write_api.engine import job_runner
 
     settings = get_settings()
     path = env.DATA_DIR / f"transfers-{rows}.csv"
@@ -133,9 +132,8 @@ def run(out: report.Report, url: str, rows: int) -> None:
             assert row is not None and row[0] == rows, row
             conn.execute("DROP TABLE bench_scratch")
 
-        job = imports.Job(uuid.uuid4(), ORG, imports.Format.CSV, imports.Mode.CREATE, False,
-                          "bench", 0)  # fmt: skip
-        conn = imports.connect(settings)
+        job = imports.new_job(ORG, imports.Format.CSV, imports.Mode.CREATE, False, "bench")
+        conn = jobs.connect(settings)
         t_start = time.perf_counter()
         try:
             upload = imports.Upload(conn, job)
@@ -146,7 +144,7 @@ def run(out: report.Report, url: str, rows: int) -> None:
         finally:
             conn.close()
         t_uploaded = time.perf_counter()
-        importer = imports.Importer(app)
+        importer = job_runner(app)
         try:
             assert importer.run_next()
         finally:
@@ -154,7 +152,7 @@ def run(out: report.Report, url: str, rows: int) -> None:
         t_imported = time.perf_counter()
         with psycopg.connect(url) as c:
             state = c.execute(
-                "SELECT state, created, failed, error FROM import_jobs WHERE id = %s", (job.id,)
+                "SELECT state, created, failed, error FROM customer_jobs WHERE id = %s", (job.id,)
             ).fetchone()
         assert state is not None and state[0] == "SUCCEEDED" and state[1] == rows, state
         listed = 0

@@ -5,8 +5,9 @@ projections.customers.FILTERS, with the same rules as the list."""
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from domain.errors import invalid
 from domain.values import CustomerStatus, Gender, Model, lookup_country
@@ -59,3 +60,21 @@ def filter_params(filters: CustomerFilters, field: str) -> dict[str, Any]:
         if filters.age_min is not None and filters.age_min > filters.age_max:
             raise invalid(f"{field}.ageMax", "must not be less than ageMin")
     return params
+
+
+class CustomerSelection(Model):
+    """The customers a bulk operation applies to: exactly one of ids, filters (at least one
+    of them: an empty filter would select everyone by accident) or a segment's members."""
+
+    ids: Annotated[list[UUID], Field(min_length=1, max_length=10_000)] | None = None
+    filters: CustomerFilters | None = None
+    segment_id: UUID | None = Field(default=None, description="the segment's current members")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CustomerSelection:
+        given = [n for n in ("ids", "filters", "segment_id") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of ids, filters, segmentId")
+        if self.filters is not None and not self.filters.model_dump(exclude_none=True):
+            raise ValueError("filters must name at least one filter")
+        return self

@@ -1,10 +1,13 @@
-"""Job rows as both APIs show them: segment calculations (migrations/0004_membership.sql)
-and customer imports (migrations/0012_imports.sql)."""
+"""Job rows as both APIs show them, and the SQL both sides share: segment calculations
+(migrations/0004_membership.sql), customer imports and bulk operations (0012, 0013)."""
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from domain.values import utc_iso
 
@@ -56,41 +59,93 @@ def requeue_orphans(conn: Any, running: str, requeue: str, space: int) -> int:
     return requeued
 
 
-IMPORT_COLUMNS = (
-    "id, format, mode, dry_run, state, requested_by, created_at, started_at, finished_at,"
-    " bytes, bytes_done, rows_read, created, updated, skipped, failed, error"
+# Imports and bulk operations: one table of customer jobs (0012_imports.sql, 0013_bulk_jobs.sql).
+CUSTOMER_JOB_COLUMNS = (
+    "id, kind, format, mode, dry_run, state, requested_by, created_at, started_at,"
+    " finished_at, bytes, bytes_done, rows_read, created, updated, skipped, failed, error,"
+    " total, spec"
 )
-GET_IMPORT = f"SELECT {IMPORT_COLUMNS} FROM import_jobs WHERE id = %s AND org_id = %s"  # noqa: S608
-IMPORT_REJECTIONS = (
-    "SELECT line, field, reason FROM import_rejections WHERE job_id = %s AND line > %s"
+GET_CUSTOMER_JOB = (
+    f"SELECT {CUSTOMER_JOB_COLUMNS} FROM customer_jobs"  # noqa: S608
+    " WHERE id = %s AND org_id = %s AND (kind = 'import') = %s"
+)
+JOB_REJECTIONS = (
+    "SELECT line, customer_id, field, reason FROM job_rejections WHERE job_id = %s AND line > %s"
     " ORDER BY line LIMIT %s"
 )
+# A batch's progress and its rejected rows, written in the transaction of its changes.
+CHECKPOINT = (
+    "UPDATE customer_jobs SET next_line = %s, bytes_done = %s, rows_read = rows_read + %s,"
+    " created = created + %s, updated = updated + %s, skipped = skipped + %s,"
+    " failed = failed + %s WHERE id = %s"
+)
+REJECT = (
+    "INSERT INTO job_rejections (job_id, line, customer_id, field, reason)"
+    " SELECT %s, unnest(%s::int[]), unnest(%s::uuid[]), unnest(%s::text[]), unnest(%s::text[])"
+    " ON CONFLICT DO NOTHING"
+)
 
 
-def render_import(row: tuple[Any, ...]) -> dict[str, Any]:
-    """An import as the API shows it, with its rate and, from the bytes left, an ETA."""
-    (jid, fmt, mode, dry, state, by, created_at, started, finished, size, done, read, *counts) = row
-    created, updated, skipped, failed, error = counts
+@dataclass(frozen=True)
+class Rejection:
+    line: int  # where the record starts in the file; a bulk job's target position
+    customer_id: UUID | None
+    field: str | None
+    reason: str
+
+
+@dataclass
+class Tally:
+    """A batch's outcome, up to its commit."""
+
+    read: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    rejected: list[Rejection] = dataclass_field(default_factory=list)
+
+    def statements(self, job_id: UUID, next_line: int, position: int) -> list[tuple[Any, Any]]:
+        """The checkpoint (resume at `next_line`, `position` bytes read) and rejections."""
+        counts = (self.read, self.created, self.updated, self.skipped, len(self.rejected))
+        out: list[tuple[Any, Any]] = [(CHECKPOINT, (next_line, position, *counts, job_id))]
+        if self.rejected:
+            columns = [list(c) for c in zip(*(astuple(r) for r in self.rejected), strict=True)]
+            out.append((REJECT, (job_id, *columns)))
+        return out
+
+
+def render_customer_job(row: tuple[Any, ...]) -> dict[str, Any]:
+    """An import or bulk job as the API shows it, with its rate and an ETA (from the bytes
+    left of an import's file, from the customers left of a bulk job)."""
+    (jid, kind, fmt, mode, dry, state, by, created_at, started, finished, size, done, read,
+     created, updated, skipped, failed, error, total, spec) = row  # fmt: skip
     end = finished or datetime.now(UTC)
     seconds = (end - started).total_seconds() if started else 0.0
     rate = read / seconds if seconds > 0 else None
     eta = None
-    if state == "RUNNING" and done and seconds > 0:
-        eta = round((size - done) / (done / seconds), 1)
-    return {
-        "id": str(jid),
-        "format": fmt,
-        "mode": mode,
+    running = state == "RUNNING" and seconds > 0
+    shown: dict[str, Any] = {"id": str(jid), "kind": kind}
+    if kind == "import":
+        if running and done:
+            eta = round((size - done) / (done / seconds), 1)
+        shown |= {"format": fmt, "mode": mode}
+    else:
+        if running and read and total is not None:
+            eta = round((total - read) / (read / seconds), 1)
+        shown |= {k: v for k, v in spec.items() if k != "admin"}
+    shown |= {
         "dryRun": dry,
         "state": state,
         "requestedBy": by,
         "createdAt": utc_iso(created_at),
         "startedAt": started and utc_iso(started),
         "finishedAt": finished and utc_iso(finished),
-        "bytes": size,
-        "bytesDone": done,
-        "rowsRead": read,
-        "created": created,
+    }
+    if kind == "import":
+        shown |= {"bytes": size, "bytesDone": done, "rowsRead": read, "created": created}
+    else:
+        shown |= {"total": total, "processed": read}
+    return shown | {
         "updated": updated,
         "skipped": skipped,
         "failed": failed,

@@ -53,6 +53,28 @@ FILTERS = {
     "created_to": "created_at <= %(created_to)s",
 }
 
+
+def selection_sql(
+    selection: dict[str, Any] | None, column: str = "customer_id"
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """` AND <column> IN (...)` for a segment's current members or list filters (stored as
+    their FILTERS parameters)."""
+    if not selection:
+        return sql.SQL(""), {}
+    if "segmentId" in selection:
+        members: sql.Composable = sql.SQL(
+            "SELECT customer_id FROM segment_membership"
+            " WHERE segment_id = %(segment)s AND left_at IS NULL"
+        )
+        params: dict[str, Any] = {"segment": UUID(selection["segmentId"])}
+    else:
+        params = dict(selection["filters"])
+        members = sql.SQL("SELECT id FROM customers_view WHERE org_id = %(org)s AND {}").format(
+            sql.SQL(" AND ").join(sql.SQL(FILTERS[k]) for k in params)
+        )
+    return sql.SQL(" AND {} IN ({})").format(sql.Identifier(column), members), params
+
+
 _PREFIX = "domain.customer:Customer."  # every Customer event; other aggregates are skipped
 CREATED = _PREFIX + "Created"
 UPDATED = _PREFIX + "Updated"

@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from domain.purchase_model import BgNbdFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma
 from domain.values import utc_iso
-from projections.customers import FILTERS
+from projections.customers import selection_sql
 
 log = logging.getLogger(__name__)
 
@@ -127,27 +127,6 @@ FROM customer_facts
 WHERE org_id = %(org)s AND status <> 'DELETED' AND order_count > 0
     AND last_purchase_at <= %(until)s {where}
 """
-
-
-def selection_sql(
-    selection: dict[str, Any] | None, column: str = "customer_id"
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """` AND <column> IN (...)` for a segment's current members or list filters (stored as
-    their FILTERS parameters)."""
-    if not selection:
-        return sql.SQL(""), {}
-    if "segmentId" in selection:
-        members: sql.Composable = sql.SQL(
-            "SELECT customer_id FROM segment_membership"
-            " WHERE segment_id = %(segment)s AND left_at IS NULL"
-        )
-        params: dict[str, Any] = {"segment": UUID(selection["segmentId"])}
-    else:
-        params = dict(selection["filters"])
-        members = sql.SQL("SELECT id FROM customers_view WHERE org_id = %(org)s AND {}").format(
-            sql.SQL(" AND ").join(sql.SQL(FILTERS[k]) for k in params)
-        )
-    return sql.SQL(" AND {} IN ({})").format(sql.Identifier(column), members), params
 
 
 @dataclass(frozen=True)

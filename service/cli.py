@@ -281,6 +281,23 @@ def _parser() -> argparse.ArgumentParser:
     p_audit = sub.add_parser("audit", help="audit trail maintenance")
     p_audit.add_argument("action", choices=["verify"])
 
+    _client_parsers(sub)
+
+    sub.add_parser("openapi", help="print the REST contract (OpenAPI 3.1, YAML)")
+
+    p_master = sub.add_parser("keys", help="master-key rotation")
+    p_master.add_argument("action", choices=["rotate", "status"])
+
+    p_seed = sub.add_parser("seed", help="generate realistic customers")
+    p_seed.add_argument("--count", type=int, required=True)
+    p_seed.add_argument("--org", default="acme")
+    p_seed.add_argument("--batch", type=int, default=500)
+
+    return parser
+
+
+def _client_parsers(sub: Any) -> None:
+    """The commands that talk to a running service over its REST API."""
     for name, helptext in (
         ("import", "import customers from a CSV or NDJSON file into a running service"),
         ("export", "export customers of a running service to stdout"),
@@ -296,17 +313,21 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p_transfer.add_argument("--segment", help="a segment's current members only")
 
-    sub.add_parser("openapi", help="print the REST contract (OpenAPI 3.1, YAML)")
-
-    p_master = sub.add_parser("keys", help="master-key rotation")
-    p_master.add_argument("action", choices=["rotate", "status"])
-
-    p_seed = sub.add_parser("seed", help="generate realistic customers")
-    p_seed.add_argument("--count", type=int, required=True)
-    p_seed.add_argument("--org", default="acme")
-    p_seed.add_argument("--batch", type=int, default=500)
-
-    return parser
+    p_bulk = sub.add_parser("bulk", help="run a bulk job on a running service and follow it")
+    p_bulk.add_argument("kind", choices=["update", "delete", "segments"])
+    p_bulk.add_argument("--url", default=os.environ.get("CUSTOMERS_API_URL"))
+    p_bulk.add_argument("--token", default=os.environ.get("CUSTOMERS_API_TOKEN"))
+    chosen = p_bulk.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--ids", type=Path, help="a file of customer ids, one per line (- stdin)")
+    chosen.add_argument("--filter", action="append", help="NAME=VALUE (tags=a,b), repeatable")
+    chosen.add_argument("--segment", help="the members of this segment")
+    p_bulk.add_argument("--patch", help="update: the patch as JSON")
+    p_bulk.add_argument("--add-tag", action="append", default=[], help="update: repeatable")
+    p_bulk.add_argument("--remove-tag", action="append", default=[], help="update: repeatable")
+    p_bulk.add_argument("--status", help="update: the new status")
+    p_bulk.add_argument("--to", help="segments: the STATIC segment")
+    p_bulk.add_argument("--action", choices=["add", "remove"], help="segments")
+    p_bulk.add_argument("--dry-run", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,11 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(published_openapi())
         return 0
 
-    if args.command in {"import", "export"}:
+    if args.command in {"import", "export", "bulk"}:
         from service import transfer
 
         if not args.url or not args.token:
             parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
+        if args.command == "bulk":
+            return transfer.bulk(args.url, args.token, args)
         if args.command == "import":
             return transfer.import_file(
                 args.url,

@@ -35,16 +35,20 @@ from service.auth import (
     CanSegments,
     CanTrack,
     CanWrite,
+    Permission,
     Principal,
 )
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
-from write_api import imports, tracking
+from write_api import bulk, imports, jobs, tracking
 from write_api.commands import Outcome
 from write_api.customers import CustomerCommands
 from write_api.schemas import (
     ActiveOrders,
     ApiKeyCreate,
+    BulkDelete,
+    BulkSegments,
+    BulkUpdate,
     CustomerCreate,
     CustomerUpdate,
     EmailVerification,
@@ -53,7 +57,7 @@ from write_api.schemas import (
     SegmentCreate,
     SegmentUpdate,
 )
-from write_api.segments import SegmentCommands
+from write_api.segments import SegmentCommands, check_assignable
 
 PREFIX = "/api/v1/customers"
 SEGMENTS = PREFIX + "/segments"
@@ -266,8 +270,8 @@ async def start_import(
 ) -> Response:
     """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import")."""
     settings: Settings = request.app.state.settings
-    job = imports.Job(uuid4(), principal.org, format, mode, dry_run, principal.sub, 0)
-    conn = await run_in_threadpool(imports.connect, settings)
+    job = imports.new_job(principal.org, format, mode, dry_run, principal.sub)
+    conn = await run_in_threadpool(jobs.connect, settings)
     upload = imports.Upload(conn, job)
     try:
         async for piece in request.stream():
@@ -286,6 +290,53 @@ async def start_import(
         media_type="application/json",
         headers={"Location": f"{PREFIX}/import/{job.id}"},
     )
+
+
+bulk_routes = APIRouter(tags=["bulk"])
+_BULK = {202: {"description": "The queued job; poll the Location"}, **_ERRORS}
+
+
+def _bulk(
+    request: Request,
+    principal: Principal,
+    kind: bulk.Kind,
+    body: BulkDelete,
+    details: dict[str, Any],
+) -> Response:
+    with jobs.connect(request.app.state.settings) as conn:
+        job = bulk.queue(conn, principal, kind, body.selection, details, dry_run=body.dry_run)
+    return Response(
+        orjson.dumps(job),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"{PREFIX}/bulk/{job['id']}"},
+    )
+
+
+@bulk_routes.post(PREFIX + "/bulk/update", status_code=202, responses=_BULK)
+def bulk_update(body: BulkUpdate, principal: CanWrite, request: Request) -> Response:
+    """Apply a patch (tags added/removed, status, preferences, source) to the selected
+    customers as a job, each under the rules of a single update (docs/api.md "Bulk")."""
+    patch = body.patch.model_dump(mode="json", by_alias=True, exclude_none=True)
+    details = {"patch": patch, "admin": principal.can(Permission.SUSPEND)}
+    return _bulk(request, principal, bulk.Kind.UPDATE, body, details)
+
+
+@bulk_routes.post(PREFIX + "/bulk/delete", status_code=202, responses=_BULK)
+def bulk_delete(body: BulkDelete, principal: CanDelete, request: Request) -> Response:
+    """Lifecycle-delete the selected customers as a job (as `DELETE /customers/{id}`;
+    customers with active orders are reported, not deleted)."""
+    return _bulk(request, principal, bulk.Kind.DELETE, body, {})
+
+
+@bulk_routes.post(PREFIX + "/bulk/segments", status_code=202, responses=_BULK)
+def bulk_segments(
+    body: BulkSegments, principal: CanSegments, segments: Segments, request: Request
+) -> Response:
+    """Add the selected customers to a STATIC segment, or remove them, as a job."""
+    check_assignable(segments.load(principal, body.segment_id))
+    details = {"segmentId": str(body.segment_id), "action": body.action}
+    return _bulk(request, principal, bulk.Kind.SEGMENTS, body, details)
 
 
 @tracking_routes.post(
@@ -510,6 +561,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment_routes)
     app.include_router(tracking_routes)
     app.include_router(import_routes)
+    app.include_router(bulk_routes)
     app.include_router(key_routes)
 
     @app.get("/health", include_in_schema=False)

@@ -61,7 +61,7 @@ class CustomerCommands(Commands[Customer]):
             token = self.save(
                 customer,
                 new_keys=[key],
-                claims=[self._claim(principal.org, customer.email, customer.id)],
+                claims=[self.email_claim(principal.org, customer.email, customer.id)],
                 idempotency=record,
             )
         except IntegrityError as e:
@@ -104,8 +104,8 @@ class CustomerCommands(Commands[Customer]):
             previous = customer.email
             customer.verify_email(token, now=datetime.now(UTC))
             return {
-                "releases": [self._release(principal.org, previous)],
-                "claims": [self._claim(principal.org, customer.email, customer.id)],
+                "releases": [self.email_release(principal.org, previous)],
+                "claims": [self.email_claim(principal.org, customer.email, customer.id)],
             }
 
         return self.command(principal, customer_id, None, decide)
@@ -125,7 +125,7 @@ class CustomerCommands(Commands[Customer]):
 
         def decide(customer: Customer) -> dict[str, Any]:
             customer.delete(actor=principal.sub)
-            return {"releases": [self._release(principal.org, customer.email)]}
+            return {"releases": [self.email_release(principal.org, customer.email)]}
 
         return self.command(principal, customer_id, if_match, decide)
 
@@ -213,8 +213,8 @@ class CustomerCommands(Commands[Customer]):
         token = self.app.recorder.notification_id(record.customer_id, record.version)
         return Outcome(customer.public(), record.version, token, status=record.status)
 
-    def _claim(self, org: str, email: str, customer_id: UUID) -> Claim:
+    def email_claim(self, org: str, email: str, customer_id: UUID) -> Claim:
         return Claim(EMAIL, org, self.app.keys.claim_hash(EMAIL, org, email), customer_id)
 
-    def _release(self, org: str, email: str) -> Release:
+    def email_release(self, org: str, email: str) -> Release:
         return Release(EMAIL, org, self.app.keys.claim_hash(EMAIL, org, email))

@@ -1,6 +1,7 @@
 """The segments process: the calculation worker, the incremental evaluators (customer
-changes, tracked activity), the importer, the write auditor, the model fitter and the
-retention sweep, each in a thread, sharing one event-sourced application."""
+changes, tracked activity), the customer jobs (imports, bulk operations), the write auditor,
+the model fitter and the retention sweep, each in a thread, sharing one event-sourced
+application."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import threading
 from eventstore.application import Customers
 from projections import purchase_models
 from service.settings import Settings
-from write_api import attribution, imports
+from write_api import attribution, bulk, imports, jobs
 from write_api.calculation import Calculator, work
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep_forever
 from write_api.membership import ActivityReevaluator, Reevaluator, follow_customers
 
 log = logging.getLogger(__name__)
+
+
+def job_runner(app: Customers) -> jobs.JobRunner:
+    """The runner of every kind of customer job."""
+    return jobs.JobRunner(app, {"import": imports.run, **dict.fromkeys(bulk.Kind, bulk.run)})
 
 
 class SegmentEngine:
@@ -37,7 +43,7 @@ class SegmentEngine:
         self.activity = ActivityReevaluator(Reevaluator(self.app), self._url)
         self.customers = CustomerCommands(self.app)
         self.auditor = attribution.WriteAuditor(self.app)
-        self.importer = imports.Importer(self.app)
+        self.jobs = job_runner(self.app)
         self._grace = settings.erasure_grace_hours * 3600
         self._retention_months = settings.activity_retention_months
         self._stop = threading.Event()
@@ -65,9 +71,9 @@ class SegmentEngine:
                 daemon=True,
             ),
             threading.Thread(
-                target=imports.work,
-                args=(self.importer, self._stop),
-                name="importer",
+                target=jobs.work,
+                args=(self.jobs, self._stop),
+                name="customer-jobs",
                 daemon=True,
             ),
             threading.Thread(
@@ -102,7 +108,7 @@ class SegmentEngine:
         self.reevaluator.close()
         self.activity.close()
         self.auditor.close()
-        self.importer.close()
+        self.jobs.close()
         if self._own_app:
             self.app.close()
         log.info("segment engine stopped")

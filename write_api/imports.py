@@ -17,42 +17,31 @@ profile's rules refuse), naming the field.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import logging
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 import psycopg
-from eventsourcing import persistence
 from eventsourcing.persistence import IntegrityError
-from psycopg.rows import tuple_row
 from pydantic import ValidationError
 
 from domain.customer import Customer
 from domain.errors import DomainError, invalid
 from domain.values import Profile
 from eventstore.application import Customers
-from eventstore.jobs import (
-    IMPORT_COLUMNS,
-    LOCK_JOB,
-    UNLOCK_JOB,
-    render_import,
-    requeue_orphans,
-)
+from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from eventstore.recorder import Claim
 from service.problems import field_path
-from service.settings import Settings
 from write_api.customers import EMAIL
+from write_api.jobs import Job, JobRunner, connect, drop_input
 
 log = logging.getLogger(__name__)
 
@@ -90,44 +79,16 @@ class Mode(StrEnum):
 
 
 START = (
-    "INSERT INTO import_jobs (id, org_id, format, mode, dry_run, state, requested_by)"
+    "INSERT INTO customer_jobs (id, org_id, format, mode, dry_run, state, requested_by)"
     " VALUES (%s, %s, %s, %s, %s, 'RECEIVING', %s)"
 )
 ADD_CHUNK = "INSERT INTO import_chunks (job_id, seq, data) VALUES (%s, %s, %s)"
 RECEIVED = (
-    "UPDATE import_jobs SET state = 'QUEUED', bytes = %s, sha256 = %s WHERE id = %s"  # noqa: S608
-    f" RETURNING {IMPORT_COLUMNS}"
+    "UPDATE customer_jobs SET state = 'QUEUED', bytes = %s, sha256 = %s WHERE id = %s"  # noqa: S608
+    f" RETURNING {CUSTOMER_JOB_COLUMNS}"
 )
-ABANDON = "UPDATE import_jobs SET state = 'FAILED', error = %s, finished_at = now() WHERE id = %s"
-CLAIM = (
-    "UPDATE import_jobs SET state = 'RUNNING', started_at = coalesce(started_at, now())"
-    " WHERE id = (SELECT id FROM import_jobs WHERE state = 'QUEUED' ORDER BY created_at"
-    " FOR UPDATE SKIP LOCKED LIMIT 1)"
-    " RETURNING id, org_id, format, mode, dry_run, requested_by, next_line"
-)
-RUNNING = "SELECT id FROM import_jobs WHERE state = 'RUNNING'"
-REQUEUE = "UPDATE import_jobs SET state = 'QUEUED' WHERE id = %s AND state = 'RUNNING'"
-# Uploads whose process died while receiving: their chunks are all there is.
-STALE_UPLOADS = (
-    "UPDATE import_jobs SET state = 'FAILED', error = 'upload interrupted',"
-    " finished_at = now() WHERE state = 'RECEIVING' AND created_at < now() - interval '1 hour'"
-    " RETURNING id"
-)
-LOCK_SPACE = 1  # of eventstore.jobs.LOCK_JOB
+ABANDON = "UPDATE customer_jobs SET state = 'FAILED', error = %s, finished_at = now() WHERE id = %s"
 CHUNK = "SELECT data FROM import_chunks WHERE job_id = %s AND seq = %s"
-CHECKPOINT = (
-    "UPDATE import_jobs SET next_line = %s, bytes_done = %s, rows_read = rows_read + %s,"
-    " created = created + %s, updated = updated + %s, skipped = skipped + %s,"
-    " failed = failed + %s WHERE id = %s"
-)
-REJECT = (
-    "INSERT INTO import_rejections (job_id, line, field, reason)"
-    " SELECT %s, unnest(%s::int[]), unnest(%s::text[]), unnest(%s::text[])"
-    " ON CONFLICT DO NOTHING"
-)
-FINISH = "UPDATE import_jobs SET state = %s, error = %s, finished_at = now() WHERE id = %s"
-# The file holds personal data: it goes when its job ends.
-DROP_CHUNKS = "DELETE FROM import_chunks WHERE job_id = %s"
 OWNERS = (
     "SELECT key_hash, owner_id FROM unique_claims"
     " WHERE scope = %s AND org_id = %s AND key_hash = ANY(%s)"
@@ -166,15 +127,8 @@ def known_column(name: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Job:
-    id: UUID
-    org_id: str
-    fmt: Format
-    mode: Mode
-    dry_run: bool
-    requested_by: str
-    next_line: int
+def new_job(org: str, fmt: Format, mode: Mode, dry_run: bool, requested_by: str) -> Job:
+    return Job(uuid4(), "import", org, fmt, mode, dry_run, requested_by, 0)
 
 
 @dataclass
@@ -201,16 +155,16 @@ class Upload:
     def finish(self) -> dict[str, Any]:
         self._store(bytes(self.buffer))
         row = self.conn.execute(RECEIVED, (self.size, self.digest.digest(), self.job.id))
-        return render_import(tuple(row.fetchone() or ()))
+        return render_customer_job(tuple(row.fetchone() or ()))
 
     def abandon(self, reason: str) -> None:
         if self.checked:
             self.conn.execute(ABANDON, (reason, self.job.id))
-            self.conn.execute(DROP_CHUNKS, (self.job.id,))
+            drop_input(self.conn, self.job.id)
 
     def _store(self, data: bytes) -> None:
         if not self.checked:
-            check_header(data, self.job.fmt)
+            check_header(data, Format(str(self.job.fmt)))
             j = self.job
             self.conn.execute(START, (j.id, j.org_id, j.fmt, j.mode, j.dry_run, j.requested_by))
             self.checked = True
@@ -325,196 +279,113 @@ def nested(header: list[str], row: list[str]) -> dict[str, Any]:
 
 @dataclass
 class Batch:
-    """Valid profiles (line, profile) and the rows refused so far, up to the next commit."""
+    """Valid profiles (line, profile) and the outcome so far, up to the next commit."""
 
     profiles: list[tuple[int, Profile]] = field(default_factory=list)
-    rejected: list[tuple[int, str | None, str]] = field(default_factory=list)
-    read: int = 0
+    tally: Tally = field(default_factory=Tally)
+
+    def reject(self, line: int, field: str | None, reason: str) -> None:
+        self.tally.rejected.append(Rejection(line, None, field, reason))
+
+    @property
+    def size(self) -> int:
+        return len(self.profiles) + len(self.tally.rejected)
 
 
-def connect(settings: Settings) -> Connection:
-    assert settings.database_url
-    return psycopg.connect(settings.database_url, autocommit=True, row_factory=tuple_row)
+def run(runner: JobRunner, job: Job) -> None:
+    """Import the job's file from its checkpoint to the end."""
+    app = runner.app
+    stream = _Chunks(connect(app.settings), job.id)
+    seen: dict[bytes, int] = {}  # e-mail claim hash -> first line, in this run
+    batch = Batch()
+    try:
+        for record in records(stream, Format(str(job.fmt))):
+            if record.line < job.next_line:
+                continue
+            batch.tally.read += 1
+            _admit(app, job, record, batch, seen)
+            if batch.size >= BATCH:
+                _commit(runner, job, batch, record.line + 1, stream.position)
+                batch = Batch()
+        _commit(runner, job, batch, 2**31 - 1, stream.position)
+    finally:
+        stream._conn.close()
 
 
-class Importer:
-    """Claims and runs queued import jobs, one at a time, on its own connection."""
+def _admit(app: Customers, job: Job, record: Record, batch: Batch, seen: dict[bytes, int]) -> None:
+    if record.data is None:
+        batch.reject(record.line, record.field, record.reason or "unreadable")
+        return
+    try:
+        profile = Profile.model_validate(record.data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = field_path(tuple(first.get("loc", ())))
+        batch.reject(record.line, where, str(first.get("msg", "invalid")))
+        return
+    key = app.keys.claim_hash(EMAIL, job.org_id, profile.email)
+    if key in seen:
+        reason = f"duplicate e-mail in this file (first on line {seen[key]})"
+        batch.reject(record.line, "email", reason)
+        return
+    seen[key] = record.line
+    batch.profiles.append((record.line, profile))
 
-    def __init__(self, app: Customers) -> None:
-        self.app = app
-        self._conn: Connection | None = None
 
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            self._conn = connect(self.app.settings)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def recover(self) -> None:
-        """Queue again the RUNNING jobs whose worker is gone (its advisory lock with it)."""
-        conn = self._connection()
-        requeue_orphans(conn, RUNNING, REQUEUE, LOCK_SPACE)
-        for (jid,) in conn.execute(STALE_UPLOADS).fetchall():
-            conn.execute(DROP_CHUNKS, (jid,))
-
-    def run_next(self) -> bool:
-        conn = self._connection()
-        with conn.transaction():
-            row = conn.execute(CLAIM).fetchone()
-            if row is None:
-                return False
-            jid, org, fmt, mode, dry, by, next_line = row
-            conn.execute(LOCK_JOB, (jid, LOCK_SPACE))  # session lock: outlives the transaction
-        job = Job(jid, org, Format(fmt), Mode(mode), dry, by, next_line)
+def _commit(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> None:
+    """Save the batch's customers with the checkpoint and the rejections, as one."""
+    for _ in range(_RETRIES):
         try:
-            self._run(job)
-            outcome: tuple[str, str | None] = ("SUCCEEDED", None)
-        except (psycopg.OperationalError, persistence.OperationalError):
-            # The database refused or lost a connection: nothing is wrong with the job. It
-            # runs again from its checkpoint, here or (if this connection is gone too, taking
-            # the lock with it) after another worker's recovery.
-            log.warning("import interrupted; it will resume", extra={"job": str(job.id)})
-            with contextlib.suppress(psycopg.Error):
-                conn.execute(REQUEUE, (job.id,))
-                conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
-            raise
-        except Exception as e:
-            log.exception("import failed", extra={"job": str(job.id)})
-            outcome = ("FAILED", type(e).__name__)
-        conn.execute(FINISH, (*outcome, job.id))
-        conn.execute(DROP_CHUNKS, (job.id,))
-        conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
-        return True
-
-    def _run(self, job: Job) -> None:
-        stream = _Chunks(connect(self.app.settings), job.id)
-        seen: dict[bytes, int] = {}  # e-mail claim hash -> first line, in this run
-        batch = Batch()
-        try:
-            for record in records(stream, job.fmt):
-                if record.line < job.next_line:
-                    continue
-                batch.read += 1
-                self._admit(job, record, batch, seen)
-                if len(batch.profiles) + len(batch.rejected) >= BATCH:
-                    self._commit(job, batch, record.line + 1, stream.position)
-                    batch = Batch()
-            self._commit(job, batch, 2**31 - 1, stream.position)
-        finally:
-            stream._conn.close()
-
-    def _admit(self, job: Job, record: Record, batch: Batch, seen: dict[bytes, int]) -> None:
-        if record.data is None:
-            batch.rejected.append((record.line, record.field, record.reason or "unreadable"))
+            _save(runner, job, batch, next_line, position)
             return
-        try:
-            profile = Profile.model_validate(record.data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = field_path(tuple(first.get("loc", ())))
-            batch.rejected.append((record.line, where, str(first.get("msg", "invalid"))))
-            return
-        key = self.app.keys.claim_hash(EMAIL, job.org_id, profile.email)
-        if key in seen:
-            reason = f"duplicate e-mail in this file (first on line {seen[key]})"
-            batch.rejected.append((record.line, "email", reason))
-            return
-        seen[key] = record.line
-        batch.profiles.append((record.line, profile))
+        except IntegrityError:
+            continue  # an e-mail was registered meanwhile: decide the batch again
+    raise RuntimeError("e-mail claims kept changing under the import")
 
-    def _commit(self, job: Job, batch: Batch, next_line: int, position: int) -> None:
-        """Save the batch's customers with the checkpoint and the rejections, as one."""
-        for _ in range(_RETRIES):
+
+def _save(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> None:
+    app, org, actor = runner.app, job.org_id, f"import:{job.id}"
+    keys = {line: app.keys.claim_hash(EMAIL, org, p.email) for line, p in batch.profiles}
+    conn = runner.conn
+    owners = dict(conn.execute(OWNERS, (EMAIL, org, list(keys.values()))).fetchall())
+    new: list[Customer] = []
+    changed: list[Customer] = []
+    tally = replace(batch.tally, rejected=list(batch.tally.rejected))
+    now = datetime.now(UTC)
+    ttl = timedelta(hours=app.settings.email_verification_ttl_hours)
+    for line, profile in batch.profiles:
+        owner = owners.get(keys[line])
+        if owner is None:
+            new.append(Customer.register(org, profile, actor))
+        elif job.mode == Mode.CREATE:
+            tally.skipped += 1
+        else:
+            customer: Customer = app.repository.get(owner)
             try:
-                self._save(job, batch, next_line, position)
-                return
-            except IntegrityError:
-                continue  # an e-mail was registered meanwhile: decide the batch again
-        raise RuntimeError("e-mail claims kept changing under the import")
-
-    def _save(self, job: Job, batch: Batch, next_line: int, position: int) -> None:
-        org, actor = job.org_id, f"import:{job.id}"
-        keys = {line: self.app.keys.claim_hash(EMAIL, org, p.email) for line, p in batch.profiles}
-        conn = self._connection()
-        owners = dict(conn.execute(OWNERS, (EMAIL, org, list(keys.values()))).fetchall())
-        new: list[Customer] = []
-        changed: list[Customer] = []
-        skipped = 0
-        rejected = list(batch.rejected)
-        now = datetime.now(UTC)
-        for line, profile in batch.profiles:
-            owner = owners.get(keys[line])
-            if owner is None:
-                new.append(Customer.register(org, profile, actor))
-            elif job.mode is Mode.CREATE:
-                skipped += 1
+                customer.update(
+                    profile,
+                    status=None,
+                    actor=actor,
+                    actor_is_admin=False,
+                    now=now,
+                    verification_ttl=ttl,
+                )
+            except DomainError as e:
+                tally.rejected.append(Rejection(line, None, e.field, e.detail))
+                continue
+            if customer.pending_events:
+                changed.append(customer)
             else:
-                customer: Customer = self.app.repository.get(owner)
-                try:
-                    customer.update(
-                        profile,
-                        status=None,
-                        actor=actor,
-                        actor_is_admin=False,
-                        now=now,
-                        verification_ttl=timedelta(
-                            hours=self.app.settings.email_verification_ttl_hours
-                        ),
-                    )
-                except DomainError as e:
-                    rejected.append((line, e.field, e.detail))
-                    continue
-                if customer.pending_events:
-                    changed.append(customer)
-                else:
-                    skipped += 1
-        counts = (len(new), len(changed), skipped, len(rejected))
-        statements: list[tuple[Any, Any]] = [
-            (CHECKPOINT, (next_line, position, batch.read, *counts, job.id))
+                tally.skipped += 1
+    tally.created, tally.updated = len(new), len(changed)
+    side_writes: dict[str, Any] = {}
+    if not job.dry_run:
+        by_email = {c.email: c for c in new}
+        side_writes["new_keys"] = [app.keys.create(c.id, org) for c in new]
+        side_writes["claims"] = [
+            Claim(EMAIL, org, keys[line], by_email[p.email].id)
+            for line, p in batch.profiles
+            if p.email in by_email
         ]
-        if rejected:
-            lines, fields, reasons = zip(*rejected, strict=True)
-            statements.append((REJECT, (job.id, list(lines), list(fields), list(reasons))))
-        if job.dry_run or not (new or changed):
-            with conn.transaction():
-                for query, params in statements:
-                    conn.execute(query, params)
-            return
-        self.app.save(
-            *new,
-            *changed,
-            new_keys=[self.app.keys.create(c.id, org) for c in new],
-            claims=[Claim(EMAIL, org, keys[line], c.id) for (line, _), c in _pairs(batch, new)],
-            statements=statements,
-        )
-
-
-def _pairs(batch: Batch, new: list[Customer]) -> list[tuple[tuple[int, Profile], Customer]]:
-    """The new customers with the (line, profile) each was registered from."""
-    by_email = {c.email: c for c in new}
-    return [(lp, by_email[lp[1].email]) for lp in batch.profiles if lp[1].email in by_email]
-
-
-def work(importer: Importer, stop: threading.Event, poll: float = 1.0) -> None:
-    """The segments process's import thread: run queued jobs until `stop`."""
-    backoff = 0.1
-    next_recovery = 0.0
-    while not stop.is_set():
-        try:
-            if time.monotonic() >= next_recovery:
-                importer.recover()
-                next_recovery = time.monotonic() + 10.0
-            if not importer.run_next():
-                importer.close()  # idle: give the connection back (imports are rare)
-                stop.wait(poll)
-            backoff = 0.1
-        except Exception:
-            log.exception("import worker error; retrying")
-            importer.close()
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+    statements = tally.statements(job.id, next_line, position)
+    runner.commit(job, [*new, *changed], statements, **side_writes)

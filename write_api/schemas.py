@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
+from domain.bulk import ProfilePatch
 from domain.segment import SegmentDefinition, SegmentStatus
-from domain.selection import CustomerFilters
+from domain.selection import CustomerFilters, CustomerSelection
 from domain.values import CustomerStatus, Model, Profile
 from service.auth import Role
 
@@ -60,3 +61,17 @@ class ModelFitRequest(Model):
     filters: CustomerFilters | None = Field(
         default=None, description="fit the customers the list filters select"
     )
+
+
+class BulkDelete(Model):
+    selection: CustomerSelection
+    dry_run: bool = Field(default=False, description="decide and count, change nothing")
+
+
+class BulkUpdate(BulkDelete):
+    patch: ProfilePatch
+
+
+class BulkSegments(BulkDelete):
+    segment_id: UUID = Field(description="a STATIC segment")
+    action: Literal["add", "remove"]

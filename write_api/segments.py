@@ -137,30 +137,19 @@ class SegmentCommands(Commands[Segment]):
         removing a non-member is a no-op; every added id must be a live customer of the
         organization (422 naming the first that is not)."""
         principal.require(Permission.SEGMENTS)
-        segment = self.load(principal, segment_id)
-        if segment.deleted:
-            raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
-        if segment.definition["kind"] != SegmentKind.STATIC:
-            raise DomainError(
-                Code.CONFLICT, "members of a DYNAMIC segment follow its criteria", field="kind"
-            )
+        check_assignable(self.load(principal, segment_id))
         overlap = set(add) & set(remove)
         if overlap:
             raise DomainError(
                 Code.INVALID, "a customer cannot be added and removed at once", field="remove"
             )
         for _ in range(_RETRIES):
-            with self.app.datastore.transaction(commit=False) as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                live = {r["id"] for r in cur.execute(_LIVE_CUSTOMERS, (principal.org, list(add)))}
-                for i, cid in enumerate(add):
-                    if cid not in live:
-                        raise DomainError(
-                            Code.INVALID, f"customer {cid} not found", field=f"add.{i}"
-                        )
-                ids = [*add, *remove]
-                members = {r["customer_id"] for r in cur.execute(_MEMBERS_AMONG, (segment_id, ids))}
-                version = stream_versions(cur.connection, [segment_id])[segment_id]
+            live, members, version = membership_snapshot(
+                self.app, principal.org, segment_id, [*add, *remove]
+            )
+            for i, cid in enumerate(add):
+                if cid not in live:
+                    raise DomainError(Code.INVALID, f"customer {cid} not found", field=f"add.{i}")
             change = Change(
                 principal.org,
                 segment_id,
@@ -200,6 +189,30 @@ class SegmentCommands(Commands[Segment]):
 
     def _release(self, org: str, name: str) -> Release:
         return Release(SEGMENT, org, self.app.keys.claim_hash(SEGMENT, org, name_key(name)))
+
+
+def check_assignable(segment: Segment) -> None:
+    """Members are assigned by hand to live STATIC segments only."""
+    if segment.deleted:
+        raise DomainError(Code.NOT_FOUND, f"segment {segment.id} not found")
+    if segment.definition["kind"] != SegmentKind.STATIC:
+        raise DomainError(
+            Code.CONFLICT, "members of a DYNAMIC segment follow its criteria", field="kind"
+        )
+
+
+def membership_snapshot(
+    app: Customers, org: str, segment_id: UUID, ids: Sequence[UUID]
+) -> tuple[set[UUID], set[UUID], int]:
+    """Which of `ids` are live customers of `org`, which are members of the segment, and
+    the membership stream's version, read in one snapshot (a change built on them is
+    appended at that version, so a concurrent change makes it fail and be decided again)."""
+    with app.datastore.transaction(commit=False) as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        live = {r["id"] for r in cur.execute(_LIVE_CUSTOMERS, (org, list(ids)))}
+        members = {r["customer_id"] for r in cur.execute(_MEMBERS_AMONG, (segment_id, list(ids)))}
+        version = stream_versions(cur.connection, [segment_id])[segment_id]
+    return live, members, version
 
 
 def _membership_inputs(segment: Segment) -> tuple[Any, ...]:

@@ -62,3 +62,29 @@ def test_export_then_import_into_another_organization_round_trips(
     assert b"succeeded: 3 rows, 0 created, 0 updated, 3 skipped" in again.stderr
     refused = customers_cli(service_url, "not-a-token", "import", str(file))
     assert refused.returncode == 1 and b"refused: 401" in refused.stderr
+
+
+def test_bulk_jobs_from_the_command_line(
+    http: httpx.Client, auth: TokenFactory, service_url: str, tmp_path: Path
+) -> None:
+    h = auth()
+    ids = [add_customer(http, h, tags=["cli"])["id"] for _ in range(3)]
+    token = h["Authorization"].removeprefix("Bearer ")
+    tagged = customers_cli(
+        service_url, token, "bulk", "update", "--filter", "tags=cli", "--add-tag", "gold"
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    assert b"succeeded: 3 of 3, 3 updated, 0 skipped, 0 rejected" in tagged.stderr
+    eventually(
+        lambda: all("gold" in http.get(f"{CUSTOMERS}/{c}", headers=h).json()["tags"] for c in ids)
+    )
+
+    listed = tmp_path / "ids.txt"
+    unknown = str(uuid.uuid4())
+    listed.write_text("\n".join([ids[0], unknown]) + "\n")
+    deleted = customers_cli(service_url, token, "bulk", "delete", "--ids", str(listed))
+    assert deleted.returncode == 0, deleted.stderr  # the job ran; one customer was refused
+    assert b"1 updated, 0 skipped, 1 rejected" in deleted.stderr
+    assert b"/report" in deleted.stderr
+    refused = customers_cli(service_url, token, "bulk", "update", "--segment", unknown)
+    assert refused.returncode == 1 and b"refused: 422" in refused.stderr
