@@ -62,6 +62,11 @@ INSERT_KEY = (
 )
 CLAIM = "INSERT INTO unique_claims (scope, org_id, key_hash, owner_id) VALUES (%s, %s, %s, %s)"
 RELEASE = "DELETE FROM unique_claims WHERE scope = %s AND org_id = %s AND key_hash = %s"
+# Who holds which of the given keys of a scope (key_hash, owner_id).
+OWNERS = (
+    "SELECT key_hash, owner_id FROM unique_claims"
+    " WHERE scope = %s AND org_id = %s AND key_hash = ANY(%s)"
+)
 RECORD_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys (org_id, key, request_hash, customer_id, version, status)"
     " VALUES (%s, %s, %s, %s, %s, %s)"

@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 import orjson
@@ -55,6 +55,7 @@ from write_api.schemas import (
     MemberAssignment,
     ModelFitRequest,
     SegmentCreate,
+    SegmentImport,
     SegmentUpdate,
 )
 from write_api.segments import SegmentCommands, check_assignable
@@ -156,6 +157,30 @@ def create_segment(body: SegmentCreate, principal: CanSegments, segments: Segmen
     outcome = segments.create(principal, body)
     assert outcome.body is not None
     return _answer(outcome, location=f"{SEGMENTS}/{outcome.body['id']}")
+
+
+@segment_routes.post(
+    SEGMENTS + "/import",
+    responses={
+        200: {"description": "Counts by outcome and segments: [{name, outcome, id}]"},
+        **_ERRORS,
+    },
+)
+def import_segments(
+    body: SegmentImport,
+    principal: CanSegments,
+    segments: Segments,
+    mode: Annotated[Literal["create", "upsert"], Query()] = "create",
+) -> dict[str, Any]:
+    """Recreate segment definitions exported from another organization or installation
+    (`GET /customers/segments/export`); STATIC segments come without members. A name the
+    organization already uses: skipped (`mode=create`) or redefined (`mode=upsert`)."""
+    results = segments.import_definitions(principal, body.segments, upsert=mode == "upsert")
+    counts = {o: sum(r["outcome"] == o for r in results) for o in _IMPORT_OUTCOMES}
+    return {**counts, "segments": results}
+
+
+_IMPORT_OUTCOMES = ("created", "updated", "unchanged", "skipped")
 
 
 @segment_routes.put(

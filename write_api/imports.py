@@ -38,7 +38,7 @@ from domain.errors import DomainError, invalid
 from domain.values import Profile
 from eventstore.application import Customers
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
-from eventstore.recorder import Claim
+from eventstore.recorder import OWNERS, Claim
 from service.problems import field_path
 from write_api.customers import EMAIL
 from write_api.jobs import Job, JobRunner, connect, drop_input
@@ -89,10 +89,6 @@ RECEIVED = (
 )
 ABANDON = "UPDATE customer_jobs SET state = 'FAILED', error = %s, finished_at = now() WHERE id = %s"
 CHUNK = "SELECT data FROM import_chunks WHERE job_id = %s AND seq = %s"
-OWNERS = (
-    "SELECT key_hash, owner_id FROM unique_claims"
-    " WHERE scope = %s AND org_id = %s AND key_hash = ANY(%s)"
-)
 
 
 # --------------------------------------------------------------------------- upload

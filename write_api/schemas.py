@@ -75,3 +75,11 @@ class BulkUpdate(BulkDelete):
 class BulkSegments(BulkDelete):
     segment_id: UUID = Field(description="a STATIC segment")
     action: Literal["add", "remove"]
+
+
+class SegmentImport(Model):
+    """A document of GET /customers/segments/export."""
+
+    version: Literal[1]
+    exported_at: str | None = None
+    segments: Annotated[list[SegmentCreate], Field(min_length=1, max_length=1000)]

@@ -13,12 +13,12 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import tuple_row
 
-from domain.errors import Code, DomainError
+from domain.errors import Code, DomainError, invalid
 from domain.membership import Change, Reason, events
 from domain.segment import Segment, SegmentDefinition, SegmentKind, SegmentStatus, name_key
 from eventstore.application import Customers
 from eventstore.jobs import render_job
-from eventstore.recorder import Claim, JobRequest, Release
+from eventstore.recorder import OWNERS, Claim, JobRequest, Release
 from service.auth import Permission, Principal
 from service.rules_engine import RulesEngine
 from write_api import calculation
@@ -93,6 +93,46 @@ class SegmentCommands(Commands[Segment]):
         if jobs and outcome.body is not None:
             return replace(outcome, body={**outcome.body, "status": SegmentStatus.CALCULATING})
         return outcome
+
+    def import_definitions(
+        self, principal: Principal, definitions: Sequence[SegmentDefinition], *, upsert: bool
+    ) -> list[dict[str, Any]]:
+        """Create each definition (as GET /customers/segments/export writes them); one whose
+        name the organization already uses is skipped, or with `upsert` redefined. Checked
+        whole before anything is created: a name given twice, an unknown rule."""
+        principal.require(Permission.SEGMENTS)
+        keys = [name_key(d.name) for d in definitions]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise invalid(f"segments.{i}.name", "the name is given twice in this document")
+        checked: set[str] = set()
+        for i, definition in enumerate(definitions):
+            if definition.rule_id in checked:
+                continue
+            try:
+                self.rules.check_rule(definition.rule_id)
+            except DomainError as e:
+                if e.code != Code.INVALID:
+                    raise
+                raise invalid(f"segments.{i}.ruleId", e.detail) from None
+            checked.add(definition.rule_id)
+        owners = self._owners(principal.org, [d.name for d in definitions])
+        results = []
+        for definition in definitions:
+            owner = owners.get(name_key(definition.name))
+            if owner is None:
+                created = self.create(principal, definition)
+                outcome, shown = "created", created.body
+            elif upsert:
+                before = self.load(principal, owner).version
+                updated = self.update(principal, owner, definition, None, None)
+                outcome = "updated" if updated.version != before else "unchanged"
+                shown = updated.body
+            else:
+                outcome, shown = "skipped", {"id": str(owner)}
+            assert shown is not None
+            results.append({"name": definition.name, "outcome": outcome, "id": shown["id"]})
+        return results
 
     def delete(self, principal: Principal, segment_id: UUID, if_match: int | None) -> Outcome:
         principal.require(Permission.SEGMENTS)
@@ -186,6 +226,16 @@ class SegmentCommands(Commands[Segment]):
         return Claim(
             SEGMENT, org, self.app.keys.claim_hash(SEGMENT, org, name_key(name)), segment_id
         )
+
+    def _owners(self, org: str, names: Sequence[str]) -> dict[str, UUID]:
+        """The segments holding these names now, by name key."""
+        hashes = {self.app.keys.claim_hash(SEGMENT, org, name_key(n)): name_key(n) for n in names}
+        with (
+            self.app.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            rows = cur.execute(OWNERS, (SEGMENT, org, list(hashes))).fetchall()
+        return {hashes[bytes(key)]: owner for key, owner in rows}
 
     def _release(self, org: str, name: str) -> Release:
         return Release(SEGMENT, org, self.app.keys.claim_hash(SEGMENT, org, name_key(name)))

@@ -267,10 +267,34 @@ def test_segment_definitions_round_trip_to_another_organization(
 
     b = auth(org_id=f"org-b-{uuid.uuid4().hex[:6]}")
     assert http.get(SEGMENTS_EXPORT, headers=b).json()["segments"] == []
-    token = ""
-    for definition in definitions:
-        created = http.post(SEGMENTS, json=definition, headers=b)
-        assert created.status_code == 201, created.text
-        token = created.headers["X-Consistency-Token"]
-    again = http.get(SEGMENTS_EXPORT, headers={**b, "X-Consistency-Token": token})
-    assert again.json()["segments"] == definitions
+    imported = http.post(f"{SEGMENTS}/import", json=body, headers=b)
+    assert imported.status_code == 200, imported.text
+    result = imported.json()
+    assert (result["created"], result["skipped"]) == (3, 0)
+    assert [r["name"] for r in result["segments"]] == [d["name"] for d in definitions]
+    eventually(lambda: http.get(SEGMENTS_EXPORT, headers=b).json()["segments"] == definitions)
+
+    # Importing again creates nothing; upsert redefines what changed and keeps the rest.
+    assert http.post(f"{SEGMENTS}/import", json=body, headers=b).json()["skipped"] == 3
+    changed = [{**definitions[0], "description": "changed"}, *definitions[1:]]
+    upserted = http.post(
+        f"{SEGMENTS}/import",
+        params={"mode": "upsert"},
+        json={**body, "segments": changed},
+        headers=b,
+    ).json()
+    assert [r["outcome"] for r in upserted["segments"]] == ["updated", "unchanged", "unchanged"]
+    assert [r["id"] for r in upserted["segments"]] == [r["id"] for r in result["segments"]]
+
+    # Checked whole before anything is created: a name twice, a bad definition.
+    c = auth(org_id=f"org-c-{uuid.uuid4().hex[:6]}")
+    twice = {**body, "segments": [definitions[0], definitions[0]]}
+    assert_problem(http.post(f"{SEGMENTS}/import", json=twice, headers=c), 422, "segments.1.name")
+    broken = {**body, "segments": [definitions[0], {**definitions[1], "kind": "STATIC"}]}
+    assert_problem(
+        http.post(f"{SEGMENTS}/import", json=broken, headers=c), 422, "segments.1.criteria"
+    )
+    assert_problem(
+        http.post(f"{SEGMENTS}/import", json={**body, "version": 2}, headers=c), 422, "version"
+    )
+    assert http.get(SEGMENTS_EXPORT, headers=c).json()["segments"] == []
