@@ -343,7 +343,7 @@ def _save(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: i
     app, org, actor = runner.app, job.org_id, f"import:{job.id}"
     keys = {line: app.keys.claim_hash(EMAIL, org, p.email) for line, p in batch.profiles}
     conn = runner.conn
-    owners = dict(conn.execute(OWNERS, (EMAIL, org, list(keys.values()))).fetchall())
+    owners = dict(conn.execute(OWNERS, (list(keys.values()), EMAIL, org)).fetchall())
     new: list[Customer] = []
     changed: list[Customer] = []
     tally = replace(batch.tally, rejected=list(batch.tally.rejected))

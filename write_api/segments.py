@@ -234,7 +234,7 @@ class SegmentCommands(Commands[Segment]):
             self.app.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as cur,
         ):
-            rows = cur.execute(OWNERS, (SEGMENT, org, list(hashes))).fetchall()
+            rows = cur.execute(OWNERS, (list(hashes), SEGMENT, org)).fetchall()
         return {hashes[bytes(key)]: owner for key, owner in rows}
 
     def _release(self, org: str, name: str) -> Release:
