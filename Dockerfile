@@ -11,6 +11,7 @@ COPY write_api write_api
 COPY projections projections
 COPY read_api read_api
 COPY service service
+COPY grpc_api grpc_api
 RUN /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
@@ -21,7 +22,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CUSTOMERS_DATA_DIR=/var/lib/customers \
     CUSTOMERS_HOST=0.0.0.0
 USER customers
-EXPOSE 8080 8081 8082
+EXPOSE 8080 8081 8082 9090
 # SIGTERM: uvicorn drains in-flight requests; the background processes stop at a consistent
 # position (each commits its work with its position).
 STOPSIGNAL SIGTERM

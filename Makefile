@@ -3,8 +3,11 @@
 #   make test     the whole suite against real PostgreSQL and NATS
 #   make lint     ruff + mypy
 #   make bench    benchmarks
+#   make chaos    load-and-fault suite on a private PostgreSQL and NATS: kills each process,
+#                 restarts the servers, proves nothing acknowledged is lost (not in make test)
 #   make migrate  apply the database schema
 #   make openapi  write the REST contract to api/openapi/customers-api.v1.yaml
+#   make proto    compile api/proto/customers.proto into grpc_api/gen (checked in)
 
 VENV ?= .venv
 # First python3 on PATH that is >= 3.11.
@@ -14,13 +17,13 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	    command -v $$p; break; fi; done)
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
-PACKAGES := domain eventstore write_api projections read_api service
+PACKAGES := domain eventstore write_api projections read_api service grpc_api
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run test lint format bench migrate openapi clean distclean
+.PHONY: help venv install run test lint format bench chaos migrate openapi proto clean distclean
 
 help:
-	@echo "targets: run test lint format bench migrate openapi venv install clean"
+	@echo "targets: run test lint format bench chaos migrate openapi proto venv install clean"
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "error: need python3 >= 3.11 on PATH" >&2; exit 1; }
@@ -44,6 +47,9 @@ migrate: install
 openapi: install
 	$(VENV)/bin/customers openapi > api/openapi/customers-api.v1.yaml
 
+proto: install
+	$(VENV)/bin/python -m grpc_api.codegen
+
 test: install
 	$(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
 
@@ -64,6 +70,10 @@ bench: install
 	$(VENV)/bin/python -m bench.tracking
 	$(VENV)/bin/python -m bench.analytics
 	$(VENV)/bin/python -m bench.transfers
+
+# Not part of `make test`: a few minutes of load with faults (CHAOS_ARGS: see --help).
+chaos: install
+	$(VENV)/bin/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -45,6 +45,7 @@ from eventstore.public_events import (
     public_event,
     subject,
 )
+from service.metrics import RELAY_CONNECTS, RELAY_POSITION, RELAYED
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Relay:
         await self._ensure_connected()
         if self.position is None:
             self.position = await asyncio.to_thread(self._load_position)
+            RELAY_POSITION.set(self.position)
         processed = 0
         while not self._stop_requested:
             batch = await asyncio.to_thread(self._prepare, self.position)
@@ -237,6 +239,7 @@ class Relay:
             raise
         self._nc, self._js, self._lost = nc, js, lost
         self.connects += 1
+        RELAY_CONNECTS.inc()
         log.info("relay: connected to NATS", extra={"stream": self.stream})
         return js
 
@@ -304,6 +307,7 @@ class Relay:
         await self._await_acks([f for f in futures if f is not None], lost)
 
         # Advance over the longest prefix whose messages all have a PubAck.
+        counted = self.published, self.duplicates, self.skipped
         acked: int | None = None
         for item, future in zip(batch, futures, strict=False):
             if future is not None:
@@ -324,6 +328,13 @@ class Relay:
         if acked is not None and (self.position is None or acked > self.position):
             await asyncio.to_thread(self._save_position, acked)
             self.position = acked
+            RELAY_POSITION.set(acked)
+        now = self.published, self.duplicates, self.skipped
+        for result, before, after in zip(
+            ("published", "duplicate", "skipped"), counted, now, strict=True
+        ):
+            if after > before:
+                RELAYED.labels(result).inc(after - before)
         if error is not None or acked != batch[-1].notification_id:
             raise RelayError(
                 f"published up to notification {acked} of a batch ending at "

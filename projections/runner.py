@@ -38,6 +38,7 @@ from projections.positions import (
     read_position,
 )
 from projections.segments import SegmentsView
+from service.metrics import PROJECTED, PROJECTION_POSITION
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,9 @@ class ViewRunner:
                 self._connection()
         return self._position
 
-    def run_once(self) -> int:
-        """Process everything available now; return how many notifications were consumed."""
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """Process everything available now, or until `stop` is set (checked between
+        batches, each of which commits whole); return how many notifications were consumed."""
         with self._lock:
             total = 0
             report_at = time.monotonic() + 5.0
@@ -125,7 +127,7 @@ class ViewRunner:
                 if applied < 0:
                     continue  # the position moved under us: read again from there
                 total += applied
-                if len(batch) < self.batch_size:
+                if len(batch) < self.batch_size or (stop is not None and stop.is_set()):
                     return total
                 if time.monotonic() >= report_at:  # long catch-ups and rebuilds show progress
                     report_at = time.monotonic() + 5.0
@@ -165,6 +167,8 @@ class ViewRunner:
             conn.execute(SET_POSITION, (last, self.view.name))
             conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:{last}"))
         self._position = last
+        PROJECTED.labels(self.view.name).inc(len(batch))
+        PROJECTION_POSITION.labels(self.view.name).set(last)
         return len(batch)
 
     def reset(self) -> None:
@@ -202,11 +206,13 @@ class Projector:
         self.runners = [ViewRunner(self.app, v, batch_size=batch_size) for v in views()]
         self.poll_interval = poll_interval
         self._stop = threading.Event()
+        self._halt: threading.Event | None = None  # what run_forever stops on, meanwhile
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """Catch every view up with the log; return the notifications consumed (summed)."""
-        return sum(r.run_once() for r in self.runners)
+        """Catch every view up with the log, unless told to stop meanwhile (a long catch-up
+        then ends after the current batches); return the notifications consumed (summed)."""
+        return sum(r.run_once(self._halt) for r in self.runners)
 
     def position(self) -> int:
         """The position every view has reached (the lowest of them)."""
@@ -219,15 +225,19 @@ class Projector:
         (an event this code cannot project yet is never skipped; the lag shows in /ready).
         """
         log.info("projector started", extra={"views": [r.view.name for r in self.runners]})
-        follow(
-            "projector",
-            self._url,
-            EVENTS_TABLE,
-            self.run_once,
-            close=self._close_runners,
-            stop=stop or self._stop,
-            poll_interval=self.poll_interval,
-        )
+        self._halt = stop or self._stop
+        try:
+            follow(
+                "projector",
+                self._url,
+                EVENTS_TABLE,
+                self.run_once,
+                close=self._close_runners,
+                stop=self._halt,
+                poll_interval=self.poll_interval,
+            )
+        finally:
+            self._halt = None
         log.info("projector stopped")
 
     def _close_runners(self) -> None:

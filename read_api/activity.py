@@ -15,6 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from domain import rfm
 from domain.errors import Code, DomainError
@@ -22,7 +23,7 @@ from domain.values import utc_iso
 from projections import purchase_models
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
-from service.auth import CanRead, Permission
+from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
 router = APIRouter(prefix="/api/v1/customers", tags=["analytics"])
@@ -77,7 +78,13 @@ async def customer_analytics(request: Request, principal: CanRead, id: UUID) -> 
     """The customer's metrics. Money is in the customer's one purchase currency; with
     purchases in several currencies, amounts are null (no exchange rates). Device details
     (OS, browser) need the personal-data permission; without it devices are counted by type."""
-    async with paging.pool(request).connection() as conn:
+    return await analytics(paging.pool(request), principal, id)
+
+
+async def analytics(
+    pool: AsyncConnectionPool[Any], principal: Principal, id: UUID
+) -> dict[str, Any]:
+    async with pool.connection() as conn:
         row = await (await conn.execute(FACTS, (id, principal.org))).fetchone()
         if row is None:
             raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
@@ -185,8 +192,14 @@ async def customer_insights(request: Request, principal: CanRead, id: UUID) -> d
     (its latest whole-base fit) from the customer's tracked purchase days: null until a model
     is fitted, for customers without a tracked purchase, and, for value, for customers buying
     in another currency than the model's."""
+    return await insights(paging.pool(request), principal, id)
+
+
+async def insights(
+    pool: AsyncConnectionPool[Any], principal: Principal, id: UUID
+) -> dict[str, Any]:
     now = datetime.now(UTC)
-    async with paging.pool(request).connection() as conn:
+    async with pool.connection() as conn:
         facts = await (await conn.execute(INSIGHT_FACTS, (id, principal.org))).fetchone()
         if facts is None:
             raise DomainError(Code.NOT_FOUND, f"customer {id} not found")

@@ -12,16 +12,15 @@ import psycopg
 from fastapi import FastAPI, Request, Response
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from eventstore.application import EVENTS_TABLE
 from eventstore.keys import LazyKeyring
-from projections.customers import VIEW, use_raw_json
-from projections.positions import ALL_POSITIONS, MAX_NOTIFICATION_ID, TABLE_EXISTS
 from read_api import (
     activity,
     customers,
     export,
+    figures,
     jobs,
     models,
+    paging,
     personal_data,
     privacy,
     reports,
@@ -30,13 +29,10 @@ from read_api import (
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems
 from service.api_keys import ApiKeyStore
+from service.metrics import HttpMetrics, scrape, unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    use_raw_json(conn)  # `doc` and json_agg come back as bytes, sent untouched
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,15 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            database_url,
-            min_size=min(2, settings.db_pool_size),
-            max_size=settings.db_pool_size,
-            open=False,
-            timeout=5.0,
-            configure=_configure,
-            name="read-api",
-        )
+        pool = paging.new_pool(settings, "read-api")
         await pool.open(wait=False)  # start even if PostgreSQL is down: /ready says so
         watcher = PositionWatcher(database_url)
         await watcher.start()
@@ -63,9 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.positions = watcher
         app.state.event_store = personal_data.EventStore(settings)
         app.state.api_keys = ApiKeyStore(settings, keyring)
+        watch_pool("read-api", pool)
         try:
             yield
         finally:
+            unwatch_pool("read-api", pool)
             app.state.api_keys.close()
             app.state.event_store.close()
             await watcher.stop()
@@ -82,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     limits.install(app, settings)
     logs.install(app)
+    app.add_middleware(HttpMetrics)
+    app.state.figures = figures.Figures(settings.metrics_cache_seconds)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     # First match wins: fixed paths (/customers/export, /customers/segments/export,
@@ -103,8 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus text format."""
-        text = await privacy.privacy_metrics(request.app.state.pool)
-        return Response(text, media_type="text/plain; version=0.0.4")
+        state = request.app.state
+        return await scrape(await state.figures.render(state.pool))
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -118,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool: AsyncConnectionPool[Any] = request.app.state.pool
         try:
             async with pool.connection(timeout=2.0) as conn:
-                lags = await _lags(conn)
+                lags = await figures.lags(conn)
         except (psycopg.Error, PoolTimeout) as e:
             log.warning("not ready: database unreachable", extra={"error": type(e).__name__})
             return problems.problem(
@@ -128,20 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(orjson.dumps(body), media_type="application/json")
 
     return app
-
-
-async def _lags(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
-    """(follower, notifications it has not processed), customers_view first (just that one,
-    at 0, before the event table exists)."""
-    cur = await conn.execute(TABLE_EXISTS, (EVENTS_TABLE,))
-    exists = await cur.fetchone()
-    if not exists or not exists[0]:
-        return [(VIEW, 0)]
-    row = await (await conn.execute(MAX_NOTIFICATION_ID)).fetchone()
-    top = int(row[0]) if row else 0
-    positions = dict(await (await conn.execute(ALL_POSITIONS)).fetchall())
-    names = [VIEW, *sorted(n for n in positions if n != VIEW)]
-    return [(name, max(0, top - int(positions.get(name, 0)))) for name in names]
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

@@ -151,18 +151,26 @@ def consistent_with(*views: str) -> Any:
     ) -> None:
         if token is None:
             return
-        position = parse_token(token)
         watcher: PositionWatcher = request.app.state.positions
         timeout: float = request.app.state.settings.consistency_wait_seconds
-        for view in views:
-            if not await watcher.wait(view, position, timeout):
-                raise DomainError(
-                    Code.UNAVAILABLE,
-                    f"the read model has not caught up with consistency token {position}"
-                    f" within {timeout:g} s; retry later",
-                )
+        await caught_up(watcher, views, token, timeout)
 
     return Depends(wait_for_token)
+
+
+async def caught_up(
+    watcher: PositionWatcher, views: tuple[str, ...], token: str, timeout: float
+) -> None:
+    """Returns once every one of `views` reflects the write of `token` (REST header or gRPC
+    metadata); 503 / UNAVAILABLE after `timeout` seconds."""
+    position = parse_token(token)
+    for view in views:
+        if not await watcher.wait(view, position, timeout):
+            raise DomainError(
+                Code.UNAVAILABLE,
+                f"the read model has not caught up with consistency token {position}"
+                f" within {timeout:g} s; retry later",
+            )
 
 
 ConsistentCustomers = Annotated[None, consistent_with("customers_view")]

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
@@ -310,6 +311,32 @@ async def list_customers(
         Query(min_length=1, max_length=254, description="prefix of e-mail or name"),
     ] = None,
 ) -> Response:
+    page = await customer_page(
+        paging.pool(request),
+        request.app.state.cursors,
+        principal,
+        limit=limit,
+        cursor=cursor,
+        sort=sort,
+        filters=filters,
+        q=q,
+    )
+    return _json(page)
+
+
+async def customer_page(
+    pool: AsyncConnectionPool[Any],
+    codec: CursorCodec,
+    principal: Principal,
+    *,
+    limit: int,
+    cursor: str | None,
+    sort: Sort,
+    filters: dict[str, Any],
+    q: str | None,
+) -> bytes:
+    """`{"items", "nextCursor", "limit"}` of the validated listing parameters, as JSON (the
+    REST and gRPC listings)."""
     params: dict[str, Any] = {
         "org": principal.org,
         "limit": limit,
@@ -318,13 +345,12 @@ async def list_customers(
     }
     if q is not None:
         params["q"] = _escape_like(q) + "%"
-    codec: CursorCodec = request.app.state.cursors
     if cursor is not None:
         params["after_key"], params["after_id"] = codec.decode(cursor, sort)
 
     given = tuple(f for f in FILTERS if f in params)
     query = list_query(sort, given, cursor is not None, q is not None)
-    async with paging.pool(request).connection() as conn:
+    async with pool.connection() as conn:
         # Not prepared: a custom plan per request lets the planner see the actual values
         # (LIKE prefix, selectivity of each filter) and pick the right index.
         cur = await conn.execute(query, params, prepare=False)
@@ -336,7 +362,7 @@ async def list_customers(
     if count and not principal.can(Permission.PERSONAL_DATA):
         items = orjson.dumps([masked(d) for d in orjson.loads(items)])
     next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
-    body = b"".join(
+    return b"".join(
         (
             b'{"items":',
             items,
@@ -347,7 +373,6 @@ async def list_customers(
             b"}",
         )
     )
-    return _json(body)
 
 
 def _escape_like(text: str) -> str:
@@ -361,17 +386,25 @@ async def get_customer(
     id: UUID,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    async with paging.pool(request).connection() as conn:
+    body, version = await customer(paging.pool(request), principal, id)
+    etag = f'"{version}"'
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": etag})
+    return _json(body, {"ETag": etag})
+
+
+async def customer(
+    pool: AsyncConnectionPool[Any], principal: Principal, id: UUID
+) -> tuple[bytes, int]:
+    """The customer as `principal` may see it, as JSON, and its version (the ETag)."""
+    async with pool.connection() as conn:
         cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
         row = await cur.fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
     doc, version, segments, *tracked = row
-    etag = f'"{version}"'
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers={"ETag": etag})
     activity = tuple(tracked) if tracked[0] is not None else None
-    return _json(shown(doc, principal, segments, activity), {"ETag": etag})
+    return shown(doc, principal, segments, activity), version
 
 
 Tracked = tuple[datetime, int, datetime | None]  # last activity, logins, last login

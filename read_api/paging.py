@@ -11,10 +11,13 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+import psycopg
 from fastapi import Request
 from psycopg_pool import AsyncConnectionPool
 
 from domain.errors import invalid
+from projections.customers import use_raw_json
+from service.settings import Settings
 
 
 def encode(at: datetime, row_id: UUID) -> str:
@@ -29,6 +32,25 @@ def decode(cursor: str) -> tuple[datetime, UUID]:
         return datetime.fromisoformat(at), UUID(row_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise invalid("cursor", "not a cursor this endpoint returned") from None
+
+
+def new_pool(settings: Settings, name: str) -> AsyncConnectionPool[Any]:
+    """A query-side pool (not opened yet): `doc`s and json_agg come back as bytes, sent
+    untouched."""
+    assert settings.database_url
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        use_raw_json(conn)
+
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=min(2, settings.db_pool_size),
+        max_size=settings.db_pool_size,
+        open=False,
+        timeout=5.0,
+        configure=configure,
+        name=name,
+    )
 
 
 def pool(request: Request) -> AsyncConnectionPool[Any]:

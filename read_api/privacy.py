@@ -1,5 +1,6 @@
-"""GET /api/v1/privacy/requests and /api/v1/audit (dpo, admin), and the privacy figures of
-/metrics. Both tables are written transactionally with the operations (no projection lag)."""
+"""GET /api/v1/privacy/requests and /api/v1/audit (dpo, admin). Both tables are written
+transactionally with the operations (no projection lag); their figures in /metrics come from
+read_api/figures.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from domain.consent import consents
@@ -47,10 +47,6 @@ CURRENT_PREFERENCES = (
 LEDGER = (
     "SELECT at, consents, actor, source, policy_version, version"
     " FROM consent_ledger WHERE customer_id = %s ORDER BY id"
-)
-OPEN_COUNTS = (
-    f"SELECT count(*) FILTER (WHERE {_OPEN}),"  # noqa: S608
-    f" count(*) FILTER (WHERE {_OPEN} AND due_at < now()) FROM privacy_requests"
 )
 
 router = APIRouter(tags=["privacy"])
@@ -184,18 +180,3 @@ def list_api_keys(principal: CanManageKeys, request: Request) -> dict[str, Any]:
     """The organization's API keys (never the keys themselves), revoked ones included."""
     store: ApiKeyStore = request.app.state.api_keys
     return {"items": store.list(principal.org)}
-
-
-async def privacy_metrics(pool: AsyncConnectionPool[Any]) -> str:
-    """Prometheus text lines: open and overdue privacy requests (all organizations)."""
-    async with pool.connection() as conn:
-        row = await (await conn.execute(OPEN_COUNTS)).fetchone()
-    open_count, overdue = row if row else (0, 0)
-    return (
-        "# HELP customers_privacy_requests_open Privacy requests received and not finished.\n"
-        "# TYPE customers_privacy_requests_open gauge\n"
-        f"customers_privacy_requests_open {open_count}\n"
-        "# HELP customers_privacy_requests_overdue Open privacy requests past their deadline.\n"
-        "# TYPE customers_privacy_requests_overdue gauge\n"
-        f"customers_privacy_requests_overdue {overdue}\n"
-    )

@@ -12,6 +12,7 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, Field
 
 from domain.criteria import SegmentCriteria, explain
@@ -26,7 +27,7 @@ from projections.segments import VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import shown
-from service.auth import CanRead
+from service.auth import CanRead, Principal
 from service.problems import problem_responses
 
 # The shown status: CALCULATING while a job is open, ERROR when the last finished job failed,
@@ -116,6 +117,21 @@ async def list_segments(
     status: SegmentStatus | None = None,
 ) -> Response:
     """Segments of the caller's organization, oldest first (keyset paginated)."""
+    page = await segment_page(
+        paging.pool(request), principal, limit=limit, cursor=cursor, status=status
+    )
+    return Response(orjson.dumps(page), media_type="application/json")
+
+
+async def segment_page(
+    pool: AsyncConnectionPool[Any],
+    principal: Principal,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: SegmentStatus | None,
+) -> dict[str, Any]:
+    """`{"items", "nextCursor", "limit"}` of the validated listing parameters."""
     after_at, after_id = paging.decode(cursor) if cursor else (None, None)
     params = {
         "org": principal.org,
@@ -124,12 +140,11 @@ async def list_segments(
         "after_id": after_id,
         "fetch": limit + 1,
     }
-    async with paging.pool(request).connection() as conn:
+    async with pool.connection() as conn:
         rows = await (await conn.execute(LIST, params)).fetchall()
     page = rows[:limit]
     next_cursor = paging.encode(page[-1][3], page[-1][0]) if len(rows) > limit else None
-    body = {"items": [_render(r) for r in page], "nextCursor": next_cursor, "limit": limit}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return {"items": [_render(r) for r in page], "nextCursor": next_cursor, "limit": limit}
 
 
 @router.get(
@@ -142,15 +157,22 @@ async def list_segments(
     },
 )
 async def get_segment(request: Request, segment_id: UUID, principal: CanRead) -> Response:
-    async with paging.pool(request).connection() as conn:
+    found = await segment(paging.pool(request), principal, segment_id)
+    return Response(
+        orjson.dumps(found),
+        media_type="application/json",
+        headers={"ETag": f'"{found["version"]}"'},
+    )
+
+
+async def segment(
+    pool: AsyncConnectionPool[Any], principal: Principal, segment_id: UUID
+) -> dict[str, Any]:
+    async with pool.connection() as conn:
         row = await (await conn.execute(GET, {"org": principal.org, "id": segment_id})).fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
-    return Response(
-        orjson.dumps(_render(row)),
-        media_type="application/json",
-        headers={"ETag": f'"{row[5]}"'},
-    )
+    return _render(row)
 
 
 def _member_cursor(customer_id: UUID) -> str:
@@ -199,13 +221,29 @@ async def segment_customers(
 ) -> Response:
     """The segment's members in customer id order (keyset paginated), each with when and why
     they joined and the customer's current profile (erased customers are not shown)."""
+    page = await member_page(
+        paging.pool(request), principal, segment_id, limit=limit, cursor=cursor, as_of=as_of
+    )
+    return Response(page, media_type="application/json")
+
+
+async def member_page(
+    pool: AsyncConnectionPool[Any],
+    principal: Principal,
+    segment_id: UUID,
+    *,
+    limit: int,
+    cursor: str | None,
+    as_of: datetime | None,
+) -> bytes:
+    """`{"items", "nextCursor", "limit", "asOf"}` of the validated parameters, as JSON."""
     params = {
         "id": segment_id,
         "after": _decode_member_cursor(cursor) if cursor else None,
         "at": as_of,
         "fetch": limit + 1,
     }
-    async with paging.pool(request).connection() as conn:
+    async with pool.connection() as conn:
         use_raw_json(conn)
         await _definition(conn, principal.org, segment_id)
         query = MEMBERS_NOW if as_of is None else MEMBERS_AS_OF
@@ -217,13 +255,12 @@ async def segment_customers(
         for cid, at, reason, doc in page
     )
     next_cursor = _member_cursor(page[-1][0]) if len(rows) > limit else None
-    body = b'{"items":[%s],"nextCursor":%s,"limit":%d,"asOf":%s}' % (
+    return b'{"items":[%s],"nextCursor":%s,"limit":%d,"asOf":%s}' % (
         items,
         orjson.dumps(next_cursor),
         limit,
         orjson.dumps(utc_iso(as_of) if as_of else None),
     )
-    return Response(body, media_type="application/json")
 
 
 @router.get(

@@ -170,19 +170,27 @@ def verify_token(settings: Settings, token: str) -> Principal:
 
 def authenticate(request: Request) -> Principal:
     """The caller: an API key (`X-API-Key`) or a bearer token."""
-    api_key = request.headers.get("x-api-key")
+    settings: Settings = getattr(request.app.state, "settings", None) or get_settings()
+    store: ApiKeyStore | None = getattr(request.app.state, "api_keys", None)
+    return caller(
+        settings, store, request.headers.get("authorization", ""), request.headers.get("x-api-key")
+    )
+
+
+def caller(
+    settings: Settings, store: ApiKeyStore | None, authorization: str, api_key: str | None
+) -> Principal:
+    """The principal of an API key, else of the `Authorization: Bearer` token (the REST
+    headers, or the gRPC metadata of the same names)."""
     if api_key is not None:
-        store: ApiKeyStore | None = getattr(request.app.state, "api_keys", None)
         found = store.identify(api_key.strip()) if store is not None else None
         if found is None:
             raise DomainError(Code.UNAUTHORIZED, "invalid or revoked API key")
         key_id, org, roles = found
         return Principal(sub=f"api-key:{key_id}", org=org, roles=roles)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise DomainError(Code.UNAUTHORIZED, "missing bearer token")
-    settings: Settings = getattr(request.app.state, "settings", None) or get_settings()
     return verify_token(settings, token.strip())
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ log = logging.getLogger("customers")
 
 PROCESS_KINDS = (
     "all", "gateway", "write-api", "read-api", "projector", "relay", "segments", "ingest",
+    "grpc",
 )  # fmt: skip
 
 
@@ -93,13 +97,58 @@ def _uvicorn(kind: str, factory: str, settings: Settings, host: str, port: int) 
 def _supervise(kind: str, workers: int) -> None:
     """Run the workers until one ends (then stop the others: a process manager restarts the
     whole server) or this process is told to stop (they get SIGTERM and drain)."""
-    env = {**os.environ, "CUSTOMERS_WORKERS": "1", _WORKER: "1"}
-    procs = [_child(kind, env) for _ in range(workers)]
+    with _shared_metrics():
+        env = {**os.environ, "CUSTOMERS_WORKERS": "1", _WORKER: "1"}
+        procs = [_child(kind, env) for _ in range(workers)]
+        # Without a handler SIGTERM would end this process at once (or, as a container's
+        # PID 1, be ignored): the workers' drain would be cut short by the runtime's kill.
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            while all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+        finally:
+            _stop(procs)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the drain short
+    raise SystemExit(128 + signum)
+
+
+_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_shared_dir: str | None = None  # the directory this process set up for its children
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Processes started from here write their metrics to files in one directory, and
+    whichever answers /metrics reports them all (prometheus_client's multiprocess mode).
+    The mode is chosen when prometheus_client is imported, so this module imports it only
+    inside functions. A directory given in PROMETHEUS_MULTIPROC_DIR is emptied first (files
+    of an earlier run would count twice); otherwise a temporary one is used and removed."""
+    global _shared_dir  # noqa: PLW0603 — one per process, like the environment it mirrors
+    given = os.environ.get(_METRICS_DIR)
+    if given and given == _shared_dir:  # nested: `customers serve` with several workers
+        yield
+        return
+    if "prometheus_client" in sys.modules:
+        log.warning("metrics of this process will be missing: prometheus_client imported early")
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        path = given
+    else:
+        path = tempfile.mkdtemp(prefix="customers-metrics-")
+        os.environ[_METRICS_DIR] = path
+    _shared_dir = path
     try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        yield
     finally:
-        _stop(procs)
+        _shared_dir = None
+        if not given:
+            os.environ.pop(_METRICS_DIR, None)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _child(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -123,7 +172,15 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
             p.kill()
 
 
+# No HTTP port of their own: /metrics on CUSTOMERS_METRICS_PORT.
+_BACKGROUND = ("projector", "relay", "segments", "ingest", "grpc")
+
+
 def serve(kind: str, settings: Settings) -> None:
+    if kind in _BACKGROUND:
+        from service import metrics
+
+        metrics.listen(settings)
     if kind == "write-api":
         port = settings.write_api_port
         _uvicorn(kind, "write_api.app:create_app", settings, settings.host, port)
@@ -150,6 +207,10 @@ def serve(kind: str, settings: Settings) -> None:
         from write_api.ingest import run_forever as ingest_forever
 
         asyncio.run(ingest_forever(settings))
+    elif kind == "grpc":
+        from grpc_api.server import run_forever as grpc_forever
+
+        grpc_forever(settings)
     elif kind == "gateway":
         port = settings.http_port
         _uvicorn(kind, "service.gateway:create_gateway", settings, settings.host, port)
@@ -163,31 +224,34 @@ def _die_with_parent() -> None:
 
 
 def _serve_all(settings: Settings) -> None:
-    """Projector, relay, segments engine and NATS ingester as child processes; the REST gateway
-    in this one."""
+    """Projector, relay, segments engine, NATS ingester and gRPC API as child processes; the
+    REST gateway in this one, whose /metrics reports them all."""
     migrate(settings)
-    kinds = ("projector", "relay", "segments", *["ingest"] * max(1, settings.workers))
-    children = [_child(kind, os.environ.copy()) for kind in kinds]
+    with _shared_metrics():
+        kinds = ("projector", "relay", "segments", "grpc", *["ingest"] * max(1, settings.workers))
+        env = {**os.environ, "CUSTOMERS_METRICS_PORT": "0"}  # no listeners of their own
+        children = [_child(kind, env) for kind in kinds]
 
-    def _exit(signum: int, _frame: object) -> None:
-        # uvicorn drains requests, then re-raises the signal it caught: it lands here.
-        _stop(children)
-        sys.exit(128 + signum)
+        def _exit(signum: int, _frame: object) -> None:
+            # uvicorn drains requests, then re-raises the signal it caught: it lands here.
+            _stop(children)
+            sys.exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, _exit)
-    signal.signal(signal.SIGINT, _exit)
+        signal.signal(signal.SIGTERM, _exit)
+        signal.signal(signal.SIGINT, _exit)
 
-    url = f"http://{settings.host}:{settings.http_port}"
-    print(
-        f"\nCustomer Management Service at {url}  (API docs: {url}/docs)\n"
-        f"Get a token:  .venv/bin/customers dev-token --role admin --org acme\n"
-        f'Then:         curl -H "Authorization: Bearer $TOKEN" {url}/api/v1/customers\n',
-        flush=True,
-    )
-    try:
-        serve("gateway", settings)
-    finally:
-        _stop(children)
+        url = f"http://{settings.host}:{settings.http_port}"
+        print(
+            f"\nCustomer Management Service at {url}  (API docs: {url}/docs)\n"
+            f"gRPC (customers.v1, reflection on) at {settings.host}:{settings.grpc_port}\n"
+            f"Get a token:  .venv/bin/customers dev-token --role admin --org acme\n"
+            f'Then:         curl -H "Authorization: Bearer $TOKEN" {url}/api/v1/customers\n',
+            flush=True,
+        )
+        try:
+            serve("gateway", settings)
+        finally:
+            _stop(children)
 
 
 def _api_keys(settings: Settings, args: argparse.Namespace) -> int:

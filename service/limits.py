@@ -61,11 +61,14 @@ class RateLimiter:
 
     def check(self, request: Request, principal_key: str) -> None:
         """Spend one token of the principal's and the client's bucket, or raise 429."""
-        kind = route_class(request.method, request.url.path)
+        client = request.client.host if request.client else "unknown"
+        self.spend(route_class(request.method, request.url.path), principal_key, client)
+
+    def spend(self, kind: RouteClass, principal_key: str, client: str) -> None:
+        """`check` for a request of class `kind` (gRPC calls name theirs)."""
         limit = self.per_minute[kind]
         if limit <= 0:  # 0 = unlimited
             return
-        client = request.client.host if request.client else "unknown"
         keys = [(kind, f"principal:{principal_key}"), (kind, f"ip:{client}")]
         now = time.monotonic()
         rate = limit / 60.0

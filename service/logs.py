@@ -1,6 +1,11 @@
-"""JSON logs with a request id; personal data never goes in (log ids, not values), and a
-redaction filter on the handler scrubs what slips through anyway: e-mail addresses and URL
-query strings (access logs, driver error details, exception texts)."""
+"""JSON logs with a request id and a correlation id; personal data never goes in (log ids,
+not values), and a redaction filter on the handler scrubs what slips through anyway: e-mail
+addresses and URL query strings (access logs, driver error details, exception texts).
+
+The request id names one HTTP request of this service; the correlation id names the whole
+piece of work across services: taken from an incoming `X-Correlation-ID` (or the trace id of
+a W3C `traceparent`), else the request id; echoed in the answer, in every log line written
+while the request runs, and sent on to the rules engine (docs/operations.md "Logs")."""
 
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+
+CORRELATION_HEADER = "X-Correlation-ID"
+# Ids taken from outside are short opaque tokens (a UUID, a trace id, a ULID …): nothing
+# longer, and no characters that could carry an address or break a log line.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -55,6 +67,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             entry["requestId"] = rid
+        cid = correlation_id.get()
+        if cid:
+            entry["correlationId"] = cid
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -79,10 +94,35 @@ def configure(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def valid_id(value: bytes | str | None) -> str | None:
+    """`value` if it is an acceptable id from outside (see _ID), else None."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if value and _ID.fullmatch(value) else None
+
+
+def correlation_of(headers: dict[bytes, bytes], fallback: str) -> str:
+    """The correlation id of a request with these (lower-case) headers."""
+    given = valid_id(headers.get(CORRELATION_HEADER.lower().encode()))
+    if given:
+        return given
+    trace = _TRACEPARENT.fullmatch(headers.get(b"traceparent", b"").decode("latin-1"))
+    if trace and trace.group(1) != "0" * 32:
+        return trace.group(1)
+    return fallback
+
+
+def correlation_headers() -> dict[str, str]:
+    """Headers that carry the current correlation id to another service."""
+    cid = correlation_id.get()
+    return {CORRELATION_HEADER: cid} if cid else {}
+
+
 class RequestLog:
-    """One log line per request (id, method, path, status, duration) and `X-Request-Id` on
-    the answer. Plain ASGI: Starlette's BaseHTTPMiddleware would add a task and a stream
-    per request, a large share of a small request's cost."""
+    """One log line per request (ids, method, route template, path, status, duration) and
+    `X-Request-Id` / `X-Correlation-ID` on the answer. Plain ASGI: Starlette's
+    BaseHTTPMiddleware would add a task and a stream per request, a large share of a small
+    request's cost."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -92,34 +132,41 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"")[:128]
-        rid = given.decode("latin-1") or uuid.uuid4().hex
-        token = request_id.set(rid)
+        headers = dict(scope.get("headers") or [])
+        rid = valid_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
+        cid = correlation_of(headers, rid)
+        tokens = request_id.set(rid), correlation_id.set(cid)
         started = time.perf_counter()
         status = 500
+        written: str | None = None  # X-Consistency-Token of a write: its last event's id
 
         async def sending(message: Message) -> None:
-            nonlocal status
+            nonlocal status, written
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
-                message = {**message, "headers": headers}
+                answer = message.get("headers", [])
+                for name, value in answer:
+                    if name.lower() == b"x-consistency-token":
+                        written = value.decode("latin-1")
+                ids = [(b"x-request-id", rid.encode()), (b"x-correlation-id", cid.encode())]
+                message = {**message, "headers": [*answer, *ids]}
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            request_id.reset(token)
-            self.log.info(
-                "request",
-                extra={
-                    "requestId": rid,
-                    "method": scope["method"],
-                    "route": scope["path"],
-                    "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            extra: dict[str, Any] = {
+                "method": scope["method"],
+                "route": getattr(scope.get("route"), "path", None),
+                "path": scope["path"],
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+            if written is not None:
+                extra["consistencyToken"] = written
+            self.log.info("request", extra=extra)
+            correlation_id.reset(tokens[1])
+            request_id.reset(tokens[0])
 
 
 def install(app: FastAPI) -> None:

@@ -1,12 +1,14 @@
-"""RFC 9457 problem+json: the one place errors become HTTP answers."""
+"""RFC 9457 problem+json: the one place errors become HTTP answers (and gRPC statuses)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +31,29 @@ STATUS = {
     Code.UNAVAILABLE: 503,
     Code.RATE_LIMITED: 429,
 }
+# The same codes as gRPC status codes (grpc_api answers with these, HTTP with STATUS).
+GRPC_STATUS = {
+    Code.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Code.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PRECONDITION_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# A conflict over a value that another customer or segment holds (the fields with
+# organization-wide uniqueness claims) is ALREADY_EXISTS; any other conflict is about the
+# state of what is changed (deleted, active orders, a kind that cannot change).
+_CLAIMED_FIELDS = frozenset({"email", "name"})
+
+
+def grpc_status(error: DomainError) -> grpc.StatusCode:
+    if error.code == Code.CONFLICT and error.field in _CLAIMED_FIELDS:
+        return grpc.StatusCode.ALREADY_EXISTS
+    return GRPC_STATUS[error.code]
+
+
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -129,15 +154,27 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     return problem(status, exc.detail, errors=errors, headers=headers, instance=request.url.path)
 
 
+def invalid_input(
+    errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = ()
+) -> tuple[str, list[dict[str, str]]]:
+    """pydantic's errors as a detail naming the fields and `[{field, message}]`: messages
+    only, never the offending input (it may be personal data). `prefix` names what was
+    validated when pydantic's location does not (a gRPC request's id field)."""
+    found = [
+        {
+            "field": field_path((*prefix, *e.get("loc", ()))),
+            "message": str(e.get("msg", "invalid")),
+        }
+        for e in errors
+    ]
+    fields = ", ".join(sorted({e["field"] for e in found}))
+    return f"invalid input: {fields}", found
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    # Messages only, never the offending input: it may be personal data.
-    errors = [
-        {"field": field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg", "invalid"))}
-        for e in exc.errors()
-    ]
-    fields = ", ".join(sorted({e["field"] for e in errors}))
-    return problem(422, f"invalid input: {fields}", errors=errors, instance=request.url.path)
+    detail, errors = invalid_input(exc.errors())
+    return problem(422, detail, errors=errors, instance=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

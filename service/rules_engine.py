@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from domain.errors import Code, DomainError, invalid
+from service.logs import correlation_headers
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ class RulesEngine:
             if time.monotonic() < self._open_until:
                 raise DomainError(Code.UNAVAILABLE, "the rules engine is unavailable; retry later")
         target = f"{self.url}/api/v1/rules/{quote(rule_id, safe='')}"
+        headers = correlation_headers()  # the engine's logs can then be joined with ours
         for attempt in range(self.retries + 1):
             try:
-                status = self._client.get(target).status_code
+                status = self._client.get(target, headers=headers).status_code
             except httpx.HTTPError:
                 status = None
             if status == 200:

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     http_port: int = 8080
     write_api_port: int = 8081
     read_api_port: int = 8082
+    # gRPC (`customers serve grpc`, a child of `customers serve`); TLS from the same files.
+    grpc_port: int = 9090
 
     consistency_wait_seconds: float = 5.0
     email_verification_ttl_hours: int = 24
@@ -95,6 +97,13 @@ class Settings(BaseSettings):
     max_import_bytes: int = 10 * 1024**3  # an import's file, streamed to the database
 
     log_level: str = "INFO"
+
+    # Prometheus listener of the background processes (projector, relay, segments, ingest),
+    # which have no HTTP port; 0 = none. HTTP processes answer /metrics on their own port.
+    metrics_port: int = 0
+    # Figures /metrics reads from the database (follower lag, customers, privacy requests)
+    # are reused this long, and refreshed no more often than 20 times their last cost.
+    metrics_cache_seconds: float = 15.0
 
     def master_key_bytes(self) -> bytes:
         if not self.master_key:

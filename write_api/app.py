@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from domain.activity import Batch, TrackedEvent, check_times
+from domain.activity import Batch, TrackedEvent
 from domain.consent import ConsentChange
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
@@ -38,6 +38,7 @@ from service.auth import (
     Permission,
     Principal,
 )
+from service.metrics import HttpMetrics, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api import bulk, imports, jobs, tracking
@@ -124,14 +125,9 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
 async def _track(
     request: Request, principal: Principal, events: Sequence[Any], *, batch: bool
 ) -> tracking.Result:
-    received = datetime.now(UTC)
     settings: Settings = request.app.state.settings
-    late = check_times(list(events), received, settings.activity_retention_months)
-    if late:
-        field, message = late[0]
-        raise invalid(field if batch else "timestamp", message)
-    submission = tracking.Submission(principal.org, events, received)
-    return await tracking.track(request.app.state.activity, submission, settings, batch=batch)
+    activity = request.app.state.activity
+    return await tracking.track(activity, principal.org, events, settings, batch=batch)
 
 
 def _job(job: dict[str, object], status: int) -> Response:
@@ -472,9 +468,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.segments = SegmentCommands(es, rules)
         app.state.api_keys = ApiKeyStore(app.state.settings, LazyKeyring(app.state.settings))
         app.state.activity = tracking.ActivityWriter(app.state.settings)
+        watch_pool("write-api", es.datastore.pool)
         try:
             yield
         finally:
+            unwatch_pool("write-api", es.datastore.pool)
             app.state.activity.close()
             app.state.api_keys.close()
             rules.close()
@@ -485,6 +483,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     limits.install(app, app.state.settings)
     logs.install(app)
+    app.add_middleware(HttpMetrics)
 
     @app.post(
         PREFIX,
@@ -592,6 +591,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return await scrape()
 
     @app.get("/ready", include_in_schema=False)
     def ready(commands: Commands) -> Response:

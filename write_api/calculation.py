@@ -40,6 +40,7 @@ from eventstore.jobs import JOB_COLUMNS, LOCK_JOB, UNLOCK_JOB, render_job, reque
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import max_notification_id, read_position
 from projections.segment_sql import compile_where
+from service.metrics import SEGMENT_JOBS
 from write_api.membership import append, stream_versions
 
 log = logging.getLogger(__name__)
@@ -185,9 +186,11 @@ class Calculator:
         except Cancelled:
             self._finish(conn, job, "CANCELLED")
             log.info("calculation cancelled", extra={"job": str(job.id)})
+            SEGMENT_JOBS.labels("cancelled").observe(time.monotonic() - started)
         except DomainError as e:
             self._finish(conn, job, "FAILED", error=e.detail)
             log.warning("calculation failed", extra={"job": str(job.id), "error": e.detail})
+            SEGMENT_JOBS.labels("failed").observe(time.monotonic() - started)
         except Exception as e:
             # The reason, without data: exception type and message of our own code / driver.
             reason = f"{type(e).__name__}: {e}"[:500]
@@ -196,8 +199,10 @@ class Calculator:
                 self._finish(self._connection(), job, "FAILED", error=reason)
             except psycopg.Error:
                 log.exception("could not record the failure; the job will be requeued")
+            SEGMENT_JOBS.labels("failed").observe(time.monotonic() - started)
         else:
             self._finish(conn, job, "SUCCEEDED", counts)
+            SEGMENT_JOBS.labels("succeeded").observe(time.monotonic() - started)
             log.info(
                 "calculation done",
                 extra={

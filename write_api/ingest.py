@@ -7,8 +7,9 @@ message is acknowledged only after its events are committed; a crash before that
 it, and because an event without `eventId` gets one derived from its message's stream
 sequence (and its time from the message's, when it has none), a redelivered event is the
 same row and is not stored or counted again. A message that fails validation or names an
-unknown customer is terminated (logged with the fields, never the values); one whose customer
-is not readable yet is redelivered after a pause.
+unknown customer is terminated (logged with the fields, never the values, and with the
+producer's `X-Correlation-ID` message header); one whose customer is not readable yet is
+redelivered after a pause.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pydantic import ValidationError
 
 from domain.activity import BATCH, ONE, check_times
 from domain.values import storable_json
+from service.logs import correlation_of
+from service.metrics import INGEST_MESSAGES
 from service.problems import field_path
 from service.settings import Settings
 from write_api.tracking import ActivityWriter, Result, Submission
@@ -133,7 +136,10 @@ class Ingester:
                     f"events.{i}.customerId" for i, e in enumerate(events) if e.customer_id is None
                 ]
             if fields:
-                log.warning("ingest: invalid message terminated", extra={"fields": fields})
+                log.warning(
+                    "ingest: invalid message terminated",
+                    extra={"fields": fields, "correlationId": _correlation(msg)},
+                )
                 invalid.append(msg)
                 continue
             meta = msg.metadata
@@ -150,11 +156,17 @@ class Ingester:
         while not self._stop.is_set() or in_flight:
             messages: list[Any] = []
             if not self._stop.is_set():
-                with contextlib.suppress(nats.errors.TimeoutError):
+                # TimeoutError, not nats.errors.TimeoutError: when the no-wait probe's answer
+                # uses up the deadline, nats-py raises a plain asyncio.TimeoutError (its own
+                # is a subclass), which would tear the connection down and leave the writes
+                # in flight unacknowledged until ACK_WAIT redelivers them.
+                with contextlib.suppress(TimeoutError):
                     messages = await sub.fetch(FETCH, timeout=0.5)
             kept, submissions, invalid = self._prepare(messages)
             for msg in invalid:
                 await msg.term()
+            if invalid:
+                INGEST_MESSAGES.labels("invalid").inc(len(invalid))
             if submissions:
                 writing = asyncio.ensure_future(
                     asyncio.to_thread(self.writer.submit_many, submissions)
@@ -167,13 +179,25 @@ class Ingester:
     async def _settle(self, messages: list[Any], results: list[Result]) -> None:
         for msg, result in zip(messages, results, strict=True):
             if result.unknown:
-                log.warning("ingest: message naming an unknown customer terminated")
+                log.warning(
+                    "ingest: message naming an unknown customer terminated",
+                    extra={"correlationId": _correlation(msg)},
+                )
                 await msg.term()
+                INGEST_MESSAGES.labels("unknown_customer").inc()
             elif result.pending:
                 await msg.nak(delay=1.0)
+                INGEST_MESSAGES.labels("redelivered").inc()
             else:
                 self.stored += result.accepted
                 await msg.ack()
+                INGEST_MESSAGES.labels("stored").inc()
+
+
+def _correlation(msg: Any) -> str | None:
+    """The producer's correlation id (an `X-Correlation-ID` message header), if valid."""
+    headers = {k.lower().encode(): v.encode() for k, v in (msg.headers or {}).items()}
+    return correlation_of(headers, "") or None
 
 
 async def run_forever(settings: Settings) -> None:

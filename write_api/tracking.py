@@ -29,9 +29,10 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from domain.activity import BEHAVIORAL, EventType, occurred
-from domain.errors import Code, DomainError
+from domain.activity import BEHAVIORAL, EventType, check_times, occurred
+from domain.errors import Code, DomainError, invalid
 from domain.segment_facts import cents, fold
+from service.metrics import TRACKING_EVENTS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class ActivityWriter:
                 continue
             for s, r in zip(group, results, strict=True):
                 s.future.set_result(r)
+            _count(results)
         if conn is not None:
             conn.close()
 
@@ -293,13 +295,29 @@ class ActivityWriter:
             end = month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
             name = f"customer_events_y{month.year:04d}m{month.month:02d}"
             # Concurrent writers (other processes) may create it first: IF NOT EXISTS, in a
-            # savepoint so that a lost race does not abort the batch.
-            with conn.transaction():
-                query = CREATE_PARTITION.format(
-                    sql.Identifier(name), sql.Literal(month), sql.Literal(end)
-                )
-                conn.execute(query)
+            # savepoint so that a lost race does not abort the batch. IF NOT EXISTS alone is
+            # not enough: a writer whose check ran before the other's commit waits for the
+            # parent's lock, then fails with DuplicateTable (or a unique violation in the
+            # catalog); the partition exists then, so that failure is the race lost.
+            query = CREATE_PARTITION.format(
+                sql.Identifier(name), sql.Literal(month), sql.Literal(end)
+            )
+            try:
+                with conn.transaction():
+                    conn.execute(query)
+            except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                log.debug("partition created by another writer", extra={"partition": name})
             self._partitions.add(month)
+
+
+def _count(results: list[Result]) -> None:
+    stored = sum(r.accepted for r in results)
+    duplicates = sum(len(r.ids) - r.accepted for r in results)
+    # A submission with pending or unknown customers stored nothing (it may come again).
+    skipped = sum(len(r.skipped) for r in results if not (r.pending or r.unknown))
+    for result, n in (("stored", stored), ("duplicate", duplicates), ("skipped", skipped)):
+        if n:
+            TRACKING_EVENTS.labels(result).inc(n)
 
 
 def _row(
@@ -326,11 +344,18 @@ def _row(
 
 
 async def track(
-    writer: ActivityWriter, submission: Submission, settings: Settings, *, batch: bool
+    writer: ActivityWriter, org_id: str, events: Sequence[Any], settings: Settings, *, batch: bool
 ) -> Result:
-    """Store a request's events; a customer created a moment ago (not in the read model yet)
-    is waited for up to the consistency wait. NOT_FOUND names the first unknown customer.
-    Awaited on the event loop: no worker thread is held while the writer commits."""
+    """Store a request's events (REST or gRPC): dated neither in the future nor before what
+    the log keeps; a customer created a moment ago (not in the read model yet) is waited for
+    up to the consistency wait. NOT_FOUND names the first unknown customer. Awaited on the
+    event loop: no worker thread is held while the writer commits."""
+    received = datetime.now(UTC)
+    late = check_times(list(events), received, settings.activity_retention_months)
+    if late:
+        field, message = late[0]
+        raise invalid(field if batch else "timestamp", message)
+    submission = Submission(org_id, events, received)
     deadline = time.monotonic() + settings.consistency_wait_seconds
     while True:
         result = await asyncio.wrap_future(writer.enqueue(submission))

@@ -423,6 +423,40 @@ def test_two_runners_of_one_view_never_apply_a_batch_twice(
         assert_matches(settings, app, c.id)
 
 
+@pytest.mark.usefixtures("clean")
+def test_a_stopped_projector_ends_after_its_current_batch(
+    settings: Settings, app: Customers
+) -> None:
+    """SIGTERM (`customers serve projector` sets the stop event) during a long catch-up ends
+    the projector at a batch boundary instead of after the whole backlog; every batch
+    committed with its position, and the next run goes on from there."""
+    for b in range(4):
+        register(app, 500, start=b * 500)
+    total = max_id(app)
+    projector = Projector(settings, batch_size=10)
+    stop = threading.Event()
+    follower = threading.Thread(target=projector.run_forever, args=(stop,))
+    follower.start()
+    try:
+        deadline = time.monotonic() + 30
+        while position(settings) == 0:
+            assert time.monotonic() < deadline, "the projector never committed a batch"
+            time.sleep(0.001)
+        stop.set()
+        follower.join(10)
+        assert not follower.is_alive()
+        stopped_at = position(settings)
+        assert 0 < stopped_at < total and stopped_at % 10 == 0
+        with psycopg.connect(str(settings.database_url)) as conn:
+            assert conn.execute("SELECT count(*) FROM customers_view").fetchone() == (stopped_at,)
+        projector.run_once()
+        assert position(settings) == total
+    finally:
+        stop.set()
+        follower.join(10)
+        projector.close()
+
+
 # --------------------------------------------------------------------------- live follow
 
 
