@@ -40,7 +40,7 @@ def test_compose_runs_every_process_kind() -> None:
     commands = [s.get("command") for s in compose["services"].values() if s.get("command")]
     served = {c[2] for c in commands if c[:2] == ["customers", "serve"]}
     assert served <= KINDS
-    assert served >= {"gateway", "projector", "relay", "segments", "ingest"}
+    assert served >= {"gateway", "grpc", "projector", "relay", "segments", "ingest"}
     assert ["customers", "migrate"] in commands
     assert (ROOT / "Dockerfile").is_file()
 
