@@ -18,6 +18,7 @@ from domain.membership import Change
 from eventstore import compliance
 from eventstore.compliance import PrivacyRecord, RequestType
 from eventstore.keys import WrappedKey
+from service import logs
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ OWNERS = (
     " (SELECT owner_id FROM unique_claims"
     " WHERE scope = %s AND org_id = %s AND key_hash = k.key_hash OFFSET 0) AS c"
 )
+RECORD_CORRELATIONS = (
+    "INSERT INTO event_correlations (notification_id, correlation_id) SELECT unnest(%b::int8[]), %s"
+)
 RECORD_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys (org_id, key, request_hash, customer_id, version, status)"
     " VALUES (%s, %s, %s, %s, %s, %s)"
@@ -132,6 +136,10 @@ class CustomerRecorder(PostgresApplicationRecorder):
             " SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        self._select_stored = SQL(
+            "SELECT originator_id, originator_version, state, notification_id FROM {schema}.{table}"
+            " WHERE originator_id = ANY(%s::uuid[]) AND originator_version = ANY(%s::int8[])"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
 
     def find_idempotency(self, org_id: str, key: str, ttl_hours: int) -> IdempotencyRecord | None:
         """The live record for a key; an expired one is deleted so the key can be reused."""
@@ -160,6 +168,46 @@ class CustomerRecorder(PostgresApplicationRecorder):
         return int(row["notification_id"])
 
     def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        try:
+            return self._insert_events_once(stored_events, **kwargs)
+        except IntegrityError:
+            # The library retries a save whose connection failed (OperationalError), also
+            # when it failed after the COMMIT had become durable (e.g. PostgreSQL stopped
+            # between the commit and its reply). The retry then collides with its own rows.
+            # When exactly these events are stored (same bytes: customer events are sealed
+            # with a random nonce, the others carry their timestamp), the save succeeded:
+            # answer it as such, not as a conflict (a 412 or 409 for a write that was made).
+            ids = self._stored_already(stored_events)
+            if ids is None:
+                raise
+            return ids
+
+    def _stored_already(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of `stored_events` if all of them are stored as they are."""
+        if not stored_events:
+            return None
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self._select_stored,
+                (
+                    list({e.originator_id for e in stored_events}),
+                    list({e.originator_version for e in stored_events}),
+                ),
+            )
+            rows = {
+                (row["originator_id"], row["originator_version"]): row for row in curs.fetchall()
+            }
+        ids = []
+        for e in stored_events:
+            row = rows.get((e.originator_id, e.originator_version))
+            if row is None or bytes(row["state"]) != bytes(e.state):
+                return None
+            ids.append(int(row["notification_id"]))
+        return ids
+
+    def _insert_events_once(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # psycopg's pipeline mode can deadlock with megabytes in flight (psycopg issue 685,
@@ -194,6 +242,17 @@ class CustomerRecorder(PostgresApplicationRecorder):
                 (e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events
             ),
         )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The events' notification ids; the request's correlation id is recorded for each,
+        still in their transaction, for the relay to publish with them."""
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        correlation = logs.correlation_id.get()
+        if ids and correlation:
+            curs.execute(RECORD_CORRELATIONS, (list(ids), correlation))
+        return ids
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -23,7 +23,7 @@ import logging
 import signal
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -53,8 +53,15 @@ log = logging.getLogger(__name__)
 POSITION_NAME = "nats_relay"
 MSG_ID_HEADER = "Nats-Msg-Id"
 NOTIFICATION_HEADER = "Customers-Notification-Id"
+# The request's that caused the event (service.logs), as it came in over HTTP or gRPC.
+CORRELATION_HEADER = "X-Correlation-ID"
 
 _LOAD_POSITION = "SELECT position FROM positions WHERE name = %s"
+_CORRELATIONS = (
+    "SELECT notification_id, correlation_id FROM event_correlations"
+    " WHERE notification_id BETWEEN %s AND %s"
+)
+_PUBLISHED_CORRELATIONS = "DELETE FROM event_correlations WHERE notification_id <= %s"
 _SAVE_POSITION = (
     "INSERT INTO positions (name, position, updated_at) VALUES (%s, %s, now())"
     " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
@@ -74,6 +81,7 @@ class Outgoing:
     subject: str | None = None
     payload: bytes = b""
     msg_id: str = ""
+    correlation_id: str | None = None
 
 
 class Relay:
@@ -292,6 +300,8 @@ class Relay:
                     MSG_ID_HEADER: item.msg_id,
                     NOTIFICATION_HEADER: str(item.notification_id),
                 }
+                if item.correlation_id:
+                    headers[CORRELATION_HEADER] = item.correlation_id
                 futures.append(
                     await js.publish_async(
                         item.subject,
@@ -367,8 +377,9 @@ class Relay:
         return int(row["position"]) if row else 0
 
     def _save_position(self, position: int) -> None:
-        with self.app.datastore.get_connection() as conn:
+        with self.app.datastore.get_connection() as conn, conn.transaction():
             conn.execute(_SAVE_POSITION, (self.name, position), prepare=True)
+            conn.execute(_PUBLISHED_CORRELATIONS, (position,), prepare=True)
 
     def _prepare(self, start: int) -> list[Outgoing]:
         """Read, decode and map the next batch (blocking: runs in a worker thread)."""
@@ -388,6 +399,7 @@ class Relay:
             if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
         self._resolve_orgs(event for _, event in events)
+        correlations = self._correlations(notifications)
         batch: list[Outgoing] = []
         for notification_id, event in events:
             cid = customer_id(event)
@@ -406,12 +418,25 @@ class Relay:
                 batch.append(Outgoing(notification_id))
                 continue
             batch.append(self._outgoing(notification_id, public))
-        return batch
+        return [
+            replace(item, correlation_id=correlations[item.notification_id])
+            if item.notification_id in correlations
+            else item
+            for item in batch
+        ]
 
     def _outgoing(self, notification_id: int, public: dict[str, Any]) -> Outgoing:
         return Outgoing(
             notification_id, subject(self.prefix, public), orjson.dumps(public), public["id"]
         )
+
+    def _correlations(self, notifications: Sequence[Any]) -> dict[int, str]:
+        if not notifications:
+            return {}
+        span = (notifications[0].id, notifications[-1].id)
+        with self.app.datastore.get_connection() as conn:
+            rows = conn.execute(_CORRELATIONS, span, prepare=True).fetchall()
+        return {r["notification_id"]: r["correlation_id"] for r in rows}
 
     def _resolve_orgs(self, events: Any) -> None:
         """Fill the customer → org cache for a batch: from Created events, else one query."""

@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventstore.application import Customers
-from eventstore.relay import NOTIFICATION_HEADER, POSITION_NAME, Relay
+from eventstore.relay import CORRELATION_HEADER, NOTIFICATION_HEADER, POSITION_NAME, Relay
 from projections.customers import VIEW
 from projections.positions import max_notification_id, read_position
 from projections.runner import Projector
@@ -445,11 +445,12 @@ def test_correlation_id_reaches_every_log_line_and_the_rules_engine(
     assert request_line["requestId"] == down.headers["X-Request-Id"]
 
 
-def test_a_write_logs_the_notification_id_its_nats_message_carries(
+def test_a_writes_correlation_id_reaches_its_nats_message(
     service: httpx.Client, settings: Settings, headers: dict[str, str], log_lines: io.StringIO
 ) -> None:
-    """Events do not store the correlation id: the request's log line names the notification
-    id of its last event (its consistency token), which the relay puts in the message."""
+    """The request's correlation id is recorded with its events and published in their
+    messages' headers; its log line also names the notification id of its last event (its
+    consistency token), which the message carries too."""
     created = create_customer(service, headers, **{"X-Correlation-ID": "corr-nats"})
     token = created.headers["X-Consistency-Token"]
     (request_line,) = [
@@ -460,6 +461,12 @@ def test_a_write_logs_the_notification_id_its_nats_message_carries(
     messages = asyncio.run(read_stream(settings))
     (message,) = [m for m in messages if m.headers[NOTIFICATION_HEADER] == token]
     assert message.data["customerId"] == created.json()["id"]
+    assert message.headers[CORRELATION_HEADER] == "corr-nats"
+    with psycopg.connect(str(settings.database_url)) as conn:  # published: not kept
+        left = conn.execute(
+            "SELECT count(*) FROM event_correlations WHERE notification_id <= %s", (int(token),)
+        ).fetchone()
+    assert left == (0,)
 
 
 def test_ingest_logs_the_producers_correlation_id(
