@@ -11,7 +11,7 @@ last committed batch, and a job runs on the targets it resolved, not on a new se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -159,6 +159,7 @@ def _resolve(conn: Connection, job: Job) -> None:
 def _update(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int) -> None:
     assert job.spec is not None
     patch = ProfilePatch.model_validate(job.spec["patch"])
+    admin = bool(job.spec["admin"])  # the requester's role decides status transitions
     now = datetime.now(UTC)
     ttl = timedelta(hours=runner.app.settings.email_verification_ttl_hours)
 
@@ -167,7 +168,7 @@ def _update(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
             patched(customer.profile, patch),
             status=patch.status,
             actor=_actor(job),
-            actor_is_admin=job.spec is not None and job.spec["admin"],
+            actor_is_admin=admin,
             now=now,
             verification_ttl=ttl,
         )
@@ -189,7 +190,7 @@ def _delete(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
 
 
 def _decide_each(
-    runner: JobRunner, job: Job, targets: Sequence[Any], decide: Any
+    runner: JobRunner, job: Job, targets: Sequence[Any], decide: Callable[[Customer], None]
 ) -> tuple[list[Customer], Tally]:
     """Each target customer loaded and decided on; failures reported, not raised."""
     commands = CustomerCommands(runner.app)
@@ -228,9 +229,11 @@ def _assign(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
     tally = Tally(read=len(targets))
     moved: list[str] = []
     for seq, customer_id in targets:
-        if customer_id not in live and not (not adding and customer_id in members):
+        member = customer_id in members
+        # A member deleted since it joined can still be removed; only live ones are added.
+        if customer_id not in live and not (member and not adding):
             tally.rejected.append(Rejection(seq, customer_id, None, "customer not found"))
-        elif (customer_id in members) != adding:
+        elif member != adding:
             moved.append(str(customer_id))
         else:
             tally.skipped += 1  # already a member / not a member
