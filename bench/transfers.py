@@ -1,6 +1,6 @@
 """Import and export benchmark: `python -m bench.transfers` (also run by `make bench`).
 
-1. Import of N customers (default 100,000; `--rows 1000000` for the issue's scale) from a CSV
+1. Import of N customers (default 1,000,000, the issue's scale; `--rows` for another) from a CSV
    in the export's columns (dotted names, tags as JSON text, booleans as true/false), values
    drawn by `service.seed.CustomerFactory`: the upload through `write_api.imports.Upload` (as
    `POST /customers/import` feeds it), the job run in process by `JobRunner.run_next` while
@@ -60,7 +60,7 @@ PIECE = 64 * 1024  # bytes per Upload.feed, as a request body arrives
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     known, rest = parser.parse_known_args(argv if argv is not None else sys.argv[1:])
     _, execute = env.focused_bench("python -m bench.transfers", __doc__, DB, "transfers", rest)
     return execute(lambda out, url: run(out, url, known.rows))
