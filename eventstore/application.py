@@ -47,6 +47,7 @@ class Customers(Application[UUID]):
             "POSTGRES_POOL_SIZE": str(pool_size),
             "POSTGRES_MAX_OVERFLOW": str(pool_size),
             "POSTGRES_LOCK_TIMEOUT": "5",
+            "POSTGRES_CONNECT_TIMEOUT": str(settings.db_wait_seconds),
             "AGGREGATE_CACHE_MAXSIZE": "10000",
             "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
         }

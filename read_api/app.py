@@ -74,8 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logs.install(app)
     app.add_middleware(HttpMetrics)
     app.state.figures = figures.Figures(settings.metrics_cache_seconds)
-    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_exception_handler(PoolTimeout, _database_unavailable)
     # First match wins: fixed paths (/customers/export, /customers/segments/export,
     # /customers/import/…, /customers/{id}/data, …) before /customers/segments/{id} and
     # /customers/{id}.
@@ -120,13 +118,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(orjson.dumps(body), media_type="application/json")
 
     return app
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("database unavailable", extra={"error": type(exc).__name__})
-    return problems.problem(
-        503,
-        "the database is unavailable; retry later",
-        headers={"Retry-After": "1"},
-        instance=request.url.path,
-    )

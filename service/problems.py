@@ -10,9 +10,12 @@ from typing import Any
 
 import grpc
 import orjson
+import psycopg
+from eventsourcing import persistence
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 
 from domain.activity import EventType
@@ -187,6 +190,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# The database refused or lost a connection (or every pooled one is busy): 503, retry.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    PoolTimeout,
+    persistence.OperationalError,
+    persistence.InterfaceError,
+)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", extra={"error": type(exc).__name__})
+    return problem(
+        503,
+        "the database is unavailable; retry later",
+        headers={"Retry-After": "1"},
+        instance=request.url.path,
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
     return problem(500, "internal error; it has been logged", instance=request.url.path)
@@ -219,4 +241,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # PostgreSQL connections per API process: the command side's event store pool and the
     # query side's pool maximum (each also opens a few of its own: watchers, key lookups).
     db_pool_size: int = 8
+    # How long the event store waits for a pooled connection, per attempt (it makes up to 10,
+    # as eventsourcing retries): while PostgreSQL restarts, commands wait and then succeed;
+    # while it stays down they answer 503 after about ten times this.
+    db_wait_seconds: int = 2
 
     projection_batch_size: int = 2000
     relay_batch_size: int = 500
