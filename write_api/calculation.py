@@ -36,7 +36,14 @@ from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, SegmentCalculated, events, stream_id
 from domain.segment import Segment, effective_criteria
 from eventstore.application import Customers
-from eventstore.jobs import JOB_COLUMNS, LOCK_JOB, UNLOCK_JOB, render_job, requeue_orphans
+from eventstore.jobs import (
+    JOB_COLUMNS,
+    LOCK_JOB,
+    UNLOCK_JOB,
+    WorkerConnection,
+    render_job,
+    requeue_orphans,
+)
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import max_notification_id, read_position
 from projections.segment_sql import compile_where
@@ -118,39 +125,28 @@ class Calculator:
 
     def __init__(self, app: Customers) -> None:
         self.app = app
-        url = app.settings.database_url
-        assert url
-        self._url = url
-        self._conn: Connection | None = None
-
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            self._conn = psycopg.connect(self._url, autocommit=True)
-        return self._conn
+        self._worker = WorkerConnection(app.settings.database_url)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._worker.close()
 
     def recover(self) -> int:
         """Queue again the RUNNING jobs whose worker is gone (its advisory lock with it)."""
-        requeued = requeue_orphans(self._connection(), RUNNING, REQUEUE, LOCK_SPACE)
+        requeued = requeue_orphans(self._worker.get(), RUNNING, REQUEUE, LOCK_SPACE)
         if requeued:
             log.warning("requeued jobs of a vanished worker", extra={"jobs": requeued})
         return requeued
 
     def schedule(self, interval_seconds: float) -> int:
         """Queue recalculations of segments last calculated over `interval_seconds` ago."""
-        queued = self._connection().execute(SCHEDULE, (interval_seconds,)).rowcount
+        queued = self._worker.get().execute(SCHEDULE, (interval_seconds,)).rowcount
         if queued:
             log.info("scheduled recalculations", extra={"jobs": queued})
         return queued
 
     def run_next(self) -> bool:
         """Run the oldest runnable queued job, if any; False when there was none."""
-        conn = self._connection()
+        conn = self._worker.get()
         with conn.transaction():
             row = conn.execute(CLAIM).fetchone()
             if row is None:
@@ -196,7 +192,7 @@ class Calculator:
             reason = f"{type(e).__name__}: {e}"[:500]
             log.exception("calculation failed", extra={"job": str(job.id)})
             try:
-                self._finish(self._connection(), job, "FAILED", error=reason)
+                self._finish(self._worker.get(), job, "FAILED", error=reason)
             except psycopg.Error:
                 log.exception("could not record the failure; the job will be requeued")
             SEGMENT_JOBS.labels("failed").observe(time.monotonic() - started)

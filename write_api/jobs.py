@@ -20,7 +20,7 @@ from eventsourcing import persistence
 from psycopg.rows import tuple_row
 
 from eventstore.application import Customers
-from eventstore.jobs import LOCK_JOB, UNLOCK_JOB, requeue_orphans
+from eventstore.jobs import LOCK_JOB, UNLOCK_JOB, WorkerConnection, requeue_orphans
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,19 +76,14 @@ class JobRunner:
     def __init__(self, app: Customers, handlers: Mapping[str, Handler]) -> None:
         self.app = app
         self.handlers = handlers
-        self._conn: Connection | None = None
+        self._worker = WorkerConnection(app.settings.database_url)
 
     @property
     def conn(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            self._conn = connect(self.app.settings)
-        return self._conn
+        return self._worker.get()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._worker.close()
 
     def recover(self) -> None:
         """Queue again the RUNNING jobs whose worker is gone (its advisory lock with it)."""
