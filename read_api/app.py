@@ -27,7 +27,7 @@ from read_api import (
     segments,
 )
 from read_api.consistency import PositionWatcher
-from service import limits, logs, problems
+from service import limits, logs, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.metrics import HttpMetrics, scrape, unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Customer Management Service — read API",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings
     keyring = LazyKeyring(settings)
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.install(app, settings)
     logs.install(app)
     app.add_middleware(HttpMetrics)
+    tracing.install(app, settings)  # outermost: its span covers the others
     app.state.figures = figures.Figures(settings.metrics_cache_seconds)
     # First match wins: fixed paths (/customers/export, /customers/segments/export,
     # /customers/import/…, /customers/{id}/data, …) before /customers/segments/{id} and

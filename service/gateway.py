@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from read_api.app import create_app as create_read_app
+from service import tracing
 from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
@@ -55,7 +56,12 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.write = create_write_app(settings)
         self.read = create_read_app(settings)
-        self.own = FastAPI(lifespan=self._lifespan, openapi_url=None, docs_url=None)
+        self.own = FastAPI(
+            lifespan=self._lifespan,
+            openapi_url=None,
+            docs_url=None,
+            telemetry=tracing.FASTAPI_TELEMETRY,
+        )
         self._openapi: dict[str, Any] | None = None
 
         @self.own.get("/openapi.json", include_in_schema=False)

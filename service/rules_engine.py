@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from domain.errors import Code, DomainError, invalid
+from service import tracing
 from service.logs import correlation_headers
 from service.settings import Settings
 
@@ -44,7 +45,8 @@ class RulesEngine:
             if time.monotonic() < self._open_until:
                 raise DomainError(Code.UNAVAILABLE, "the rules engine is unavailable; retry later")
         target = f"{self.url}/api/v1/rules/{quote(rule_id, safe='')}"
-        headers = correlation_headers()  # the engine's logs can then be joined with ours
+        # The engine's logs and traces can then be joined with ours.
+        headers = {**correlation_headers(), **tracing.context_headers()}
         for attempt in range(self.retries + 1):
             try:
                 status = self._client.get(target, headers=headers).status_code

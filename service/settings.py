@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # Figures /metrics reads from the database (follower lag, customers, privacy requests)
     # are reused this long, and refreshed no more often than 20 times their last cost.
     metrics_cache_seconds: float = 15.0
+    # OpenTelemetry traces to this OTLP/HTTP endpoint (…/v1/traces); unset = no tracing.
+    otel_endpoint: str | None = None
+    otel_service_name: str = "customers-service"
 
     def master_key_bytes(self) -> bytes:
         if not self.master_key:

@@ -25,7 +25,7 @@ from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from projections import purchase_models
 from projections import segments as segments_view
-from service import limits, logs, problems
+from service import limits, logs, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.auth import (
     CanDelete,
@@ -478,12 +478,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rules.close()
             es.close()
 
-    app = FastAPI(title="Customer Management — commands", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Customer Management — commands",
+        version="1",
+        lifespan=lifespan,
+        telemetry=tracing.FASTAPI_TELEMETRY,
+    )
     app.state.settings = settings or get_settings()
     problems.install(app)
     limits.install(app, app.state.settings)
     logs.install(app)
     app.add_middleware(HttpMetrics)
+    tracing.install(app, app.state.settings)  # outermost: its span covers the others
 
     @app.post(
         PREFIX,
