@@ -70,6 +70,7 @@ bench: install
 	$(VENV)/bin/python -m bench.tracking
 	$(VENV)/bin/python -m bench.analytics
 	$(VENV)/bin/python -m bench.transfers
+	$(VENV)/bin/python -m bench.mixed
 
 # Not part of `make test`: a few minutes of load with faults (CHAOS_ARGS: see --help).
 chaos: install

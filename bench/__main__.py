@@ -65,15 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-READ_MODEL_TABLES = (
-    "customers_view",
-    "customers_docs",
-    "segment_facts",
-    "consent_ledger",
-    "segment_membership",
-)
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -370,7 +361,7 @@ class Bench:
         with psycopg.connect(url, autocommit=True) as conn:
             started = time.perf_counter()
             # Every table the rebuild filled: autovacuum must not start during the read phases.
-            for table in READ_MODEL_TABLES:
+            for table in env.READ_MODEL_TABLES:
                 conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
             vacuum = time.perf_counter() - started
             try:  # flush the seeding's dirty pages now, not during the read phases

@@ -202,39 +202,72 @@ class Latencies:
 # ------------------------------------------------------------------------------- load shapes
 
 
+@dataclass(slots=True)
+class Call:
+    """One request of a mixed workload (`closed_loop`'s `next_request` may return one instead
+    of bytes): its latency also goes to `stats` (the operation's own), `ok` judges its reply,
+    and `then` hears how it ended (the reply, or None when it was not answered)."""
+
+    raw: bytes
+    stats: Latencies
+    ok: Callable[[Reply], bool]
+    then: Callable[[Reply | None], None] | None = None
+
+
 async def closed_loop(
     client: Client,
     *,
     concurrency: int,
     duration: float,
-    next_request: Callable[[], bytes],
+    next_request: Callable[[], bytes | Call],
     ok: Callable[[Reply], bool],
     on_reply: Callable[[Reply], None] | None = None,
+    warmup: float = 0.0,
 ) -> Latencies:
-    """`concurrency` clients, each sending its next request as soon as the last is answered."""
+    """`concurrency` clients, each sending its next request as soon as the last is answered.
+
+    With `warmup`, the clients run that many seconds first, uncounted (requests sent before
+    its end are not measured), then `duration` seconds are measured on the same connections:
+    the requests sent within them, over `duration` (in a steady state, unlike the time to the
+    last answer, not lengthened by the answers still awaited at the end).
+    """
     stats = Latencies()
     conns = [await client.connect() for _ in range(concurrency)]
-    deadline = time.perf_counter() + duration
+    measure_from = time.perf_counter() + warmup
+    deadline = measure_from + duration
 
     async def worker(conn: HttpConnection) -> None:
-        while True:
-            raw = next_request()
+        while time.perf_counter() < deadline:
+            item = next_request()
+            call = item if isinstance(item, Call) else None
+            raw = item.raw if isinstance(item, Call) else item
             start = time.perf_counter()
-            if start >= deadline:
-                return
+            measured = start >= measure_from
             try:
                 reply = await conn.request(raw)
             except ConnectionError:
-                stats.add(time.perf_counter() - start, 0, False)
+                if measured:
+                    stats.add(time.perf_counter() - start, 0, False)
+                    if call is not None:
+                        call.stats.add(time.perf_counter() - start, 0, False)
+                if call is not None and call.then is not None:
+                    call.then(None)
                 conn = await client.connect()
                 continue
-            stats.add(time.perf_counter() - start, reply.status, ok(reply))
+            seconds = time.perf_counter() - start
+            good = (call.ok if call is not None else ok)(reply)
+            if measured:
+                stats.add(seconds, reply.status, good)
+                if call is not None:
+                    call.stats.add(seconds, reply.status, good)
+            if call is not None and call.then is not None:
+                call.then(reply)
             if on_reply is not None:
                 on_reply(reply)
+        conn.close()
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
-    stats.elapsed = time.perf_counter() - started
+    stats.elapsed = duration if warmup else time.perf_counter() - measure_from
     for c in conns:
         c.close()
     return stats

@@ -29,6 +29,15 @@ from service.embedded import EmbeddedNats, free_port, reachable, start_postgres,
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path("/var/tmp/customers-bench")  # embedded servers and child-process logs
 BENCH_DB = "customers_bench"
+# Every table the projector fills; VACUUM ANALYZE them after a bulk load (autovacuum may be
+# off, and must not start during a measured phase).
+READ_MODEL_TABLES = (
+    "customers_view",
+    "customers_docs",
+    "segment_facts",
+    "consent_ledger",
+    "segment_membership",
+)
 
 
 @dataclass
@@ -210,13 +219,14 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (now)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except FileNotFoundError:
         return []
     kids = [int(p) for p in text.split()]
-    return kids + [g for k in kids for g in _children(k)]
+    return kids + [g for k in kids for g in descendants(k)]
 
 
 def pids_named(comm: str) -> list[int]:
@@ -231,7 +241,7 @@ def pids_named(comm: str) -> list[int]:
     return pids
 
 
-def _postgres_pids() -> list[int]:
+def _postgres_pids(database: str = BENCH_DB) -> list[int]:
     """The server's background processes and the backends of the benchmark's database (the
     server may be shared: other databases' backends are someone else's load)."""
     mine = []
@@ -241,7 +251,7 @@ def _postgres_pids() -> list[int]:
         except OSError:
             continue
         client = "(" in title or "[local]" in title
-        if not client or f" {BENCH_DB} " in title:
+        if not client or f" {database} " in title:
             mine.append(pid)
     return mine
 
@@ -258,17 +268,25 @@ class CpuMeter:
     A group's pids count with their descendants, except this process's own pid (its
     children are the servers under test, measured in their own groups). `reaped` names a
     group for the children this process waits for during the interval (a process pool).
+    PostgreSQL's group holds the backends of `database` (a focused bench's own).
     """
 
     HZ = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, groups: dict[str, list[int]], *, reaped: str | None = None) -> None:
+    def __init__(
+        self,
+        groups: dict[str, list[int]],
+        *,
+        reaped: str | None = None,
+        database: str = BENCH_DB,
+    ) -> None:
         me = os.getpid()
         self.groups = {
-            name: [p for pid in pids for p in (pid, *([] if pid == me else _children(pid)))]
+            name: [p for pid in pids for p in (pid, *([] if pid == me else descendants(pid)))]
             for name, pids in groups.items()
         }
-        self.groups["postgres (bench db + background)"] = _postgres_pids()
+        self.database = database
+        self.groups["postgres (bench db + background)"] = _postgres_pids(database)
         self.reaped = reaped
 
     def __enter__(self) -> CpuMeter:
@@ -287,7 +305,7 @@ class CpuMeter:
         process that ends before the interval does still counts (up to the last sample)."""
         pg = "postgres (bench db + background)"
         known = set(self.groups[pg])
-        for p in _postgres_pids():
+        for p in _postgres_pids(self.database):
             if p not in known:
                 self.groups[pg].append(p)
         for pids in self.groups.values():
@@ -409,15 +427,27 @@ def machine(env: Environment) -> dict[str, str]:
 
 
 def focused_bench(
-    prog: str, doc: str | None, database: str, marker: str, argv: list[str] | None
+    prog: str,
+    doc: str | None,
+    database: str,
+    marker: str,
+    argv: list[str] | None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> tuple[argparse.Namespace, Callable[[Callable[[report.Report, str], None]], int]]:
-    """The `main` of a focused bench module (`python -m bench.<name>`): its arguments, and a
-    runner that gives `run(out, database_url)` a migrated database of its own (dropped
-    afterwards), prints the table and writes it into performance.md between `marker`s."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    """The `main` of a focused bench module (`python -m bench.<name>`): its arguments (with
+    the module's own `options`, which may also change the defaults), and a runner that gives
+    `run(out, database_url)` a migrated database of its own (dropped afterwards), prints the
+    table and writes it into performance.md between `marker`s."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default=str(REPO / "docs" / "performance.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--customers", type=int, default=20, help="bench.privacy only")
+    parser.add_argument(
+        "--customers", type=int, default=20, help="customers seeded (bench.privacy, bench.mixed)"
+    )
+    if options is not None:
+        options(parser)
     args = parser.parse_args(argv)
     command = f"{prog} " + shlex.join(argv if argv is not None else sys.argv[1:])
 

@@ -192,6 +192,14 @@ def list_shapes(first_names: list[str], seeded_from: datetime, seeded_to: dateti
 NEXT_PAGE = "next page (cursor), any shape"
 
 
+def list_params(shape: Shape, rng: random.Random) -> dict[str, Any]:
+    """One query of `shape`: random values, one of its sorts, a page of 20 or 50."""
+    params = shape.make(rng)
+    params["sort"] = rng.choice(shape.sorts)
+    params["limit"] = rng.choice((20, 20, 50))
+    return params
+
+
 async def list_mix(
     client: Client,
     headers: dict[str, str],
@@ -214,15 +222,9 @@ async def list_mix(
         reply = await c.request(raw)
         return time.perf_counter() - t0, reply
 
-    def params_for(shape: Shape) -> dict[str, Any]:
-        params = shape.make(rng)
-        params["sort"] = rng.choice(shape.sorts)
-        params["limit"] = rng.choice((20, 20, 50))
-        return params
-
     for _ in range(warmup_rounds):
         for shape in shapes:
-            await get(conn, params_for(shape))
+            await get(conn, list_params(shape, rng))
 
     started = time.perf_counter()
     deadline = started + duration
@@ -230,7 +232,7 @@ async def list_mix(
         order = shapes[:]
         rng.shuffle(order)
         for shape in order:
-            params = params_for(shape)
+            params = list_params(shape, rng)
             seconds, reply = await get(conn, params)
             per_shape[shape.label].add(seconds, reply.status, reply.status == 200)
             if reply.status == 200 and rng.random() < 0.25:

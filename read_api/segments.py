@@ -319,12 +319,17 @@ async def preview(request: Request, body: Preview, principal: CanRead) -> Respon
     where, params = compile_where(body.criteria, now)
     count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
     sample_sql = sql.SQL(PREVIEW_SAMPLE).format(where=where)
+    # Never prepared: after a few runs PostgreSQL would switch a prepared statement to a
+    # generic plan, which for these ad-hoc criteria was measured 25 times slower (876 ms
+    # against 35) and then held a pooled connection on every later preview.
+    count_args = [principal.org, *params]
     async with paging.pool(request).connection() as conn:
         use_raw_json(conn)
-        count_row = await (await conn.execute(count_sql, [principal.org, *params])).fetchone()
+        count_row = await (await conn.execute(count_sql, count_args, prepare=False)).fetchone()
         sample: list[tuple[bytes]] = []
         if body.sample_size:
-            cur = await conn.execute(sample_sql, [principal.org, *params, body.sample_size])
+            sample_args = [*count_args, body.sample_size]
+            cur = await conn.execute(sample_sql, sample_args, prepare=False)
             sample = await cur.fetchall()
     assert count_row is not None
     payload = b'{"count":%d,"sample":[%s],"asOf":"%s"}' % (
