@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
@@ -206,6 +207,36 @@ def wait_http(child: Child, port: int, path: str = "/health", timeout: float = 6
 
 def python_argv(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+class DatabaseSampler:
+    """`sample(conn)` now and then every `interval` seconds, in a thread with a database
+    connection of its own, while in the `with` block."""
+
+    interval = 0.5
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while True:
+                self.sample(conn)
+                if self._stop.wait(self.interval):
+                    return
+
+    def sample(self, conn: psycopg.Connection[Any]) -> None:
+        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------- CPU accounting

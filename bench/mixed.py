@@ -36,7 +36,6 @@ import random
 import resource
 import secrets
 import signal
-import threading
 import time
 import urllib.request
 from collections import deque
@@ -155,37 +154,23 @@ def status_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-class Memory:
+class Memory(env.DatabaseSampler):
     """VmRSS of named processes sampled every 0.5 s while in the `with` block (the peak kept),
     and the database's connections from this bench's processes (the peak kept)."""
 
     def __init__(self, processes: dict[str, int], url: str) -> None:
+        super().__init__(url)
         self.processes = processes
-        self.url = url
         self.peak: dict[str, int] = dict.fromkeys(processes, 0)
         self.connections = 0
-        self._stop = threading.Event()
 
-    def __enter__(self) -> Memory:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        with connect(self.url) as conn:
-            while True:
-                for name, pid in self.processes.items():
-                    self.peak[name] = max(self.peak[name], status_kb(pid)[0])
-                row = conn.execute(
-                    "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
-                ).fetchone()
-                self.connections = max(self.connections, int(row[0]) if row else 0)
-                if self._stop.wait(0.5):
-                    return
+    def sample(self, conn: psycopg.Connection[Any]) -> None:
+        for name, pid in self.processes.items():
+            self.peak[name] = max(self.peak[name], status_kb(pid)[0])
+        row = conn.execute(
+            "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
+        ).fetchone()
+        self.connections = max(self.connections, int(row[0]) if row else 0)
 
 
 def mib(kb: int) -> str:

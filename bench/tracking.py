@@ -27,7 +27,6 @@ import random
 import secrets
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -184,34 +183,24 @@ class Meter(env.CpuMeter):
         super()._sample()
 
 
-class Waits:
+class Waits(env.DatabaseSampler):
     """What this database's active backends are doing, sampled every 100 ms
     (pg_stat_activity: a wait event, or none = on CPU)."""
 
+    interval = 0.1
+    QUERY = (
+        "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend' AND state = 'active'"
+    )
+
     def __init__(self, url: str) -> None:
-        self.url = url
+        super().__init__(url)
         self.seen: Counter[str] = Counter()
-        self._stop = threading.Event()
 
-    def __enter__(self) -> Waits:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        query = (
-            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND backend_type = 'client backend' AND state = 'active'"
-        )
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._stop.wait(0.1):
-                for (what,) in conn.execute(query):
-                    self.seen[what] += 1
+    def sample(self, conn: psycopg.Connection[Any]) -> None:
+        for (what,) in conn.execute(self.QUERY):
+            self.seen[what] += 1
 
     def summary(self) -> str:
         total = sum(self.seen.values())

@@ -69,6 +69,16 @@ LOCK_JOB = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, %s))"
 UNLOCK_JOB = "SELECT pg_advisory_unlock(hashtextextended(%s::text, %s))"
 
 
+def claim(conn: Any, query: str, space: int) -> Any:
+    """The row of the job `query` claims (id first), its worker lock taken; None if none.
+    The lock is the session's: it outlives the claim's transaction, and the worker."""
+    with conn.transaction():
+        row = conn.execute(query).fetchone()
+        if row is not None:
+            conn.execute(LOCK_JOB, (row[0], space))
+    return row
+
+
 def requeue_orphans(conn: Any, running: str, requeue: str, space: int) -> int:
     """Run `requeue` for every job `running` lists whose worker is gone; how many."""
     requeued = 0

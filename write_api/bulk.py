@@ -178,13 +178,12 @@ def _update(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
 
 
 def _delete(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int) -> None:
-    commands = CustomerCommands(runner.app)
-
     def decide(customer: Customer) -> None:
         if customer.status != CustomerStatus.DELETED:  # already deleted: nothing to do
             customer.delete(actor=_actor(job))
 
     changed, tally = _decide_each(runner, job, targets, decide)
+    commands = CustomerCommands(runner.app)
     releases = [commands.email_release(job.org_id, c.email) for c in changed]
     runner.commit(job, changed, tally.statements(job.id, next_line, 0), releases=releases)
 

@@ -38,9 +38,9 @@ from domain.segment import Segment, effective_criteria
 from eventstore.application import Customers
 from eventstore.jobs import (
     JOB_COLUMNS,
-    LOCK_JOB,
     UNLOCK_JOB,
     WorkerConnection,
+    claim,
     render_job,
     requeue_orphans,
 )
@@ -147,12 +147,10 @@ class Calculator:
     def run_next(self) -> bool:
         """Run the oldest runnable queued job, if any; False when there was none."""
         conn = self._worker.get()
-        with conn.transaction():
-            row = conn.execute(CLAIM).fetchone()
-            if row is None:
-                return False
-            job = Job(*row)
-            conn.execute(LOCK_JOB, (job.id, LOCK_SPACE))  # session lock: outlives the transaction
+        row = claim(conn, CLAIM, LOCK_SPACE)
+        if row is None:
+            return False
+        job = Job(*row)
         try:
             self._run(conn, job)
         finally:

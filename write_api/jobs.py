@@ -20,7 +20,7 @@ from eventsourcing import persistence
 from psycopg.rows import tuple_row
 
 from eventstore.application import Customers
-from eventstore.jobs import LOCK_JOB, UNLOCK_JOB, WorkerConnection, requeue_orphans
+from eventstore.jobs import UNLOCK_JOB, WorkerConnection, claim, requeue_orphans
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,10 @@ class JobRunner:
 
     def run_next(self) -> bool:
         conn = self.conn
-        with conn.transaction():
-            row = conn.execute(CLAIM).fetchone()
-            if row is None:
-                return False
-            job = Job(*row)
-            conn.execute(LOCK_JOB, (job.id, LOCK_SPACE))  # session lock: outlives the transaction
+        row = claim(conn, CLAIM, LOCK_SPACE)
+        if row is None:
+            return False
+        job = Job(*row)
         try:
             self.handlers[job.kind](self, job)
             outcome: tuple[str, str | None] = ("SUCCEEDED", None)
