@@ -53,6 +53,7 @@ class Customers(Application[UUID]):
         }
         super().__init__(env)
         self.recorder.audit_key = self.keys.audit_key
+        self.recorder.relayed = settings.nats_url is not None
 
     def construct_recorder(self) -> CustomerRecorder:
         recorder = super().construct_recorder()

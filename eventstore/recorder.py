@@ -128,6 +128,9 @@ def violated_constraint(error: IntegrityError) -> str | None:
 
 class CustomerRecorder(PostgresApplicationRecorder):
     audit_key = b""  # set by the application (derived from the master key)
+    # Set by the application when a relay publishes the log (NATS configured): only then are
+    # correlation ids recorded, since only the relay reads and deletes them.
+    relayed = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -250,7 +253,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         still in their transaction, for the relay to publish with them."""
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         correlation = logs.correlation_id.get()
-        if ids and correlation:
+        if ids and correlation and self.relayed:
             curs.execute(RECORD_CORRELATIONS, (list(ids), correlation))
         return ids
 
