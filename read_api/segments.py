@@ -20,7 +20,6 @@ from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentPublic, SegmentStatus, effective_criteria, representation
 from domain.values import Model, utc_iso
 from eventstore.jobs import GET_JOB, render_job
-from projections.customers import use_raw_json
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
@@ -244,7 +243,6 @@ async def member_page(
         "fetch": limit + 1,
     }
     async with pool.connection() as conn:
-        use_raw_json(conn)
         await _definition(conn, principal.org, segment_id)
         query = MEMBERS_NOW if as_of is None else MEMBERS_AS_OF
         rows = await (await conn.execute(query, params)).fetchall()
@@ -324,7 +322,6 @@ async def preview(request: Request, body: Preview, principal: CanRead) -> Respon
     # against 35) and then held a pooled connection on every later preview.
     count_args = [principal.org, *params]
     async with paging.pool(request).connection() as conn:
-        use_raw_json(conn)
         count_row = await (await conn.execute(count_sql, count_args, prepare=False)).fetchone()
         sample: list[tuple[bytes]] = []
         if body.sample_size:
