@@ -266,6 +266,21 @@ class Load:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def put_if_match(
+        self, op: Op, conn: Conn, customer_id: str, version: int, body: dict[str, Any]
+    ) -> Reply | None:
+        """PUT `body` with `If-Match: version` as `op`, settled (with the new version when
+        acknowledged); the last reply, if any."""
+        op.customer_id, op.if_match = customer_id, version
+        headers = {"If-Match": f'"{version}"'}
+        raw = self.write.build("PUT", f"{PREFIX}/{customer_id}", orjson.dumps(body), headers)
+        reply = await self.perform(op, conn, raw)
+        ok = reply is not None and reply.status == 200
+        op.settle(reply, ok)
+        if ok and reply is not None:
+            op.version = int(orjson.loads(reply.body)["version"])
+        return reply
+
     def new_op(self, kind: str, tag: str) -> Op:
         op = Op(kind, self.window, tag)
         self.ops.append(op)
@@ -331,18 +346,8 @@ class Load:
                 "age": self.rng.randint(18, 80),
             }
             op = self.new_op("update", tag)
-            op.customer_id, op.if_match = known.id, known.version
-            raw = self.write.build(
-                "PUT",
-                f"{PREFIX}/{known.id}",
-                orjson.dumps(body),
-                {"If-Match": f'"{known.version}"'},
-            )
-            reply = await self.perform(op, conn, raw)
-            ok = reply is not None and reply.status == 200
-            op.settle(reply, ok)
-            if ok and reply is not None:
-                op.version = int(orjson.loads(reply.body)["version"])
+            reply = await self.put_if_match(op, conn, known.id, known.version, body)
+            if op.outcome == "acked" and op.version is not None:
                 known.version, known.body = op.version, body
             elif reply is None or reply.status == 412:
                 await self.refresh(known, reader)
@@ -675,20 +680,10 @@ async def concurrent_if_match(
                 version = int(orjson.loads(got.body)["version"])
                 utag = f"w{load.run_id}-{w}-{done}-{load.next_n()}"
                 op = load.new_op("cas_update", utag)
-                op.customer_id, op.if_match = customer_id, version
                 put = {**body, "tags": ["chaos", tag, utag]}
-                raw = load.write.build(
-                    "PUT",
-                    f"{PREFIX}/{customer_id}",
-                    orjson.dumps(put),
-                    {"If-Match": f'"{version}"'},
-                )
-                answer = await load.perform(op, conn, raw)
-                ok = answer is not None and answer.status == 200
-                op.settle(answer, ok)
+                answer = await load.put_if_match(op, conn, customer_id, version, put)
                 ops.append(op)
-                if ok and answer is not None:
-                    op.version = int(orjson.loads(answer.body)["version"])
+                if op.outcome == "acked" and op.version is not None and answer is not None:
                     token = answer.headers.get(b"x-consistency-token")
                     if token is not None:
                         tokens[op.version] = token.decode()
