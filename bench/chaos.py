@@ -43,7 +43,7 @@ import orjson
 import psycopg
 
 from bench import chaos_verify as verify
-from bench import report
+from bench import env, report
 from bench.chaos_cluster import DATABASE, ORG, Cluster, customers_command
 from bench.chaos_load import (
     SEGMENTS,
@@ -57,7 +57,6 @@ from bench.chaos_load import (
     parallel_idempotent_creates,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 BASELINE = "no fault (baseline)"
 
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
     parser.add_argument("--write", action="store_true", help="record in docs/performance.md")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument("--output", type=Path, default=env.REPO / "docs" / "performance.md")
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in args.faults.split(",") if n.strip()]
     unknown = set(wanted) - {f.name for f in FAULTS}
@@ -523,7 +522,6 @@ class Suite:
             w.recovery["calc"] = min(later) - t if later else None
 
     def machine(self) -> dict[str, str]:
-        from bench.env import _code_version
 
         cpu = "unknown"
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -540,7 +538,7 @@ class Suite:
         )
         return {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "code": _code_version(),
+            "code": env._code_version(),
             "machine": "python-svc kind (docs: .library env machines/python-svc.md)",
             "cores (nproc)": str(os.cpu_count()),
             "CPU": cpu,

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from bench import env
 from service.embedded import (
     EmbeddedNats,
     _import_pgserver,
@@ -37,7 +37,6 @@ from service.embedded import (
     with_database,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 DATABASE = "customers_chaos"
 ORG = "chaos"
 # Every process kind the suite runs, in the order they are killed. `gateway` is not run: the
@@ -74,7 +73,7 @@ class Process:
             log.flush()
             self.popen = subprocess.Popen(
                 [*customers_command(), "serve", self.kind],
-                cwd=REPO,
+                cwd=env.REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -106,26 +105,18 @@ class Process:
         except subprocess.TimeoutExpired:
             self.kill9()
 
+    @property
+    def name(self) -> str:
+        return self.kind
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """HTTP kinds: until /health answers 200. Others: until alive for a moment."""
-        deadline = time.monotonic() + timeout
-        if self.port is None:
-            time.sleep(0.3)
-            if not self.alive():
-                raise RuntimeError(f"{self.kind} exited at start:\n{self.tail()}")
+        if self.port is not None:
+            env.wait_http(self, self.port, timeout=timeout)
             return
-        url = f"http://127.0.0.1:{self.port}/health"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.kind} exited at start:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.kind} not ready within {timeout:.0f}s:\n{self.tail()}")
+        time.sleep(0.3)
+        if not self.alive():
+            raise RuntimeError(f"{self.kind} exited at start:\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -176,7 +167,7 @@ class Cluster:
         self.write_port, self.read_port = free_port(), free_port()
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(env.REPO),
             "DATABASE_URL": self.database_url,
             "NATS_URL": self.nats.url,
             "CUSTOMERS_DATA_DIR": str(self.root / "data"),

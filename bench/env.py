@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import psycopg
 from psycopg import sql
@@ -186,7 +186,18 @@ class Child:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def wait_http(child: Child, port: int, path: str = "/health", timeout: float = 60.0) -> None:
+class Started(Protocol):
+    """A child process as `wait_http` watches it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def alive(self) -> bool: ...
+
+    def tail(self, chars: int = 3000) -> str: ...
+
+
+def wait_http(child: Started, port: int, path: str = "/health", timeout: float = 60.0) -> None:
     """Until GET path answers 200 (or the child dies)."""
     import urllib.request
 
