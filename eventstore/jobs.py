@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -12,6 +16,8 @@ from uuid import UUID
 import psycopg
 
 from domain.values import utc_iso
+
+log = logging.getLogger(__name__)
 
 JOB_COLUMNS = (
     "id, segment_id, reason, state, phase, requested_by, created_at, started_at,"
@@ -77,6 +83,38 @@ def claim(conn: Any, query: str, space: int) -> Any:
         if row is not None:
             conn.execute(LOCK_JOB, (row[0], space))
     return row
+
+
+def run_worker(
+    name: str,
+    run_next: Callable[[], bool],
+    housekeeping: Callable[[], object],
+    close: Callable[[], None],
+    stop: threading.Event,
+    *,
+    poll: float,
+    close_when_idle: bool,
+) -> None:
+    """A job worker's thread until `stop`: `housekeeping` every 10 s (requeueing orphans,
+    scheduling), `run_next` while it finds jobs, a `poll` pause when it does not (closing the
+    connection first when jobs are rare), errors retried with backoff."""
+    backoff = 0.1
+    next_housekeeping = 0.0
+    while not stop.is_set():
+        try:
+            if time.monotonic() >= next_housekeeping:
+                housekeeping()
+                next_housekeeping = time.monotonic() + 10.0
+            if not run_next():
+                if close_when_idle:
+                    close()
+                stop.wait(poll)
+            backoff = 0.1
+        except Exception:
+            log.exception("job worker error; retrying", extra={"worker": name})
+            close()
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
 
 
 def requeue_orphans(conn: Any, running: str, requeue: str, space: int) -> int:

@@ -43,6 +43,7 @@ from eventstore.jobs import (
     claim,
     render_job,
     requeue_orphans,
+    run_worker,
 )
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import max_notification_id, read_position
@@ -297,21 +298,20 @@ def queue(app: Customers, org_id: str, segment_id: UUID, reason: Reason, by: str
 def work(
     calculator: Calculator, stop: threading.Event, recalculate_every: float, poll: float = 0.2
 ) -> None:
-    """Run queued jobs until `stop`; survive outages with backoff."""
-    backoff = 0.1
-    next_recovery = 0.0
-    while not stop.is_set():
-        try:
-            if time.monotonic() >= next_recovery:
-                calculator.recover()
-                if recalculate_every > 0:
-                    calculator.schedule(recalculate_every)
-                next_recovery = time.monotonic() + 10.0
-            if not calculator.run_next():
-                stop.wait(poll)
-            backoff = 0.1
-        except Exception:
-            log.exception("calculation worker error; retrying")
-            calculator.close()
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+    """Run queued jobs until `stop`, scheduling recalculations every `recalculate_every`
+    seconds (0: never); survive outages with backoff."""
+
+    def housekeeping() -> None:
+        calculator.recover()
+        if recalculate_every > 0:
+            calculator.schedule(recalculate_every)
+
+    run_worker(
+        "calculator",
+        calculator.run_next,
+        housekeeping,
+        calculator.close,
+        stop,
+        poll=poll,
+        close_when_idle=False,
+    )

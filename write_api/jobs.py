@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from eventsourcing import persistence
 from psycopg.rows import tuple_row
 
 from eventstore.application import Customers
-from eventstore.jobs import UNLOCK_JOB, WorkerConnection, claim, requeue_orphans
+from eventstore.jobs import UNLOCK_JOB, WorkerConnection, claim, requeue_orphans, run_worker
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,20 +144,14 @@ class JobFailed(Exception):
 
 
 def work(runner: JobRunner, stop: threading.Event, poll: float = 1.0) -> None:
-    """The segments process's job thread: run queued jobs until `stop`."""
-    backoff = 0.1
-    next_recovery = 0.0
-    while not stop.is_set():
-        try:
-            if time.monotonic() >= next_recovery:
-                runner.recover()
-                next_recovery = time.monotonic() + 10.0
-            if not runner.run_next():
-                runner.close()  # idle: give the connection back (jobs are rare)
-                stop.wait(poll)
-            backoff = 0.1
-        except Exception:
-            log.exception("job worker error; retrying")
-            runner.close()
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+    """The segments process's job thread: run queued jobs until `stop`; an idle runner gives
+    its connection back (imports and bulk jobs are rare)."""
+    run_worker(
+        "customer-jobs",
+        runner.run_next,
+        runner.recover,
+        runner.close,
+        stop,
+        poll=poll,
+        close_when_idle=True,
+    )
