@@ -1,9 +1,12 @@
 # Multi-stage: dependencies are built in a throwaway stage; the runtime image holds the
-# virtual environment and the code, and runs as an unprivileged user.
+# virtual environment and the code, and runs as an unprivileged user. The versions are the
+# runtime lock's (requirements/runtime.txt, hashes checked): no embedded servers, no dev tools.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY domain domain
 COPY eventstore eventstore
@@ -12,7 +15,7 @@ COPY projections projections
 COPY read_api read_api
 COPY service service
 COPY grpc_api grpc_api
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . && /opt/venv/bin/pip check
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/customers --create-home customers

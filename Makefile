@@ -8,6 +8,8 @@
 #   make migrate  apply the database schema
 #   make openapi  write the REST contract to api/openapi/customers-api.v1.yaml
 #   make proto    compile api/proto/customers.proto into grpc_api/gen (checked in)
+#   make lock     re-resolve requirements/*.txt from pyproject.toml, keeping current pins
+#                 (UPGRADE=1: move every package to its newest release); review the diff
 
 VENV ?= .venv
 # First python3 on PATH that is >= 3.11.
@@ -20,23 +22,32 @@ STAMP := $(VENV)/.installed
 PACKAGES := domain eventstore write_api projections read_api service grpc_api
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run test lint format bench chaos migrate openapi proto clean distclean
+.PHONY: help install lock run test lint format bench chaos migrate openapi proto clean distclean
 
 help:
-	@echo "targets: run test lint format bench chaos migrate openapi proto venv install clean"
+	@echo "targets: run test lint format bench chaos migrate openapi proto lock install clean"
 
-$(VENV)/bin/python:
+# The lock decides every version: each package pinned with its hashes, nothing resolved at
+# install time. A changed lock rebuilds the venv from scratch so that it holds exactly the lock.
+LOCK := requirements/dev.txt
+LOCK_INPUTS := pyproject.toml requirements/build.in
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --generate-hashes \
+	--python-version 3.11 --no-header $(if $(UPGRADE),--upgrade)
+
+$(STAMP): $(LOCK) pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: need python3 >= 3.11 on PATH" >&2; exit 1; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-
-venv: $(VENV)/bin/python
-
-# Reinstall only when pyproject.toml changed since the last install.
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -m pip check
 	@touch $@
 
 install: $(STAMP)
+
+lock: install
+	$(UV_COMPILE) $(LOCK_INPUTS) -o requirements/runtime.txt
+	$(UV_COMPILE) --extra dev --extra embedded $(LOCK_INPUTS) -o $(LOCK)
 
 run: install
 	$(VENV)/bin/customers serve

@@ -460,7 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "keys":
         return _master_keys(settings, args.action)
     elif args.command == "seed":
-        from service.seed import seed
+        try:
+            from service.seed import seed
+        except ModuleNotFoundError as missing:
+            # faker is a development tool: the runtime image does not carry it.
+            raise SystemExit(f"customers seed needs {missing.name}: `make install`") from None
 
         seed(settings, count=args.count, org=args.org, batch=args.batch)
     return 0

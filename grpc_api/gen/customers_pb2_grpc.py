@@ -5,7 +5,7 @@ import warnings
 
 from grpc_api.gen import customers_pb2 as grpc__api_dot_gen_dot_customers__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
