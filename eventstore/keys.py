@@ -44,6 +44,11 @@ def fingerprint(master_key: bytes) -> bytes:
     return derive_key(master_key, "key-fingerprint")[:8]
 
 
+class MasterKeyUnavailable(RuntimeError):
+    """A wrapped key that no configured master key opens: a configuration fault of this
+    process, never a property of the data (followers stop and retry rather than skip)."""
+
+
 class MasterKeys:
     """The current master key wraps; it and the previous ones unwrap. Listing the old key as
     previous while `customers keys rotate` re-wraps is what makes rotation need no downtime."""
@@ -68,7 +73,7 @@ class MasterKeys:
         if kek_id is not None:
             cipher = self._ciphers.get(bytes(kek_id))
             if cipher is None:
-                raise RuntimeError(
+                raise MasterKeyUnavailable(
                     "a key was wrapped by a master key that is neither CUSTOMERS_MASTER_KEY"
                     " nor in CUSTOMERS_PREVIOUS_MASTER_KEYS"
                 )
@@ -78,7 +83,7 @@ class MasterKeys:
                 return cipher.decrypt(wrapped[:NONCE], wrapped[NONCE:], context)
             except InvalidTag:
                 continue
-        raise RuntimeError("a key could not be unwrapped by any configured master key")
+        raise MasterKeyUnavailable("a key could not be unwrapped by any configured master key")
 
 
 SELECT_ROOT = "SELECT kek_id, wrapped FROM service_secrets WHERE name = %s"

@@ -36,6 +36,7 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from psycopg import sql
 
+from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, SHREDDING_TOPICS, Shredded
 from eventstore.public_events import (
@@ -392,38 +393,48 @@ class Relay:
             for n in notifications
             if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
         )
-        events: list[tuple[int, object]] = [
-            (n.id, self.app.mapper.to_domain_event(n)) for n in notifications
-        ]
+        decoded, failed = dead_letters.decode_each(notifications, self.app.mapper.to_domain_event)
         for n in notifications:
             if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
-        self._resolve_orgs(event for _, event in events)
+        self._resolve_orgs(event for _, event in decoded)
         correlations = self._correlations(notifications)
-        batch: list[Outgoing] = []
-        for notification_id, event in events:
-            cid = customer_id(event)
-            membership = membership_event(event)
-            if membership is not None:
-                batch.append(self._outgoing(notification_id, membership))
-                continue
-            if cid is None or isinstance(event, Shredded):
-                batch.append(Outgoing(notification_id))
-                continue
-            org = self._orgs.get(cid)
-            if org is None:  # the key row commits with the Created event: cannot happen
-                raise RelayError(f"no organization known for customer {cid}")
-            public = public_event(event, org)
-            if public is None:
-                batch.append(Outgoing(notification_id))
-                continue
-            batch.append(self._outgoing(notification_id, public))
+        outgoing: dict[int, Outgoing] = {n.id: Outgoing(n.id) for n, _ in failed}
+        for n, event in decoded:
+            try:
+                outgoing[n.id] = self._map(n.id, event)
+            except Exception as exc:
+                if not dead_letters.poisoned(exc):
+                    raise
+                failed.append((n, exc))
+                outgoing[n.id] = Outgoing(n.id)
+        if failed:  # recorded before the position can pass them; a repeat changes nothing
+            with self.app.datastore.get_connection() as conn, conn.transaction():
+                for n, error in failed:
+                    dead_letters.record(conn, self.name, n, error)
+        batch = [outgoing[n.id] for n in notifications]
         return [
             replace(item, correlation_id=correlations[item.notification_id])
             if item.notification_id in correlations
             else item
             for item in batch
         ]
+
+    def _map(self, notification_id: int, event: object) -> Outgoing:
+        """The message for one event; an empty one (position only) when nothing is public."""
+        membership = membership_event(event)
+        if membership is not None:
+            return self._outgoing(notification_id, membership)
+        cid = customer_id(event)
+        if cid is None or isinstance(event, Shredded):
+            return Outgoing(notification_id)
+        org = self._orgs.get(cid)
+        if org is None:  # the key row commits with the Created event: cannot happen
+            raise RelayError(f"no organization known for customer {cid}")
+        public = public_event(event, org)
+        if public is None:
+            return Outgoing(notification_id)
+        return self._outgoing(notification_id, public)
 
     def _outgoing(self, notification_id: int, public: dict[str, Any]) -> Outgoing:
         return Outgoing(

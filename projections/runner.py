@@ -1,5 +1,8 @@
 """Follows the notification log and feeds batches of decoded events to the views.
 
+An event that a view cannot decode or apply is recorded as a dead letter and passed over
+(eventstore/dead_letters.py); an outage stops the runner, which retries.
+
 Exactly-once: a batch's view writes and the view's `positions` row commit in ONE transaction,
 and the batch is applied only if the stored position is still the one the batch was read
 after (`SELECT ... FOR UPDATE`), so a second runner of the same view, a rebuild or a crash at
@@ -23,6 +26,7 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import Notification
 
+from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import SHREDDING_TOPICS
 from projections.consent import ConsentView
@@ -145,8 +149,7 @@ class ViewRunner:
         wanted = [n for n in batch if self.view.accepts(n.topic)]
         # One SELECT for the batch's customer keys, not one per customer.
         self.app.keys.preload({UUID(str(n.originator_id)) for n in wanted})
-        decode = self.app.mapper.to_domain_event
-        events = [decode(n) for n in wanted]
+        events, undecodable = dead_letters.decode_each(wanted, self.app.mapper.to_domain_event)
         for n in wanted:
             if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
@@ -162,8 +165,9 @@ class ViewRunner:
                 )
                 self._position = stored
                 return -1
-            if events:
-                self.view.apply(conn, events)
+            for n, exc in undecodable:
+                dead_letters.record(conn, self.view.name, n, exc)
+            dead_letters.apply_isolated(conn, self.view.name, events, self.view.apply)
             conn.execute(SET_POSITION, (last, self.view.name))
             conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:{last}"))
         self._position = last
@@ -178,6 +182,7 @@ class ViewRunner:
             with conn.transaction():
                 conn.execute(LOCK_POSITION, (self.view.name,))
                 self.view.truncate(conn)
+                dead_letters.clear(conn, self.view.name)  # the replay meets them again
                 conn.execute(SET_POSITION, (0, self.view.name))
                 conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:0"))
             self._position = 0

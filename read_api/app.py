@@ -106,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/ready", tags=["operations"], response_class=Response)
     async def ready(request: Request) -> Response:
         """PostgreSQL answers; reports how many notifications each follower of the event log
-        (projections, segment evaluator, write auditor, relay) is behind."""
+        (projections, segment evaluator, write auditor, relay) is behind, and how many it
+        passed over as dead letters (still ready: the other customers are served)."""
         pool: AsyncConnectionPool[Any] = request.app.state.pool
         try:
             async with pool.connection(timeout=2.0) as conn:
@@ -116,7 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problems.problem(
                 503, "database unreachable", headers={"Retry-After": "1"}, instance="/ready"
             )
-        body = {"status": "ready", "projections": {name: {"lag": lag} for name, lag in lags}}
+        body = {
+            "status": "ready",
+            "projections": {name: {"lag": lag, "deadLetters": dead} for name, lag, dead in lags},
+        }
         return Response(orjson.dumps(body), media_type="application/json")
 
     return app

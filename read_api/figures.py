@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from domain.values import CustomerStatus
+from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE
 from eventstore.compliance import RequestType
 from eventstore.relay import POSITION_NAME as RELAY
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 UP = "customers_figures_up"
 PROJECTION_LAG = "customers_projection_lag_events"
 RELAY_LAG = "customers_relay_lag_events"
+DEAD_LETTERS = "customers_dead_letters"
 PROFILES = "customers_profiles"
 CREATED = "customers_profiles_created_24h"
 PRIVACY_OPEN = "customers_privacy_requests_open"
@@ -44,6 +46,7 @@ NAMES = (
     UP,
     PROJECTION_LAG,
     RELAY_LAG,
+    DEAD_LETTERS,
     PROFILES,
     CREATED,
     PRIVACY_OPEN,
@@ -71,18 +74,21 @@ RECEIVED_REQUESTS = (
 COST_FACTOR = 20
 
 
-async def lags(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
-    """(follower, notifications it has not processed), customers_view first (just that one,
-    at 0, before the event table exists)."""
+async def lags(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int, int]]:
+    """(follower, notifications it has not processed, its dead letters), customers_view
+    first (just that one, at 0, before the event table exists)."""
     cur = await conn.execute(TABLE_EXISTS, (EVENTS_TABLE,))
     exists = await cur.fetchone()
     if not exists or not exists[0]:
-        return [(VIEW, 0)]
+        return [(VIEW, 0, 0)]
     row = await (await conn.execute(MAX_NOTIFICATION_ID)).fetchone()
     top = int(row[0]) if row else 0
     positions = dict(await (await conn.execute(ALL_POSITIONS)).fetchall())
+    dead = dict(await (await conn.execute(dead_letters.COUNT_BY_FOLLOWER)).fetchall())
     names = [VIEW, *sorted(n for n in positions if n != VIEW)]
-    return [(name, max(0, top - int(positions.get(name, 0)))) for name in names]
+    return [
+        (name, max(0, top - int(positions.get(name, 0))), int(dead.get(name, 0))) for name in names
+    ]
 
 
 class Figures:
@@ -136,7 +142,7 @@ class Figures:
         self._up = 1
 
 
-def _lag_families(followers: list[tuple[str, int]]) -> list[Metric]:
+def _lag_families(followers: list[tuple[str, int, int]]) -> list[Metric]:
     projection = GaugeMetricFamily(
         PROJECTION_LAG,
         "Notifications of the event log a follower (projector view, segment evaluator, write"
@@ -146,14 +152,21 @@ def _lag_families(followers: list[tuple[str, int]]) -> list[Metric]:
     relay = GaugeMetricFamily(
         RELAY_LAG, "Notifications of the event log the NATS relay has not published yet."
     )
+    dead = GaugeMetricFamily(
+        DEAD_LETTERS,
+        "Events a follower of the event log could not process and passed over (dead letters,"
+        " `customers dead-letters`), by follower: anything above 0 needs a look.",
+        labels=["follower"],
+    )
     relay_lag = 0
-    for name, lag in followers:
+    for name, lag, dead_count in followers:
         if name == RELAY:
             relay_lag = lag
         else:
             projection.add_metric([name], lag)
+        dead.add_metric([name], dead_count)
     relay.add_metric([], relay_lag)
-    return [projection, relay]
+    return [projection, relay, dead]
 
 
 def _customer_families(statuses: list[tuple[Any, ...]]) -> list[Metric]:

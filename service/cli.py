@@ -297,6 +297,30 @@ def _verify_audit(settings: Settings) -> int:
     return 1
 
 
+def _dead_letters(settings: Settings) -> int:
+    """One JSON line per dead letter; exit 1 when there is any (scripts can alert on it)."""
+    import json
+
+    import psycopg
+
+    from eventstore.dead_letters import LIST
+
+    assert settings.database_url
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(LIST).fetchall()
+    for follower, notification_id, originator_id, topic, reason, recorded_at in rows:
+        line = {
+            "follower": follower,
+            "notificationId": notification_id,
+            "originatorId": str(originator_id),
+            "topic": topic,
+            "reason": reason,
+            "recordedAt": recorded_at.isoformat(),
+        }
+        print(json.dumps(line))
+    return 1 if rows else 0
+
+
 def _master_keys(settings: Settings, action: str) -> int:
     """rotate: re-wrap under CUSTOMERS_MASTER_KEY; status: data keys per master key (JSON).
     Exit 1 when keys under another master key remain."""
@@ -344,6 +368,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p_audit = sub.add_parser("audit", help="audit trail maintenance")
     p_audit.add_argument("action", choices=["verify"])
+
+    sub.add_parser("dead-letters", help="list the events followers passed over (JSON lines)")
 
     _client_parsers(sub)
 
@@ -459,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verify_audit(settings)
     elif args.command == "keys":
         return _master_keys(settings, args.action)
+    elif args.command == "dead-letters":
+        return _dead_letters(settings)
     elif args.command == "seed":
         try:
             from service.seed import seed

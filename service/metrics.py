@@ -103,6 +103,12 @@ PROJECTION_POSITION = Gauge(
     ("view",),
     multiprocess_mode="livemax",
 )
+DEAD_LETTERS = Counter(
+    "customers_dead_letters_recorded",
+    "Events a follower of the event log could not process and passed over (dead letters),"
+    " by follower, counted by the process that recorded them.",
+    ("follower",),
+)
 RELAYED = Counter(
     "customers_relay_messages",
     "Notifications the NATS relay got past, by result: published (stored by JetStream),"

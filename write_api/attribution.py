@@ -20,7 +20,7 @@ import orjson
 import psycopg
 from eventsourcing.persistence import Notification
 
-from eventstore import compliance
+from eventstore import compliance, dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.compliance import AuditEntry
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded, topic_of
@@ -59,19 +59,28 @@ class WriteAuditor(Follower):
             )
             if not batch:
                 return total
-            entries = self._entries(conn, batch)
+            entries, failed = self._entries(conn, batch)
             with conn.transaction():
                 row = conn.execute(LOCK_POSITION, (self.name,)).fetchone()
                 if row is None or int(row[0]) != self.position:  # another auditor moved on
                     self.position = int(row[0]) if row else 0
                     continue
-                if entries:
-                    compliance.audit_many(conn, self.app.keys.audit_key, entries)
+                for n, exc in failed:
+                    dead_letters.record(conn, self.name, n, exc)
+                dead_letters.apply_isolated(
+                    conn,
+                    self.name,
+                    entries,
+                    lambda c, items: compliance.audit_many(c, self.app.keys.audit_key, items),
+                )
                 conn.execute(SET_POSITION, (batch[-1].id, self.name))
             self.position = batch[-1].id
             total += len(batch)
 
-    def _entries(self, conn: Connection, batch: Sequence[Notification]) -> list[AuditEntry]:
+    def _entries(
+        self, conn: Connection, batch: Sequence[Notification]
+    ) -> tuple[list[tuple[Notification, AuditEntry]], list[tuple[Notification, Exception]]]:
+        """The batch's entries, and the notifications that could not be attributed."""
         customers = [
             UUID(str(n.originator_id)) for n in batch if n.topic.startswith(CUSTOMER_TOPIC_PREFIX)
         ]
@@ -85,27 +94,27 @@ class WriteAuditor(Follower):
         if segments:
             for sid, state in conn.execute(SEGMENT_ORGS, (segments,)):
                 orgs[sid] = orjson.loads(bytes(state))["org_id"]
-        entries = []
-        for n in batch:
-            event: Any = self.app.mapper.to_domain_event(n)
-            topic = topic_of(event)
-            aggregate, _, kind = topic.partition(":")
-            action = f"{aggregate.removeprefix('domain.')}.{kind.rsplit('.', 1)[-1]}"
-            if topic.startswith(_MEMBERSHIP_PREFIX):
-                subject, org, actor = UUID(event.segment_id), event.org_id, ENGINE
-            else:
-                subject = UUID(str(n.originator_id))
-                org = orgs.get(subject)
-                actor = (
-                    "unknown (erased)"
-                    if isinstance(event, Shredded)
-                    else str(getattr(event, "actor", None) or "unrecorded")
-                )
-            if org is None:
-                log.warning("no organization for an audited event", extra={"topic": topic})
-                org = "unknown"
-            entries.append(AuditEntry(org, actor, action, "committed", subject))
-        return entries
+        return dead_letters.decode_each(batch, lambda n: self._entry(n, orgs))
+
+    def _entry(self, n: Notification, orgs: dict[UUID, str]) -> AuditEntry:
+        event: Any = self.app.mapper.to_domain_event(n)
+        topic = topic_of(event)
+        aggregate, _, kind = topic.partition(":")
+        action = f"{aggregate.removeprefix('domain.')}.{kind.rsplit('.', 1)[-1]}"
+        if topic.startswith(_MEMBERSHIP_PREFIX):
+            subject, org, actor = UUID(event.segment_id), event.org_id, ENGINE
+        else:
+            subject = UUID(str(n.originator_id))
+            org = orgs.get(subject)
+            actor = (
+                "unknown (erased)"
+                if isinstance(event, Shredded)
+                else str(getattr(event, "actor", None) or "unrecorded")
+            )
+        if org is None:
+            log.warning("no organization for an audited event", extra={"topic": topic})
+            org = "unknown"
+        return AuditEntry(org, actor, action, "committed", subject)
 
 
 def follow_log(auditor: WriteAuditor, url: str, stop: threading.Event) -> None:

@@ -19,13 +19,14 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Notification, OperationalError
 from psycopg.rows import tuple_row
 
 from domain.criteria import SegmentCriteria, matches
 from domain.membership import Change, Reason, events, stream_id
 from domain.segment import effective_criteria
 from domain.segment_facts import CustomerFacts
+from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
 from projections import segment_sql
@@ -122,17 +123,35 @@ class Reevaluator(Follower):
             )
             if not batch:
                 break
-            ids = {
-                n.originator_id
+            # The customer's last notification names them if they end as a dead letter.
+            changed = {
+                n.originator_id: n
                 for n in batch
                 if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
             }
-            if ids:
-                self.reevaluate(ids)
-                total += len(ids)
+            if changed:
+                self._reevaluate_isolated(conn, changed)
+                total += len(changed)
             self.position = batch[-1].id
             conn.execute(SET_POSITION, (self.position, self.name))
         return total
+
+    def _reevaluate_isolated(self, conn: Connection, changed: dict[UUID, Notification]) -> None:
+        """All at once; if that fails because of a customer, one by one, and a customer that
+        still fails becomes a dead letter (nothing of theirs was appended)."""
+        try:
+            self.reevaluate(changed)
+            return
+        except Exception as exc:
+            if not dead_letters.poisoned(exc):
+                raise
+        for cid, notification in changed.items():
+            try:
+                self.reevaluate([cid])
+            except Exception as exc:
+                if not dead_letters.poisoned(exc):
+                    raise
+                dead_letters.record(conn, self.name, notification, exc)
 
     def reevaluate(self, customer_ids: Iterable[UUID], *, as_of: datetime | None = None) -> int:
         """Bring the customers' memberships in line with their current facts; returns the
@@ -148,7 +167,8 @@ class Reevaluator(Follower):
                 return append(self.app, changes, new)
             except IntegrityError:
                 continue  # a calculation or another evaluator moved a stream: decide again
-        raise RuntimeError("membership kept changing under the evaluator")
+        # Contention, not a fault of these customers: the follower retries the batch later.
+        raise OperationalError("membership kept changing under the evaluator")
 
     def _decide(self, ids: list[UUID], as_of: datetime) -> tuple[list[Change], dict[UUID, int]]:
         conn = self._connection()

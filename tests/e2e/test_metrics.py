@@ -41,7 +41,8 @@ from service.metrics import HttpMetrics
 from service.settings import Settings
 from tests.e2e.conftest import new_customer, serve_in_thread
 from tests.e2e.test_segments_api import segment
-from tests.integration.test_relay import _delete_stream, read_stream
+from tests.integration.conftest import _delete_stream
+from tests.integration.test_relay import read_stream
 from write_api.calculation import Calculator
 from write_api.ingest import Ingester, ensure_stream, names
 

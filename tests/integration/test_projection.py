@@ -41,8 +41,8 @@ def clean(settings: Settings) -> None:
     """Empty event store, keys and view: every test starts from notification 0."""
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE customers_events, customer_keys, customers_view, customers_docs, positions"
-            " RESTART IDENTITY"
+            "TRUNCATE customers_events, customer_keys, customers_view, customers_docs, positions,"
+            " dead_letters RESTART IDENTITY"
         )
 
 
@@ -235,7 +235,7 @@ def test_unknown_topics_are_skipped_but_advance_the_position(
 
 
 @pytest.mark.usefixtures("clean")
-def test_an_unknown_customer_event_halts_the_projection_instead_of_skipping(
+def test_an_unknown_customer_event_is_a_dead_letter_and_the_rest_is_projected(
     settings: Settings, app: Customers
 ) -> None:
     class Frobnicated(Customer.Event):
@@ -250,14 +250,21 @@ def test_an_unknown_customer_event_halts_the_projection_instead_of_skipping(
         c.trigger_event(Frobnicated)
         c.set_active_orders(1)
         app.save(c)
+        (other,) = register(app, 1, start=1)
         projector = runner(app)
         try:
-            with pytest.raises(view.UnknownCustomerEvent):
-                projector.run_once()
-            assert position(settings) == 0  # the whole batch rolled back
-            assert row(settings, c.id) is None
+            assert projector.run_once() == 4
         finally:
             projector.close()
+        assert position(settings) == max_id(app) == 4
+        with psycopg.connect(str(settings.database_url)) as conn:
+            query = "SELECT notification_id, topic, reason FROM dead_letters"
+            dead = conn.execute(query).fetchall()
+        assert dead == [(2, "domain.customer:Customer.Frobnicated", dead[0][2])]
+        assert dead[0][2].startswith("UnknownCustomerEvent")
+        got = row(settings, c.id)
+        assert got is not None and got["version"] == 3  # the event after it applied
+        assert row(settings, other.id) is not None
     finally:
         del Customer.Frobnicated  # type: ignore[attr-defined]
 

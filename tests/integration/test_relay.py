@@ -7,9 +7,7 @@ nats-server (`private_nats`) that it kills and restarts while events keep coming
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,17 +24,16 @@ import orjson
 import psycopg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from psycopg import sql
 
 from domain.customer import Customer
 from domain.membership import Change, Reason, events, stream_id
 from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
 from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
-from eventstore.migrate import migrate
 from eventstore.relay import MSG_ID_HEADER, NOTIFICATION_HEADER, POSITION_NAME, Relay
 from service import embedded
-from service.settings import Settings, get_settings
+from service.settings import Settings
+from tests.integration.conftest import Env, make_env
 from write_api.membership import append
 
 ORGS = ("acme", "globex.eu")  # the second one is not a valid subject token: hashed
@@ -46,74 +43,10 @@ ORGS = ("acme", "globex.eu")  # the second one is not a valid subject token: has
 
 
 @pytest.fixture
-def scratch_db(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
-    name = f"relay_test_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = embedded.with_database(pg_admin_url, name)
-    migrate(url)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-@dataclass
-class Env:
-    settings: Settings
-    app: Customers  # the writers' application
-
-
-def make_env(monkeypatch: pytest.MonkeyPatch, database_url: str, nats_url: str) -> Iterator[Env]:
-    suffix = secrets.token_hex(4)
-    values = {
-        "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,
-        "CUSTOMERS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "CUSTOMERS_NATS_STREAM": f"RELAY_TEST_{suffix.upper()}",
-        "CUSTOMERS_NATS_SUBJECT_PREFIX": f"relaytest{suffix}",
-        "CUSTOMERS_RELAY_BATCH_SIZE": "200",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    settings = get_settings()
-    app = Customers(settings, pool_size=2, create_table=True)
-    try:
-        yield Env(settings, app)
-    finally:
-        app.close()
-        asyncio.run(_delete_stream(nats_url, settings.nats_stream))
-        get_settings.cache_clear()
-
-
-@pytest.fixture
-def shared(monkeypatch: pytest.MonkeyPatch, scratch_db: str, nats_url: str) -> Iterator[Env]:
-    yield from make_env(monkeypatch, scratch_db, nats_url)
-
-
-@pytest.fixture
 def private(
     monkeypatch: pytest.MonkeyPatch, scratch_db: str, private_nats: embedded.EmbeddedNats
 ) -> Iterator[Env]:
     yield from make_env(monkeypatch, scratch_db, private_nats.url)
-
-
-async def _delete_stream(url: str, stream: str) -> None:
-    try:
-        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
-    except Exception:
-        return
-    try:
-        await nc.jetstream().delete_stream(stream)
-    except Exception:
-        pass
-    finally:
-        await nc.close()
 
 
 # --------------------------------------------------------------------------- helpers
