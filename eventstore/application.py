@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from eventstore.keys import Keyring, KeyStore
 from eventstore.mapper import CustomerMapper
-from eventstore.recorder import CustomerRecorder
+from eventstore.recorder import CustomerRecorder, GroupCommitter
 from service.settings import Settings
 
 EVENTS_TABLE = "customers_events"  # eventsourcing derives it from the application name
@@ -36,7 +36,16 @@ class Customers(Application[UUID]):
     name = "Customers"
     recorder: CustomerRecorder
 
-    def __init__(self, settings: Settings, *, pool_size: int = 8, create_table: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool_size: int = 8,
+        create_table: bool = False,
+        group_commit: bool = False,
+    ):
+        """`group_commit`: for processes serving commands from many threads at once (the
+        APIs), whose small saves are then committed together (eventstore.recorder)."""
         if not settings.database_url:
             raise RuntimeError("DATABASE_URL is not set")
         self.settings = settings
@@ -54,6 +63,14 @@ class Customers(Application[UUID]):
         super().__init__(env)
         self.recorder.audit_key = self.keys.audit_key
         self.recorder.relayed = settings.nats_url is not None
+        if group_commit:
+            self.recorder.committer = GroupCommitter(self.recorder)
+
+    def close(self) -> None:
+        if self.recorder.committer is not None:
+            self.recorder.committer.close()
+            self.recorder.committer = None
+        super().close()
 
     def construct_recorder(self) -> CustomerRecorder:
         recorder = super().construct_recorder()

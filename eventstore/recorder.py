@@ -3,8 +3,10 @@ calculations in the event's transaction."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -126,11 +128,98 @@ def violated_constraint(error: IntegrityError) -> str | None:
     return getattr(diag, "constraint_name", None)
 
 
+# Side writes a grouped save may carry: each is a statement of its own in the group's
+# transaction. Saves with others (erasure, privacy records, membership, a job's bookkeeping)
+# are saved alone, as they were.
+GROUPABLE = frozenset({"new_keys", "claims", "releases", "idempotency", "jobs"})
+GROUP_MAX_SAVES = 256
+
+
+@dataclass
+class _Save:
+    """A save waiting for the group committer, and what became of it."""
+
+    events: Sequence[StoredEvent]
+    kwargs: dict[str, Any]
+    correlation: str
+    size: int
+    done: threading.Event = field(default_factory=threading.Event)
+    ids: Sequence[int] | None = None
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Group commit: one writer thread per process saves, in ONE transaction (one table lock,
+    one NOTIFY, one fsync), every small save that arrived while it was committing the previous
+    group. Each save keeps its own outcome: when the group's transaction fails (a version
+    conflict, a taken e-mail, an idempotency key met twice, a lost connection) every save of
+    it is made again alone, exactly as an ungrouped save, so only the offender fails and a
+    commit whose reply was lost is still recognised as made."""
+
+    def __init__(self, recorder: CustomerRecorder) -> None:
+        self._recorder = recorder
+        self._queue: queue.SimpleQueue[_Save | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: Sequence[StoredEvent], kwargs: dict[str, Any]) -> Sequence[int] | None:
+        save = _Save(events, kwargs, logs.correlation_id.get(), _bytes_in_flight(events, ()))
+        self._queue.put(save)
+        save.done.wait()
+        if save.error is not None:
+            raise save.error
+        return save.ids
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group, size = [first], first.size
+            while len(group) < GROUP_MAX_SAVES and size < PIPELINE_LIMIT:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(more)
+                size += more.size
+            self._commit(group)
+
+    def _commit(self, group: list[_Save]) -> None:
+        if len(group) > 1:
+            try:
+                ids = self._recorder.insert_group(group)
+            except Exception:  # noqa: S110 — each save is made again alone, below
+                pass
+            else:
+                start = 0
+                for save in group:
+                    save.ids = ids[start : start + len(save.events)]
+                    start += len(save.events)
+                    save.done.set()
+                return
+        for save in group:
+            token = logs.correlation_id.set(save.correlation)
+            try:
+                save.ids = self._recorder.insert_alone(save.events, **save.kwargs)
+            except BaseException as e:
+                save.error = e
+            finally:
+                logs.correlation_id.reset(token)
+                save.done.set()
+
+
 class CustomerRecorder(PostgresApplicationRecorder):
     audit_key = b""  # set by the application (derived from the master key)
     # Set by the application when a relay publishes the log (NATS configured): only then are
     # correlation ids recorded, since only the relay reads and deletes them.
     relayed = False
+    # Set by the application (processes that serve commands): small saves are group-committed.
+    committer: GroupCommitter | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,6 +262,19 @@ class CustomerRecorder(PostgresApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
+        if (
+            self.committer is not None
+            and stored_events
+            and GROUPABLE.issuperset(k for k, v in kwargs.items() if v)
+            and _bytes_in_flight(stored_events, ()) < PIPELINE_LIMIT
+        ):
+            return self.committer.submit(stored_events, kwargs)
+        return self.insert_alone(stored_events, **kwargs)
+
+    def insert_alone(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """One save in a transaction of its own."""
         try:
             return self._insert_events_once(stored_events, **kwargs)
         except IntegrityError:
@@ -229,6 +331,37 @@ class CustomerRecorder(PostgresApplicationRecorder):
             ids: Sequence[int] | None = self._fetch_ids_after_insert_events(
                 curs, stored_events, **kwargs
             )
+        return ids
+
+    def insert_group(self, group: Sequence[_Save]) -> list[int]:
+        """The saves' side writes and events in one pipelined transaction; the notification
+        ids of all their events, in order. Raises whatever fails, having written nothing."""
+        events = [e for save in group for e in save.events]
+        error: Exception | None = None
+        ids: list[int] = []
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                with conn.cursor() as curs:
+                    for save in group:
+                        self._side_writes(curs, **save.kwargs)
+                with conn.cursor() as curs:
+                    try:
+                        self._insert_stored_events(curs, events)
+                        pipeline.sync()
+                        ids = [row["notification_id"] for row in curs.fetchall()]
+                        if len(ids) != len(events):
+                            raise RuntimeError("the group's insert returned too few ids")
+                        if self.relayed:
+                            start = 0
+                            for save in group:
+                                span = ids[start : start + len(save.events)]
+                                start += len(save.events)
+                                if save.correlation:
+                                    curs.execute(RECORD_CORRELATIONS, (span, save.correlation))
+                    except Exception as e:  # raised once the pipeline is closed (no warning)
+                        error = e
+            if error is not None:
+                raise error
         return ids
 
     def _insert_stored_events(

@@ -44,7 +44,7 @@ class Backend:
 async def opened(settings: Settings) -> AsyncIterator[Backend]:
     assert settings.database_url
     keyring = LazyKeyring(settings)
-    es = Customers(settings, pool_size=settings.db_pool_size)
+    es = Customers(settings, pool_size=settings.db_pool_size, group_commit=True)
     rules = RulesEngine(es.settings)
     activity = tracking.ActivityWriter(settings)
     api_keys = ApiKeyStore(settings, keyring)

@@ -462,7 +462,9 @@ async def track_batch(body: Batch, principal: CanTrack, request: Request) -> dic
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        es = Customers(app.state.settings, pool_size=app.state.settings.db_pool_size)
+        es = Customers(
+            app.state.settings, pool_size=app.state.settings.db_pool_size, group_commit=True
+        )
         rules = RulesEngine(es.settings)
         app.state.commands = CustomerCommands(es)
         app.state.segments = SegmentCommands(es, rules)
