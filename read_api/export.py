@@ -193,7 +193,7 @@ async def _chunks(
     """The export's bytes, a chunk per FETCH; the first one (CSV: with the header) is yielded
     even when nothing is selected. A server-side cursor inside the pool connection's
     transaction; leaving early (client gone) rolls back and gives the connection back."""
-    async with paging.pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn, conn.transaction():
         if "segment" in params:
             await _segment_exists(conn, principal, params["segment"])
         async with conn.cursor(name="customers_export") as cur:

@@ -35,19 +35,23 @@ def decode(cursor: str) -> tuple[datetime, UUID]:
 
 
 def new_pool(settings: Settings, name: str) -> AsyncConnectionPool[Any]:
-    """A query-side pool (not opened yet): `doc`s and json_agg come back as bytes, sent
-    untouched."""
+    """A query-side pool (not opened yet) of autocommit connections: `doc`s and json_agg
+    come back as bytes, sent untouched."""
     assert settings.database_url
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         use_raw_json(conn)
 
+    # Autocommit: a read is one round trip, not BEGIN + query + the ROLLBACK of the pool's
+    # return; what needs one snapshot (reports, exports' server-side cursors) opens a
+    # transaction itself.
     return AsyncConnectionPool(
         settings.database_url,
         min_size=min(2, settings.db_pool_size),
         max_size=settings.db_pool_size,
         open=False,
         timeout=5.0,
+        kwargs={"autocommit": True},
         configure=configure,
         name=name,
     )

@@ -658,7 +658,7 @@ async def customer_report(
     filters of `GET /customers`). Months are UTC calendar months."""
     now = datetime.now(UTC)
     chosen = selection(body or ReportRequest(), principal.org, now)
-    async with paging.pool(request).connection() as conn:
+    async with paging.pool(request).connection() as conn, conn.transaction():
         fetched = await fetch(conn, chosen)
     people, acquired = customers_section(fetched.profile, chosen.months)
     model = fetched.model
