@@ -58,6 +58,7 @@ from pydantic import (
 
 from domain.segment_facts import (
     FACT_NAMES,
+    FACT_SOURCES,
     MAX_NUMBER,
     CustomerFacts,
     days_since,
@@ -764,6 +765,34 @@ def lower(criteria: SegmentCriteria) -> Lowered:
     for i, rule in enumerate(criteria.custom_rules):
         out.append((f"customRules.{i}", lower_rule(rule)))
     return out
+
+
+def _facts(condition: Condition) -> tuple[str, ...]:
+    match condition:
+        case AllOf(parts) | AnyOf(parts):
+            return tuple(fact for part in parts for fact in _facts(part))
+        case Frequency():
+            return ("order_count", "first_purchase_at")
+        case AverageOrderValue():
+            return ("total_spent_cents", "order_count")
+        case Near():
+            return ("latitude", "longitude")
+        case Compare(fact) | OneOf(fact) | Overlaps(fact) | Contains(fact) | StartsWith(fact):
+            return (fact,)
+        case Present(fact) | DaysAgo(fact):
+            return (fact,)
+    raise AssertionError(condition)
+
+
+def criteria_reads(criteria: SegmentCriteria, field: str) -> list[tuple[str, str]]:
+    """(`field`.<path of the criterion as `lower` names it>, customer field it reads) of every
+    criterion, for service.auth.Principal.require_visible."""
+    found = (
+        (f"{field}.{path}", FACT_SOURCES[fact])
+        for path, condition in lower(criteria)
+        for fact in _facts(condition)
+    )
+    return list(dict.fromkeys(found))
 
 
 # --------------------------------------------------------------------------- Python predicate

@@ -246,6 +246,40 @@ class CustomerFacts(PurchaseAggregates):
 FACT_NAMES: tuple[str, ...] = tuple(CustomerFacts.__dataclass_fields__)
 _PURCHASE_NAMES: tuple[str, ...] = tuple(PurchaseAggregates.__dataclass_fields__)
 
+# The customer field (a dotted path of the customer JSON) each fact is taken from, as
+# `customer_facts` reads it: a criterion on the fact reads that field (domain.masking).
+_CUSTOM = "preferences.customPreferences."
+FACT_SOURCES: dict[str, str] = {
+    "status": "status",
+    "age": "age",
+    "gender": "gender",
+    "income": _CUSTOM + "income",
+    "income_currency": _CUSTOM + "incomeCurrency",
+    "education": _CUSTOM + "education",
+    "occupation": _CUSTOM + "occupation",
+    "country_code": "location.countryCode",
+    "country": "location.country",
+    "city": "location.city",
+    "region": "location.region",
+    "postal_code": "location.postalCode",
+    "latitude": "location.latitude",
+    "longitude": "location.longitude",
+    "tags": "tags",
+    "marketing_consent": "preferences.marketingConsent",
+    "data_processing_consent": "preferences.dataProcessingConsent",
+    "source": "metadata.source",
+    "language": "preferences.language",
+    "currency": "preferences.currency",
+    "login_count": "metadata.loginCount",
+    "last_login_at": "metadata.lastLogin",
+    "lifetime_value": "metadata.lifetimeValue.amount",
+    "lifetime_value_currency": "metadata.lifetimeValue.currency",
+    "created_at": "createdAt",
+    "last_activity": "lastActivity",
+    **dict.fromkeys(_PURCHASE_NAMES, "metadata.purchaseHistory"),
+}
+assert FACT_SOURCES.keys() == set(FACT_NAMES)
+
 
 def _int(value: Any, low: int, high: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):

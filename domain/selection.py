@@ -37,6 +37,30 @@ class CustomerFilters(Model):
         return value
 
 
+# The customer field (a dotted path of the customer JSON) each filter reads, by its key in
+# projections.customers.FILTERS: a caller who sees that field masked may not filter on it.
+FILTERED_FIELDS = {
+    "status": "status",
+    "country": "location.countryCode",
+    "city": "location.city",
+    "gender": "gender",
+    "tags": "tags",
+    "age_min": "age",
+    "age_max": "age",
+    "created_from": "createdAt",
+    "created_to": "createdAt",
+}
+
+
+def filter_reads(filters: CustomerFilters, field: str) -> list[tuple[str, str]]:
+    """(`field`.<name>, customer field it reads) of each filter given, for
+    service.auth.Principal.require_visible."""
+    return [
+        (f"{field}.{CustomerFilters.model_fields[key].alias}", FILTERED_FIELDS[key])
+        for key in filters.model_dump(exclude_none=True)
+    ]
+
+
 def filter_params(filters: CustomerFilters, field: str) -> dict[str, Any]:
     """The parameters of projections.customers.FILTERS; errors name `field`.<name>."""
     params: dict[str, Any] = {}

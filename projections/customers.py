@@ -29,6 +29,7 @@ from psycopg.adapt import Loader
 from domain.consent import with_consents
 from domain.customer import representation
 from domain.segment_facts import customer_facts
+from domain.selection import FILTERED_FIELDS
 from domain.values import CustomerStatus, utc_iso
 from eventstore.mapper import ANONYMIZED_TOPIC, ERASED_TOPIC, Shredded, topic_of
 from projections import positions, segment_sql
@@ -52,6 +53,7 @@ FILTERS = {
     "created_from": "created_at >= %(created_from)s",
     "created_to": "created_at <= %(created_to)s",
 }
+assert FILTERS.keys() == FILTERED_FIELDS.keys()  # every filter says which field it reads
 
 
 def selection_sql(

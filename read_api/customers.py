@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import typing
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property, lru_cache
@@ -23,12 +24,14 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.params import Query as QueryInfo
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
 from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
+from domain.selection import FILTERED_FIELDS
 from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
 from eventstore.keys import LazyKeyring
 from projections.customers import DOCS, FILTERS, VIEW
@@ -72,10 +75,8 @@ _SORT_KEYS = {
 _TIME_SORTS = frozenset({"createdAt", "updatedAt", "lastActivity"})
 # q (prefix of e-mail OR name) is a UNION of two branches, each a plain conjunction the
 # planner can serve from one index (the sort index's range when q is on the sort field).
-_PREFIXES = (
-    'lower(email) COLLATE "C" LIKE lower(%(q)s)',
-    'lower(name) COLLATE "C" LIKE lower(%(q)s)',
-)
+_SEARCHED = ("email", "name")  # customer fields and customers_view columns alike
+_PREFIXES = tuple(f'lower({column}) COLLATE "C" LIKE lower(%(q)s)' for column in _SEARCHED)
 # updated_at and last_activity are never before created_at, so createdFrom also bounds them:
 # the sort index is then entered at createdFrom instead of walked from its start.
 _IMPLIED_BY_CREATED_FROM = frozenset({"updatedAt", "lastActivity"})
@@ -222,6 +223,13 @@ _CUSTOMER_JSON: dict[int | str, dict[str, Any]] = {
     **problem_responses({404: "No such customer in the caller's organization"}),
     **READ_PROBLEMS,
 }
+# Routes that filter, search, sort or take criteria: their 403 includes masked fields.
+MASKED_FIELD_PROBLEMS = problem_responses(
+    {
+        403: "The token's roles lack customers:read, or lack customers:personal and a filter,"
+        " search, sort or criterion reads a field they see masked; `errors[].field` names it"
+    }
+)
 _PAGE_JSON: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A page: {items: [customer...], nextCursor: string|null, limit: n}",
@@ -240,6 +248,7 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
         },
     },
     **READ_PROBLEMS,
+    **MASKED_FIELD_PROBLEMS,
 }
 
 
@@ -251,9 +260,9 @@ async def customer_filters(
     ] = None,
     city: Annotated[str | None, Query(max_length=255, description="case-insensitive")] = None,
     gender: Gender | None = None,
-    tag: Annotated[
+    tags: Annotated[
         list[TagParam] | None,
-        Query(max_length=20, description="repeatable; the customer has all of them"),
+        Query(alias="tag", max_length=20, description="repeatable; the customer has all of them"),
     ] = None,
     age_min: Annotated[int | None, Query(alias="ageMin", ge=0, le=150)] = None,
     age_max: Annotated[int | None, Query(alias="ageMax", ge=0, le=150)] = None,
@@ -278,8 +287,8 @@ async def customer_filters(
         params["city"] = city.strip()
     if gender is not None:
         params["gender"] = gender.value
-    if tag:
-        params["tags"] = sorted(set(tag))
+    if tags:
+        params["tags"] = sorted(set(tags))
     if age_min is not None:
         params["age_min"] = age_min
     if age_max is not None:
@@ -293,6 +302,31 @@ async def customer_filters(
         if created_from is not None and created_from > created_to:
             raise invalid("createdTo", "must not be before createdFrom")
     return params
+
+
+def _query_names() -> dict[str, str]:
+    """customer_filters' parameters (named as the FILTERS keys they set) → the query
+    parameter a client gives (its alias)."""
+    hints = typing.get_type_hints(customer_filters, include_extras=True)
+    hints.pop("return")
+    return {
+        name: next(
+            (m.alias for m in getattr(hint, "__metadata__", ()) if isinstance(m, QueryInfo)),
+            None,
+        )
+        or name
+        for name, hint in hints.items()
+    }
+
+
+_QUERY_NAMES = _query_names()
+assert _QUERY_NAMES.keys() == FILTERED_FIELDS.keys()
+
+
+def listing_reads(filters: dict[str, Any]) -> list[tuple[str, str]]:
+    """(query parameter, customer field it reads) of each filter customer_filters returned,
+    for Principal.require_visible."""
+    return [(_QUERY_NAMES[key], FILTERED_FIELDS[key]) for key in filters]
 
 
 @router.get("", response_class=Response, responses=_PAGE_JSON)
@@ -337,6 +371,8 @@ async def customer_page(
 ) -> bytes:
     """`{"items", "nextCursor", "limit"}` of the validated listing parameters, as JSON (the
     REST and gRPC listings)."""
+    searched = [("q", field) for field in _SEARCHED] if q is not None else []
+    principal.require_visible([*searched, ("sort", sort.field), *listing_reads(filters)])
     params: dict[str, Any] = {
         "org": principal.org,
         "limit": limit,

@@ -39,7 +39,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segments import VIEW as SEGMENTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from read_api.customers import customer_filters, shown
+from read_api.customers import MASKED_FIELD_PROBLEMS, customer_filters, listing_reads, shown
 from service.auth import CanRead, Principal
 from service.problems import problem_responses
 
@@ -247,6 +247,7 @@ _CUSTOMERS_EXPORT: dict[int | str, dict[str, Any]] = {
     },
     **problem_responses({404: "No such segment in the caller's organization"}),
     **READ_PROBLEMS,
+    **MASKED_FIELD_PROBLEMS,
 }
 
 
@@ -272,6 +273,7 @@ async def export_customers(
     the listing's filters select, or a segment's current members; each as `GET
     /customers/{id}` shows it (masked without the personal-data permission). Filters: in
     creation order (createdAt, id); a segment: in customer id order."""
+    principal.require_visible(listing_reads(filters))
     params: dict[str, Any] = {"org": principal.org}
     if segment_id is not None:
         if filters:

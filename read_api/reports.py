@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from domain import rfm
 from domain.errors import Code, DomainError, invalid
-from domain.selection import CustomerFilters, filter_params
+from domain.selection import CustomerFilters, filter_params, filter_reads
 from domain.values import CustomerStatus, Model, utc_iso
 from projections import purchase_models
 from projections.customers import FILTERS, VIEW
@@ -42,6 +42,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segments import EXISTS as SEGMENT_EXISTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.customers import MASKED_FIELD_PROBLEMS
 from service.auth import CanRead
 from service.problems import problem_responses
 
@@ -646,6 +647,7 @@ _REPORT_SCHEMA: dict[str, Any] = {
         },
         **problem_responses({404: "No such segment in the caller's organization"}),
         **READ_PROBLEMS,
+        **MASKED_FIELD_PROBLEMS,
     },
 )
 async def customer_report(
@@ -657,6 +659,8 @@ async def customer_report(
     all of them, a segment's current members (`segmentId`) or those matching `filters` (the
     filters of `GET /customers`). Months are UTC calendar months."""
     now = datetime.now(UTC)
+    if body is not None and body.filters is not None:
+        principal.require_visible(filter_reads(body.filters, "filters"))
     chosen = selection(body or ReportRequest(), principal.org, now)
     async with paging.pool(request).connection() as conn, conn.transaction():
         fetched = await fetch(conn, chosen)

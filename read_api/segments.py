@@ -15,7 +15,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, Field
 
-from domain.criteria import SegmentCriteria, explain
+from domain.criteria import SegmentCriteria, criteria_reads, explain
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentPublic, SegmentStatus, effective_criteria, representation
 from domain.values import Model, utc_iso
@@ -25,7 +25,7 @@ from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
-from read_api.customers import shown
+from read_api.customers import MASKED_FIELD_PROBLEMS, shown
 from service.auth import CanRead, Principal
 from service.problems import problem_responses
 
@@ -308,11 +308,13 @@ class Preview(Model):
         200: {"description": "{count, sample: [customer...], asOf}; nothing is saved"},
         **problem_responses({422: "Invalid criteria; `errors[].field` names the criterion"}),
         **READ_PROBLEMS,
+        **MASKED_FIELD_PROBLEMS,
     },
 )
 async def preview(request: Request, body: Preview, principal: CanRead) -> Response:
     """How many of the organization's customers match `criteria` now, and a sample of them
     (in id order), evaluated by the same SQL a calculation runs."""
+    principal.require_visible(criteria_reads(body.criteria, "criteria"))
     now = datetime.now(UTC)
     where, params = compile_where(body.criteria, now)
     count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)

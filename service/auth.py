@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -12,6 +13,7 @@ import jwt
 from fastapi import Depends, Request
 
 from domain.errors import Code, DomainError
+from domain.masking import hidden
 from service.api_keys import ApiKeyStore
 from service.settings import Settings, get_settings
 
@@ -83,6 +85,22 @@ class Principal:
     def require(self, permission: Permission) -> None:
         if not self.can(permission):
             raise DomainError(Code.FORBIDDEN, f"this operation needs the {permission} permission")
+
+    def require_visible(self, reads: Iterable[tuple[str, str]]) -> None:
+        """Refuse a request that filters, searches, sorts or builds criteria on a customer
+        field this principal sees masked (domain.masking): the customers it selects, in the
+        order it gives, would give the value back. `reads`: (parameter, customer field it
+        reads as a dotted path of the customer JSON); the 403 names the parameter."""
+        if self.can(Permission.PERSONAL_DATA):
+            return
+        for parameter, field in reads:
+            if hidden(field):
+                raise DomainError(
+                    Code.FORBIDDEN,
+                    f"{parameter} reads {field}, which is masked without the"
+                    f" {Permission.PERSONAL_DATA} permission",
+                    field=parameter,
+                )
 
 
 def issue_token(

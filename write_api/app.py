@@ -19,7 +19,7 @@ from domain.activity import Batch, TrackedEvent
 from domain.consent import ConsentChange
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition, SegmentPublic
-from domain.selection import filter_params
+from domain.selection import filter_params, filter_reads
 from domain.values import CustomerPublic
 from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
@@ -411,6 +411,7 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
             raise DomainError(Code.NOT_FOUND, f"segment {body.segment_id} not found")
         return {"segmentId": str(body.segment_id)}
     if body.filters is not None:
+        principal.require_visible(filter_reads(body.filters, "filters"))
         return {"filters": filter_params(body.filters, "filters")}
     return None
 

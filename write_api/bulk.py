@@ -26,7 +26,7 @@ from domain.customer import Customer
 from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, events
 from domain.segment import Segment
-from domain.selection import CustomerSelection, filter_params
+from domain.selection import CustomerSelection, filter_params, filter_reads
 from domain.values import CustomerStatus
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from projections import segments as segments_view
@@ -95,6 +95,7 @@ def queue(
         ids = list(dict.fromkeys(selection.ids))
         spec["selection"] = {"ids": len(ids)}
     elif selection.filters is not None:
+        principal.require_visible(filter_reads(selection.filters, "selection.filters"))
         spec["selection"] = {"filters": filter_params(selection.filters, "selection.filters")}
     else:
         found = conn.execute(segments_view.EXISTS, (principal.org, selection.segment_id))

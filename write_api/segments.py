@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import tuple_row
 
+from domain.criteria import criteria_reads
 from domain.errors import Code, DomainError, invalid
 from domain.membership import Change, Reason, events
 from domain.segment import Segment, SegmentDefinition, SegmentKind, SegmentStatus, name_key
@@ -37,6 +38,11 @@ _MEMBERS_AMONG = (
 _RETRIES = 5
 
 
+def _require_visible(principal: Principal, definition: SegmentDefinition, field: str) -> None:
+    if definition.criteria is not None:
+        principal.require_visible(criteria_reads(definition.criteria, field))
+
+
 class SegmentCommands(Commands[Segment]):
     kind = "segment"
     aggregate_type = Segment
@@ -50,6 +56,7 @@ class SegmentCommands(Commands[Segment]):
 
     def create(self, principal: Principal, definition: SegmentDefinition) -> Outcome:
         principal.require(Permission.SEGMENTS)
+        _require_visible(principal, definition, "criteria")
         self.rules.check_rule(definition.rule_id)
         segment = Segment.define(principal.org, definition, principal.sub)
         jobs = self._recalculation(principal, segment)
@@ -69,6 +76,7 @@ class SegmentCommands(Commands[Segment]):
         if_match: int | None,
     ) -> Outcome:
         principal.require(Permission.SEGMENTS)
+        _require_visible(principal, definition, "criteria")
 
         jobs: list[JobRequest] = []
 
@@ -107,6 +115,7 @@ class SegmentCommands(Commands[Segment]):
                 raise invalid(f"segments.{i}.name", "the name is given twice in this document")
         checked: set[str] = set()
         for i, definition in enumerate(definitions):
+            _require_visible(principal, definition, f"segments.{i}.criteria")
             if definition.rule_id in checked:
                 continue
             try:

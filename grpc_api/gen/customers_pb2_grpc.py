@@ -76,7 +76,8 @@ class CustomerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCustomers(self, request, context):
-        """Permission customers:read; keyset-paginated like GET /customers.
+        """Permission customers:read; keyset-paginated like GET /customers. Without
+        customers:personal, q, a sort or filter on a masked field is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -240,6 +240,37 @@ def test_masking_by_role_is_the_same(
     assert full.email == body["email"] and full.metadata.device_info[0].user_agent == "Secret/1.0"
 
 
+def test_masked_fields_steer_no_listing_on_either_transport(
+    http: httpx.Client, auth: TokenFactory, channel: grpc.Channel
+) -> None:
+    analyst, manager = auth("analyst"), auth("manager")
+    body = new_customer()
+    created = http.post(CUSTOMERS, json=body, headers=auth())
+    token = created.headers["X-Consistency-Token"]
+    stub = rpc.CustomerServiceStub(channel)
+    # The e-mail prefix probe, a sort on a masked field, a filter on the city.
+    for request, query, field in (
+        (pb.ListCustomersRequest(limit=1, q=body["email"][0]), {"q": body["email"][0]}, "q"),
+        (pb.ListCustomersRequest(limit=1, sort="email"), {"sort": "email"}, "sort"),
+        (pb.ListCustomersRequest(limit=1, sort="-name"), {"sort": "-name"}, "sort"),
+        (pb.ListCustomersRequest(limit=1, city="Madrid"), {"city": "Madrid"}, "city"),
+    ):
+        error = rpc_error(stub.ListCustomers, request, metadata(analyst, token))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, field
+        assert error_fields(error) == [field]
+        rest = http.get(CUSTOMERS, params={"limit": 1, **query}, headers=analyst)
+        assert rest.status_code == 403 and [e["field"] for e in rest.json()["errors"]] == [field]
+        assert body["email"] not in error.details()
+
+        page = stub.ListCustomers(request, metadata=metadata(manager, token))
+        assert [c.email for c in page.items] == [body["email"]]
+        same(http.get(CUSTOMERS, params={"limit": 1, **query}, headers=manager).json(), page)
+    shown = stub.ListCustomers(
+        pb.ListCustomersRequest(country="ES", sort="-createdAt"), metadata=metadata(analyst, token)
+    )
+    assert [c.id for c in shown.items] == [created.json()["id"]] and shown.items[0].email == "***"
+
+
 # --------------------------------------------------------------------------- segments
 
 
