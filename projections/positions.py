@@ -25,6 +25,9 @@ ALL_POSITIONS = "SELECT name, position FROM positions"
 ENSURE_POSITION = "INSERT INTO positions (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
 SET_POSITION = "UPDATE positions SET position = %s, updated_at = now() WHERE name = %s"
 LOCK_POSITION = "SELECT position FROM positions WHERE name = %s FOR UPDATE"
+LOCK_POSITIONS = (
+    "SELECT name, position FROM positions WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
+)
 TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 MAX_NOTIFICATION_ID = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
     sql.Identifier(EVENTS_TABLE)

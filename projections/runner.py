@@ -34,7 +34,7 @@ from projections.customers import CustomersView
 from projections.membership import MembershipView
 from projections.positions import (
     ENSURE_POSITION,
-    LOCK_POSITION,
+    LOCK_POSITIONS,
     POSITIONS_CHANNEL,
     SET_POSITION,
     Connection,
@@ -74,27 +74,31 @@ def views() -> list[View]:
 
 
 class ViewRunner:
-    """One view over the application's notification log, in batches."""
+    """Views over the application's notification log, in batches: each batch is read and
+    decoded once and applied to every view in one transaction, each view from its own
+    position (a view being rebuilt catches up while the others only wait for it)."""
 
-    def __init__(self, app: Customers, view: View, *, batch_size: int | None = None) -> None:
+    def __init__(self, app: Customers, *views: View, batch_size: int | None = None) -> None:
         self.app = app
-        self.view = view
+        self.views = views
         self.batch_size = batch_size or app.settings.projection_batch_size
         url = app.settings.database_url
         if not url:
             raise RuntimeError("DATABASE_URL is not set")
         self._url = url
+        self._names = [v.name for v in views]
         self._conn: Connection | None = None
-        self._position = -1  # unknown until connected
+        self._positions: dict[str, int] = {}  # unknown until connected
         self._lock = threading.Lock()
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             conn = psycopg.connect(self._url, autocommit=True)
-            self.view.prepare(conn)
-            conn.execute(ENSURE_POSITION, (self.view.name,))
-            self._position = read_position(conn, self.view.name)
+            for view in self.views:
+                view.prepare(conn)
+                conn.execute(ENSURE_POSITION, (view.name,))
+            self._positions = {name: read_position(conn, name) for name in self._names}
             self._conn = conn
         return self._conn
 
@@ -106,11 +110,11 @@ class ViewRunner:
                 self._conn = None
 
     def position(self) -> int:
-        """The last notification id this runner has committed (read from PG if unknown)."""
-        if self._position < 0:
+        """The notification id every view has committed (read from PG if unknown)."""
+        if not self._positions:
             with self._lock:
                 self._connection()
-        return self._position
+        return min(self._positions.values())
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Process everything available now, or until `stop` is set (checked between
@@ -121,7 +125,7 @@ class ViewRunner:
             while True:
                 conn = self._connection()
                 batch = self.app.recorder.select_notifications(
-                    start=self._position,
+                    start=min(self._positions.values()),
                     limit=self.batch_size,
                     inclusive_of_start=False,
                 )
@@ -129,7 +133,7 @@ class ViewRunner:
                     return total
                 applied = self._apply(conn, batch)
                 if applied < 0:
-                    continue  # the position moved under us: read again from there
+                    continue  # a position moved under us: read again from there
                 total += applied
                 if len(batch) < self.batch_size or (stop is not None and stop.is_set()):
                     return total
@@ -137,55 +141,72 @@ class ViewRunner:
                     report_at = time.monotonic() + 5.0
                     log.info(
                         "projecting",
-                        extra={"view": self.view.name, "events": total, "position": batch[-1].id},
+                        extra={"views": self._names, "events": total, "position": batch[-1].id},
                     )
 
     def _apply(self, conn: Connection, batch: Sequence[Notification]) -> int:
-        """Decode (outside the transaction), then write view + position in one transaction.
+        """Decode (outside the transaction), then write the views and their positions in one
+        transaction.
 
-        Returns the number of notifications consumed, or -1 if the stored position was not
-        the one this batch was read after (nothing written).
+        Returns the number of notifications consumed, or -1 if a stored position was not the
+        one this batch was read after (nothing written).
         """
-        wanted = [n for n in batch if self.view.accepts(n.topic)]
+        wanted = {
+            view.name: [
+                n for n in batch if n.id > self._positions[view.name] and view.accepts(n.topic)
+            ]
+            for view in self.views
+        }
+        needed = {n.id: n for mine in wanted.values() for n in mine}
         # One SELECT for the batch's customer keys, not one per customer.
-        self.app.keys.preload({UUID(str(n.originator_id)) for n in wanted})
-        events, undecodable = dead_letters.decode_each(wanted, self.app.mapper.to_domain_event)
-        for n in wanted:
+        self.app.keys.preload({UUID(str(n.originator_id)) for n in needed.values()})
+        decoded, undecodable = dead_letters.decode_each(
+            sorted(needed.values(), key=lambda n: n.id), self.app.mapper.to_domain_event
+        )
+        events = {n.id: event for n, event in decoded}
+        errors = {n.id: exc for n, exc in undecodable}
+        for n in needed.values():
             if n.topic in SHREDDING_TOPICS:  # a key this process cached is gone for good
                 self.app.keys.forget(UUID(str(n.originator_id)))
         last = batch[-1].id
         with conn.transaction():
-            row = conn.execute(LOCK_POSITION, (self.view.name,)).fetchone()
-            stored = int(row[0]) if row else 0
-            if stored != self._position:
-                # Someone else (another runner, a rebuild) moved it: re-read from there.
+            stored = dict(conn.execute(LOCK_POSITIONS, (self._names,)).fetchall())
+            if any(stored.get(name, 0) != self._positions[name] for name in self._names):
+                # Someone else (another runner, a rebuild) moved one: re-read from there.
                 log.warning(
                     "position moved under the projector; re-reading",
-                    extra={"view": self.view.name, "expected": self._position, "found": stored},
+                    extra={"expected": self._positions, "found": stored},
                 )
-                self._position = stored
+                self._positions = {name: int(stored.get(name, 0)) for name in self._names}
                 return -1
-            for n, exc in undecodable:
-                dead_letters.record(conn, self.view.name, n, exc)
-            dead_letters.apply_isolated(conn, self.view.name, events, self.view.apply)
-            conn.execute(SET_POSITION, (last, self.view.name))
-            conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:{last}"))
-        self._position = last
-        PROJECTED.labels(self.view.name).inc(len(batch))
-        PROJECTION_POSITION.labels(self.view.name).set(last)
+            for view in self.views:
+                if self._positions[view.name] >= last:
+                    continue
+                mine = wanted[view.name]
+                for n in mine:
+                    if n.id in errors:
+                        dead_letters.record(conn, view.name, n, errors[n.id])
+                items = [(n, events[n.id]) for n in mine if n.id in events]
+                dead_letters.apply_isolated(conn, view.name, items, view.apply)
+                conn.execute(SET_POSITION, (last, view.name))
+                conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{view.name}:{last}"))
+                PROJECTED.labels(view.name).inc(len(batch))
+                PROJECTION_POSITION.labels(view.name).set(last)
+        self._positions = dict.fromkeys(self._names, last)
         return len(batch)
 
     def reset(self) -> None:
-        """Truncate the view and reset its position to 0 in one transaction."""
+        """Truncate the views and reset their positions to 0 in one transaction."""
         with self._lock:
             conn = self._connection()
             with conn.transaction():
-                conn.execute(LOCK_POSITION, (self.view.name,))
-                self.view.truncate(conn)
-                dead_letters.clear(conn, self.view.name)  # the replay meets them again
-                conn.execute(SET_POSITION, (0, self.view.name))
-                conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{self.view.name}:0"))
-            self._position = 0
+                conn.execute(LOCK_POSITIONS, (self._names,))
+                for view in self.views:
+                    view.truncate(conn)
+                    dead_letters.clear(conn, view.name)  # the replay meets them again
+                    conn.execute(SET_POSITION, (0, view.name))
+                    conn.execute(_NOTIFY_POSITION, (POSITIONS_CHANNEL, f"{view.name}:0"))
+            self._positions = dict.fromkeys(self._names, 0)
 
 
 class Projector:
@@ -208,7 +229,7 @@ class Projector:
         self._url = settings.database_url
         self._own_app = app is None
         self.app = app or Customers(settings, pool_size=2)
-        self.runners = [ViewRunner(self.app, v, batch_size=batch_size) for v in views()]
+        self.runner = ViewRunner(self.app, *views(), batch_size=batch_size)
         self.poll_interval = poll_interval
         self._stop = threading.Event()
         self._halt: threading.Event | None = None  # what run_forever stops on, meanwhile
@@ -216,12 +237,12 @@ class Projector:
 
     def run_once(self) -> int:
         """Catch every view up with the log, unless told to stop meanwhile (a long catch-up
-        then ends after the current batches); return the notifications consumed (summed)."""
-        return sum(r.run_once(self._halt) for r in self.runners)
+        then ends after the current batch); return the notifications consumed."""
+        return self.runner.run_once(self._halt)
 
     def position(self) -> int:
         """The position every view has reached (the lowest of them)."""
-        return min(r.position() for r in self.runners)
+        return self.runner.position()
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Catch up, then wait for the recorder's NOTIFY (or the poll interval); repeat.
@@ -229,7 +250,7 @@ class Projector:
         Survives database outages and failing batches: logs, backs off, reconnects, retries
         (an event this code cannot project yet is never skipped; the lag shows in /ready).
         """
-        log.info("projector started", extra={"views": [r.view.name for r in self.runners]})
+        log.info("projector started", extra={"views": [v.name for v in self.runner.views]})
         self._halt = stop or self._stop
         try:
             follow(
@@ -237,17 +258,13 @@ class Projector:
                 self._url,
                 EVENTS_TABLE,
                 self.run_once,
-                close=self._close_runners,
+                close=self.runner.close,
                 stop=self._halt,
                 poll_interval=self.poll_interval,
             )
         finally:
             self._halt = None
         log.info("projector stopped")
-
-    def _close_runners(self) -> None:
-        for r in self.runners:
-            r.close()
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread of this process (tests, single-process serve)."""
@@ -266,7 +283,7 @@ class Projector:
         self.close()
 
     def close(self) -> None:
-        self._close_runners()
+        self.runner.close()
         if self._own_app:
             self.app.close()
 
@@ -284,16 +301,18 @@ def run_forever(settings: Settings, stop: threading.Event | None = None) -> None
         projector.close()
 
 
-def rebuild_view(app: Customers, view: View, *, batch_size: int | None = None) -> int:
-    """Truncate `view` and reset its position in one transaction, then replay the log."""
-    runner = ViewRunner(app, view, batch_size=batch_size)
+def rebuild_view(app: Customers, *views: View, batch_size: int | None = None) -> int:
+    """Truncate `views` and reset their positions in one transaction, then replay the log
+    (once, for all of them)."""
+    runner = ViewRunner(app, *views, batch_size=batch_size)
+    names = [v.name for v in views]
     try:
         runner.reset()
-        log.info("view truncated; replaying", extra={"view": view.name})
+        log.info("views truncated; replaying", extra={"views": names})
         count = runner.run_once()
         log.info(
-            "view rebuilt",
-            extra={"view": view.name, "events": count, "position": runner.position()},
+            "views rebuilt",
+            extra={"views": names, "events": count, "position": runner.position()},
         )
         return count
     finally:
@@ -304,7 +323,6 @@ def rebuild(settings: Settings) -> int:
     """`customers projections rebuild`: every view; returns the notifications replayed."""
     app = Customers(settings, pool_size=2)
     try:
-        # Every view replays the same log: report it once.
-        return max((rebuild_view(app, v) for v in views()), default=0)
+        return rebuild_view(app, *views())
     finally:
         app.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,8 +43,8 @@ class Settings(BaseSettings):
     tls_key_file: str | None = None
 
     # Processes serving HTTP (`customers serve`, `serve gateway`, `serve write-api`, `serve
-    # read-api`) and NATS ingesters under `customers serve`: about one per core.
-    workers: int = 1
+    # read-api`) and NATS ingesters under `customers serve`: one per core by default.
+    workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1)
 
     host: str = "127.0.0.1"
     http_port: int = 8080

@@ -184,6 +184,7 @@ def env(
         # Two workers, each with a whole service and its background processes, share the
         # machine's 100 connections.
         "CUSTOMERS_DB_POOL_SIZE": "2",
+        "CUSTOMERS_WORKERS": "1",
         # The whole suite comes from one address; limits are tested on their own.
         "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
         "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",
