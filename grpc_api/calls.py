@@ -65,10 +65,11 @@ def rpc(
             backend: Backend = servicer.backend
             try:
                 metadata = dict(context.invocation_metadata() or ())
-                principal = await asyncio.to_thread(_caller, backend, metadata)
-                principal.require(permission)
                 client = client_address(context.peer(), backend.fronted)
+                principal = await asyncio.to_thread(_caller, backend, metadata, client)
+                # Limited before the permission check, as over REST.
                 backend.limiter.spend(kind, f"{principal.org}\x00{principal.sub}", client)
+                principal.require(permission)
                 if isinstance(request, Undecodable):
                     raise DomainError(Code.INVALID, f"not a valid {request.type_name} message")
                 token = metadata.get(CONSISTENCY_TOKEN)
@@ -85,14 +86,21 @@ def rpc(
     return wrap
 
 
-def _caller(backend: Backend, metadata: dict[str, str]) -> Principal:
+def _caller(backend: Backend, metadata: dict[str, str], client: str) -> Principal:
     """An API key may come as `x-api-key` (as over REST) or as the bearer token."""
     authorization = metadata.get("authorization", "")
     api_key = metadata.get("x-api-key")
     scheme, _, token = authorization.partition(" ")
     if api_key is None and scheme.lower() == "bearer" and token.strip().startswith(API_KEY_PREFIX):
         api_key = token
-    return auth.caller(backend.settings, backend.api_keys, authorization, api_key)
+    return auth.caller(
+        backend.settings,
+        backend.api_keys,
+        backend.limiter,
+        client,
+        authorization=authorization,
+        api_key=api_key,
+    )
 
 
 def client_address(peer: str, fronted: dict[str, str]) -> str:

@@ -7,7 +7,6 @@ import asyncio
 
 import orjson
 
-from domain.errors import invalid
 from grpc_api.backend import Backend
 from grpc_api.calls import Call, rpc
 from grpc_api.gen import customers_pb2 as pb
@@ -19,8 +18,6 @@ from service.auth import Permission
 from service.limits import RouteClass
 from write_api.commands import Outcome
 from write_api.schemas import CustomerCreate, CustomerUpdate
-
-MAX_IDEMPOTENCY_KEY = 255  # as the REST header's
 
 _Get = query_model("GetCustomer", queries.get_customer)
 _List = query_model("ListCustomers", queries.list_customers, queries.customer_filters)
@@ -57,8 +54,6 @@ class CustomerService:
     @rpc(Permission.WRITE, RouteClass.WRITES)
     async def CreateCustomer(self, request: pb.CreateCustomerRequest, call: Call) -> pb.Customer:
         key = request.idempotency_key if request.HasField("idempotency_key") else None
-        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-            raise invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
         profile = validated(CustomerCreate, body(request, "customer"))
         commands = self.backend.customers
         outcome = await asyncio.to_thread(commands.create, call.principal, profile, key)

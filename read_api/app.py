@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from eventstore.keys import LazyKeyring
@@ -29,7 +29,7 @@ from read_api import (
 from read_api.consistency import PositionWatcher
 from service import limits, logs, problems, tracing
 from service.api_keys import ApiKeyStore
-from service.metrics import HttpMetrics, scrape, unwatch_pool, watch_pool
+from service.metrics import HttpMetrics, require_scraper, scrape, unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[Depends(require_scraper)],
+    )
     async def metrics(request: Request) -> Response:
         """Prometheus text format."""
         state = request.app.state

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any
+from uuid import UUID
 
 import jwt
 from fastapi import Depends, Request
@@ -15,6 +18,7 @@ from fastapi import Depends, Request
 from domain.errors import Code, DomainError
 from domain.masking import hidden
 from service.api_keys import ApiKeyStore
+from service.limits import RateLimiter
 from service.settings import Settings, get_settings
 
 
@@ -74,6 +78,7 @@ class Principal:
     sub: str
     org: str
     roles: frozenset[str]
+    key_id: UUID | None = None  # when authenticated by an API key: that key's id
 
     def can(self, permission: Permission) -> bool:
         return any(
@@ -108,6 +113,8 @@ def issue_token(
 ) -> str:
     if not settings.jwt_secret:
         raise RuntimeError("CUSTOMERS_JWT_SECRET is not set")
+    if ttl_seconds > settings.jwt_max_lifetime_seconds:
+        raise ValueError("the lifetime exceeds CUSTOMERS_JWT_MAX_LIFETIME_SECONDS")
     now = int(time.time())
     claims = {
         "sub": sub,
@@ -119,6 +126,47 @@ def issue_token(
         "exp": now + ttl_seconds,
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+# Claims become data (the tenant scopes every row, the subject is every event's actor, both
+# land in PostgreSQL text and NATS headers), so they are held to what such ids look like.
+# Organization ids are slugs (the org-3f2a…, acme, Auth0's org_… of the tests and tools).
+ORG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MAX_SUB = 256
+MAX_ROLE = 64
+MAX_ROLES = 32
+
+
+def _unauthorized(reason: str) -> DomainError:
+    # Fixed texts only: nothing of the token (header, claims, library messages quoting them)
+    # is echoed to the caller.
+    return DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {reason}")
+
+
+def _invalid_claim(reason: str) -> DomainError:
+    return DomainError(Code.UNAUTHORIZED, f"invalid credentials: {reason}")
+
+
+def _text(value: object, max_length: int) -> bool:
+    """Non-empty, at most `max_length` characters, all printable: no NUL or other control
+    character, no lone surrogate (JSON's \\ud800), no format or separator characters."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and value.isprintable()
+
+
+def principal_of(sub: object, org: object, roles: object, key_id: UUID | None = None) -> Principal:
+    """The principal these claims (of a token or an API key's row) describe, or 401."""
+    if not _text(sub, MAX_SUB):
+        raise _invalid_claim("claim 'sub' must be 1 to 256 printable characters")
+    if not isinstance(org, str) or not ORG.fullmatch(org):
+        raise _invalid_claim("claim 'org' must be 1 to 64 letters, digits or _.:-")
+    if (
+        not isinstance(roles, list | frozenset)
+        or len(roles) > MAX_ROLES
+        or not all(_text(r, MAX_ROLE) for r in roles)
+    ):
+        raise _invalid_claim("claim 'roles' must be a list of up to 32 short printable names")
+    assert isinstance(sub, str)
+    return Principal(sub=sub, org=org, roles=frozenset(roles), key_id=key_id)
 
 
 _ASYMMETRIC = ("RS256", "ES256")
@@ -138,8 +186,8 @@ def _key_for(settings: Settings, token: str) -> tuple[Any, list[str]]:
     refused before any signature check."""
     try:
         alg = jwt.get_unverified_header(token).get("alg")
-    except jwt.PyJWTError as e:
-        raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {e}") from None
+    except jwt.PyJWTError:
+        raise _unauthorized("malformed") from None
     if alg == "HS256" and settings.jwt_secret:
         return settings.jwt_secret, ["HS256"]
     if alg in _ASYMMETRIC and settings.jwt_jwks_url:
@@ -154,12 +202,29 @@ def _key_for(settings: Settings, token: str) -> tuple[Any, list[str]]:
             raise DomainError(
                 Code.UNAVAILABLE, "the identity provider's keys are unreachable"
             ) from None
-        except jwt.PyJWTError as e:
-            raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {e}") from None
+        except jwt.PyJWTError:
+            raise _unauthorized("no key of the identity provider matches") from None
         if key.algorithm_name != alg:  # an RSA key claimed for ES256, or the reverse
-            raise DomainError(Code.UNAUTHORIZED, "invalid bearer token: algorithm mismatch")
+            raise _unauthorized("algorithm mismatch")
         return key.key, [alg]
-    raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: algorithm {alg!r} not accepted")
+    raise _unauthorized("algorithm not accepted")
+
+
+# PyJWT's own messages may quote the token; these say the same without it.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not valid yet"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidSignatureError, "signature verification failed"),
+)
+_TIMES = ("exp", "iat", "nbf")
+
+
+def _reason(error: jwt.PyJWTError) -> str:
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"claim {error.claim!r} is missing"  # one of the names `require` lists
+    return next((r for kind, r in _REASONS if isinstance(error, kind)), "malformed")
 
 
 def verify_token(settings: Settings, token: str) -> Principal:
@@ -177,39 +242,65 @@ def verify_token(settings: Settings, token: str) -> Principal:
             options={"require": ["exp", "iss", "aud", "sub"]},
         )
     except jwt.PyJWTError as e:
-        raise DomainError(Code.UNAUTHORIZED, f"invalid bearer token: {e}") from None
-    org, roles = claims.get("org"), claims.get("roles", [])
-    if not isinstance(org, str) or not org:
-        raise DomainError(Code.UNAUTHORIZED, "invalid bearer token: claim 'org' is missing")
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise DomainError(Code.UNAUTHORIZED, "invalid bearer token: claim 'roles' is not a list")
-    return Principal(sub=str(claims["sub"]), org=org, roles=frozenset(roles))
+        raise _unauthorized(_reason(e)) from None
+    # PyJWT takes int(value): "9999999999" and True pass its checks; 10**20 is in the future.
+    for name in _TIMES:
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise _unauthorized(f"claim {name!r} must be a number")
+    latest = time.time() + settings.jwt_max_lifetime_seconds + settings.jwt_leeway_seconds
+    if claims["exp"] > latest:
+        raise _unauthorized("lifetime too long")
+    return principal_of(claims["sub"], claims.get("org"), claims.get("roles", []))
 
 
 def authenticate(request: Request) -> Principal:
     """The caller: an API key (`X-API-Key`) or a bearer token."""
-    settings: Settings = getattr(request.app.state, "settings", None) or get_settings()
-    store: ApiKeyStore | None = getattr(request.app.state, "api_keys", None)
+    app = request.app
+    settings: Settings = getattr(app.state, "settings", None) or get_settings()
     return caller(
-        settings, store, request.headers.get("authorization", ""), request.headers.get("x-api-key")
+        settings,
+        getattr(app.state, "api_keys", None),
+        getattr(app.state, "rate_limiter", None),
+        request.client.host if request.client else "unknown",
+        authorization=request.headers.get("authorization", ""),
+        api_key=request.headers.get("x-api-key"),
     )
 
 
 def caller(
-    settings: Settings, store: ApiKeyStore | None, authorization: str, api_key: str | None
+    settings: Settings,
+    store: ApiKeyStore | None,
+    limiter: RateLimiter | None,
+    client: str,
+    *,
+    authorization: str,
+    api_key: str | None,
 ) -> Principal:
     """The principal of an API key, else of the `Authorization: Bearer` token (the REST
-    headers, or the gRPC metadata of the same names)."""
-    if api_key is not None:
+    headers, or the gRPC metadata of the same names). A `client` address that has failed
+    too often is refused before its credentials cost a lookup or a signature check."""
+    scheme, _, token = authorization.partition(" ")
+    if api_key is None and (scheme.lower() != "bearer" or not token):
+        raise DomainError(Code.UNAUTHORIZED, "missing bearer token")
+    if limiter is not None:
+        limiter.admit_authentication(client)
+    try:
+        if api_key is None:
+            return verify_token(settings, token.strip())
         found = store.identify(api_key.strip()) if store is not None else None
         if found is None:
             raise DomainError(Code.UNAUTHORIZED, "invalid or revoked API key")
         key_id, org, roles = found
-        return Principal(sub=f"api-key:{key_id}", org=org, roles=roles)
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise DomainError(Code.UNAUTHORIZED, "missing bearer token")
-    return verify_token(settings, token.strip())
+        return principal_of(f"api-key:{key_id}", org, roles, key_id)
+    except DomainError as e:
+        if e.code == Code.UNAUTHORIZED and limiter is not None:
+            limiter.failed_authentication(client)
+        raise
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
@@ -222,10 +313,11 @@ def allowed(permission: Permission) -> Any:
 
     # async: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per request.
     async def check(principal: CurrentPrincipal, request: Request) -> Principal:
-        principal.require(permission)
+        # Limited before the permission check: refused calls cost their budget too.
         limiter = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
             limiter.check(request, f"{principal.org}\x00{principal.sub}")
+        principal.require(permission)
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]

@@ -52,7 +52,10 @@ def migrate(settings: Settings) -> None:
 
 
 def http_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's configuration, loaded; with a certificate, HTTPS accepting TLS 1.3 only."""
+    """uvicorn's configuration, loaded; with a certificate, HTTPS accepting TLS 1.3 only.
+    X-Forwarded-For / -Proto count only from CUSTOMERS_TRUSTED_PROXIES (uvicorn would believe
+    them from 127.0.0.1 and ::1, so a local client could pick its rate-limit address)."""
+    trusted = settings.trusted_proxies.strip()
     config = uvicorn.Config(
         app,
         host=host,
@@ -61,6 +64,8 @@ def http_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.C
         access_log=False,
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
     )
     config.load()
     if config.ssl is not None:
@@ -259,15 +264,23 @@ def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
     import json
     import uuid
 
+    from domain.errors import DomainError
     from eventstore.keys import LazyKeyring
     from service.api_keys import ApiKeyStore
-    from service.auth import Role
+    from service.auth import ORG, Role
 
+    if not ORG.fullmatch(args.org):
+        print("--org must be 1 to 64 letters, digits or _.:-", file=sys.stderr)
+        return 1
     store = ApiKeyStore(settings, LazyKeyring(settings))
     try:
         if args.action == "create":
             roles = sorted({Role(r).value for r in args.roles or ["service"]})
-            record, key = store.create(args.org, args.name, roles, "cli")
+            try:
+                record, key = store.create(args.org, args.name, roles, "cli")
+            except DomainError as e:
+                print(e.detail, file=sys.stderr)
+                return 1
             print(key)
             print(json.dumps(record), file=sys.stderr)
         elif args.action == "list":

@@ -29,6 +29,7 @@ _EXPORTS = re.compile(r"^/api/v1/customers/([^/]+/(data|history)|(segments/)?exp
 _TRACKING = re.compile(r"^/api/v1/customers/([^/]+/track|track/batch)$")
 _MAX_KEYS = 100_000
 _IMPORT = "/api/v1/customers/import"
+_AUTH_FAILURES = "auth-failures"  # the bucket kind of failed authentications per address
 
 
 class RouteClass(StrEnum):
@@ -56,6 +57,7 @@ class RateLimiter:
             RouteClass.EXPORTS: settings.rate_limit_exports_per_minute,
             RouteClass.TRACKING: settings.rate_limit_tracking_per_minute,
         }
+        self.auth_failures_per_minute = settings.auth_failures_per_minute
         self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -82,10 +84,39 @@ class RateLimiter:
                     retry_after=max(short),
                 )
             for key, tokens in zip(keys, states, strict=True):
-                self._buckets[key] = (tokens - 1.0, now)
-                self._buckets.move_to_end(key)
-            while len(self._buckets) > _MAX_KEYS:
-                self._buckets.popitem(last=False)
+                self._store(key, tokens - 1.0, now)
+
+    def admit_authentication(self, client: str) -> None:
+        """429 while `client` has no failed authentication left in its bucket: called before
+        its credentials are looked up or verified, so a flood of guesses costs nothing."""
+        limit = self.auth_failures_per_minute
+        if limit <= 0:
+            return
+        rate = limit / 60.0
+        with self._lock:
+            tokens = self._refill((_AUTH_FAILURES, client), time.monotonic(), rate, limit)
+        if tokens < 1.0:
+            raise DomainError(
+                Code.RATE_LIMITED,
+                "too many failed authentications from this address; retry later",
+                retry_after=(1.0 - tokens) / rate,
+            )
+
+    def failed_authentication(self, client: str) -> None:
+        """Spend one of `client`'s failed authentications. Requests admitted together may
+        overdraw the bucket (by as many as ran at once): the address then waits longer."""
+        limit = self.auth_failures_per_minute
+        if limit <= 0:
+            return
+        key, now = (_AUTH_FAILURES, client), time.monotonic()
+        with self._lock:
+            self._store(key, self._refill(key, now, limit / 60.0, limit) - 1.0, now)
+
+    def _store(self, key: tuple[str, str], tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > _MAX_KEYS:
+            self._buckets.popitem(last=False)
 
     def _refill(self, key: tuple[str, str], now: float, rate: float, limit: int) -> float:
         tokens, at = self._buckets.get(key, (float(limit), now))

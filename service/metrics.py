@@ -9,6 +9,7 @@ process answers a scrape reports all of them.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -27,9 +28,11 @@ from prometheus_client import (
     start_http_server,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from domain.errors import Code, DomainError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,12 @@ INGEST_MESSAGES = Counter(
     "NATS tracking messages settled by the ingester, by outcome: stored (acknowledged),"
     " invalid and unknown_customer (terminated), redelivered (customer not readable yet).",
     ("outcome",),
+)
+API_KEY_LOOKUPS = Counter(
+    "customers_api_key_lookups",
+    "API keys looked up in the database (cache misses), by result: found (a live key),"
+    " unknown (no such key, or revoked). Many unknown: someone is guessing.",
+    ("result",),
 )
 PROJECTED = Counter(
     "customers_projection_events",
@@ -156,6 +165,19 @@ async def scrape(extra: bytes = b"") -> Response:
     """The answer of GET /metrics: `exposition()` plus `extra` families of the caller's."""
     body = await run_in_threadpool(exposition)
     return Response(body + extra, media_type=CONTENT_TYPE)
+
+
+async def require_scraper(request: Request) -> None:
+    """A route dependency of /metrics: with CUSTOMERS_METRICS_TOKEN set, only a scraper that
+    sends `Authorization: Bearer <token>` is answered (401 otherwise)."""
+    expected = request.app.state.settings.metrics_token
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise DomainError(Code.UNAUTHORIZED, "/metrics needs the metrics token")
 
 
 def listen(settings: Settings) -> None:

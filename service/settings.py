@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = None
     jwt_jwks_cache_seconds: float = 300.0
     jwt_jwks_refresh_cooldown_seconds: float = 5.0
+    # The longest a token may still be valid when it arrives (exp - now): a leaked token
+    # must not be good for years.
+    jwt_max_lifetime_seconds: int = 86_400
+    # Failed authentications (a bad API key or token) per client address per minute, per
+    # process; beyond them the address gets 429 before any key lookup or signature check.
+    auth_failures_per_minute: int = 120
+    # Live API keys per organization (creating one more is a 409).
+    api_keys_per_organization: int = 100
 
     # HTTPS with TLS 1.3 as the minimum when both are set (PEM files).
     tls_cert_file: str | None = None
@@ -47,6 +55,9 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1)
 
     host: str = "127.0.0.1"
+    # Comma-separated addresses (or "*") of the reverse proxies whose X-Forwarded-For /
+    # X-Forwarded-Proto the HTTP ports believe; none by default: the peer is the client.
+    trusted_proxies: str = ""
     http_port: int = 8080
     write_api_port: int = 8081
     read_api_port: int = 8082
@@ -106,6 +117,8 @@ class Settings(BaseSettings):
     # Prometheus listener of the background processes (projector, relay, segments, ingest),
     # which have no HTTP port; 0 = none. HTTP processes answer /metrics on their own port.
     metrics_port: int = 0
+    # When set, the HTTP ports answer /metrics only with `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
     # Figures /metrics reads from the database (follower lag, customers, privacy requests)
     # are reused this long, and refreshed no more often than 20 times their last cost.
     metrics_cache_seconds: float = 15.0

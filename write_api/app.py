@@ -38,12 +38,12 @@ from service.auth import (
     Permission,
     Principal,
 )
-from service.metrics import HttpMetrics, scrape, unwatch_pool, watch_pool
+from service.metrics import HttpMetrics, require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api import bulk, imports, jobs, tracking
 from write_api.commands import Outcome
-from write_api.customers import CustomerCommands
+from write_api.customers import MAX_IDEMPOTENCY_KEY, CustomerCommands
 from write_api.schemas import (
     ActiveOrders,
     ApiKeyCreate,
@@ -253,14 +253,15 @@ def create_api_key(
     """A key for a service integration of the caller's organization, with a role set."""
     store: ApiKeyStore = request.app.state.api_keys
     record, key = store.create(
-        principal.org, body.name, [r.value for r in body.roles], principal.sub
+        principal.org, body.name, [r.value for r in body.roles], principal.sub, principal.key_id
     )
     return {**record, "key": key}
 
 
 @key_routes.delete("/api/v1/api-keys/{key_id}", status_code=204, responses=_ERRORS)
 def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> Response:
-    """Revoke a key: refused everywhere within 10 seconds (at once in this process)."""
+    """Revoke a key and the keys made with it: refused at once by this process, by every
+    other within 10 seconds."""
     store: ApiKeyStore = request.app.state.api_keys
     if not store.revoke(principal.org, key_id):
         raise DomainError(Code.NOT_FOUND, f"API key {key_id} not found")
@@ -504,7 +505,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: CustomerCreate,
         principal: CanWrite,
         commands: Commands,
-        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+        idempotency_key: Annotated[
+            str | None, Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
+        ] = None,
     ) -> Response:
         outcome = commands.create(principal, body, idempotency_key)
         assert outcome.body is not None
@@ -601,7 +604,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_scraper)])
     async def metrics() -> Response:
         return await scrape()
 

@@ -29,6 +29,7 @@ from service.auth import Permission, Principal
 from write_api.commands import Commands, Outcome
 
 EMAIL = "email"  # unique_claims scope of customer e-mail addresses
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class CustomerCommands(Commands[Customer]):
@@ -42,6 +43,13 @@ class CustomerCommands(Commands[Customer]):
         self, principal: Principal, profile: Profile, idempotency_key: str | None = None
     ) -> Outcome:
         principal.require(Permission.WRITE)
+        # Stored as text (PostgreSQL refuses NUL); a gRPC field can hold any string.
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
+        ):
+            raise invalid(
+                "Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            )
         request_hash = keyed_hash(
             self.app.keys.request_key,
             orjson.dumps(profile.dump(), option=orjson.OPT_SORT_KEYS).decode(),

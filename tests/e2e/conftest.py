@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 
 from service.auth import issue_token
+from service.cli import http_config
 from service.embedded import free_port
 from service.logs import JsonFormatter, redacting_handler
 from service.settings import Settings
@@ -27,9 +28,14 @@ class Server(uvicorn.Server):
         pass
 
 
-def serve_in_thread(app: Any) -> Iterator[str]:
+def serve_in_thread(app: Any, settings: Settings | None = None) -> Iterator[str]:
+    """`app` on a free port; with `settings`, configured as `customers serve` does it."""
     port = free_port()
-    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    if settings is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
+    else:
+        config = http_config(app, settings, "127.0.0.1", port)
+    server = Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

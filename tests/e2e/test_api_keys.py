@@ -1,17 +1,21 @@
 """API keys: created by an admin, shown once, stored peppered, scoped to an organization and a
-role set, last use recorded, revocable."""
+role set, last use recorded, revocable (at once, with the keys made with them), capped per
+organization."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
 from service import cli
+from service.gateway import Gateway
 from service.settings import Settings
-from tests.e2e.conftest import TokenFactory
+from tests.e2e.conftest import TokenFactory, serve_in_thread
 from tests.e2e.test_customers_api import assert_problem
 from tests.e2e.test_membership_api import CUSTOMERS, add_customer
 
@@ -71,3 +75,69 @@ def test_cli_creates_lists_and_revokes(
     assert (listed["name"], listed["roles"]) == ("etl", ["service"])
     assert cli.main(["api-keys", "revoke", "--org", org, "--id", listed["id"]]) == 0
     assert cli.main(["api-keys", "revoke", "--org", "elsewhere", "--id", listed["id"]]) == 1
+
+
+def make_key(
+    http: httpx.Client, headers: dict[str, str], roles: tuple[str, ...] = ("admin",)
+) -> dict[str, Any]:
+    made = http.post(KEYS, json={"name": "k", "roles": list(roles)}, headers=headers)
+    assert made.status_code == 201, made.text
+    body: dict[str, Any] = made.json()
+    return body
+
+
+def test_a_revoked_key_is_refused_at_once_for_reads_too(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    """The gateway's read and write apps have a key store each: a revocation through one
+    (DELETE is a write) must not leave the other serving its cached lookup."""
+    admin = auth()
+    key = make_key(http, admin, ("analyst",))
+    as_key = {"X-API-Key": key["key"]}
+    assert http.get(CUSTOMERS, headers=as_key).status_code == 200  # now cached by reads
+    assert http.delete(f"{KEYS}/{key['id']}", headers=admin).status_code == 204
+    assert_problem(http.get(CUSTOMERS, headers=as_key), 401)
+
+
+def test_keys_made_with_a_key_die_with_it(
+    http: httpx.Client, auth: TokenFactory, migrated: Settings
+) -> None:
+    admin = auth()
+    parent = make_key(http, admin)
+    as_parent = {"X-API-Key": parent["key"]}
+    child = make_key(http, as_parent)
+    grandchild = make_key(http, {"X-API-Key": child["key"]}, ("analyst",))
+    for key in (child, grandchild):
+        assert http.get(CUSTOMERS, headers={"X-API-Key": key["key"]}).status_code == 200
+
+    assert http.delete(f"{KEYS}/{parent['id']}", headers=admin).status_code == 204
+    for key in (parent, child, grandchild):
+        assert_problem(http.get(CUSTOMERS, headers={"X-API-Key": key["key"]}), 401)
+    listed = {k["id"]: k for k in http.get(KEYS, headers=admin).json()["items"]}
+    assert all(listed[k["id"]]["revokedAt"] for k in (parent, child, grandchild))
+
+    # A child its parent made while being revoked (so the revocation missed it) is refused
+    # all the same: the whole chain must be live.
+    parent = make_key(http, admin)
+    late = make_key(http, {"X-API-Key": parent["key"]}, ("analyst",))
+    with psycopg.connect(str(migrated.database_url), autocommit=True) as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (parent["id"],))
+    assert_problem(http.get(CUSTOMERS, headers={"X-API-Key": late["key"]}), 401)
+
+
+@pytest.fixture(scope="module")
+def capped(migrated: Settings) -> Iterator[str]:
+    yield from serve_in_thread(
+        Gateway(migrated.model_copy(update={"api_keys_per_organization": 2}))
+    )
+
+
+def test_keys_per_organization_are_capped(capped: str, auth: TokenFactory) -> None:
+    admin = auth()
+    with httpx.Client(base_url=capped, timeout=10) as http:
+        first, _ = make_key(http, admin), make_key(http, admin)
+        assert_problem(http.post(KEYS, json={"name": "k", "roles": ["admin"]}, headers=admin), 409)
+        # Other organizations have caps of their own; a revoked key frees its place.
+        make_key(http, auth(org_id="another-org-capped"))
+        assert http.delete(f"{KEYS}/{first['id']}", headers=admin).status_code == 204
+        make_key(http, admin)

@@ -478,6 +478,14 @@ def test_idempotency_key_replays_the_first_answer(
     error = rpc_error(stub.CreateCustomer, other, metadata(h))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_fields(error) == ["Idempotency-Key"]
+    # A protobuf string may hold what an HTTP header cannot; the key is stored as text.
+    for unstorable in ("k\x00", "k\x1b", "k" * 256, ""):
+        request = pb.CreateCustomerRequest(
+            customer=profile(new_customer()), idempotency_key=unstorable
+        )
+        error = rpc_error(stub.CreateCustomer, request, metadata(h))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(unstorable)
+        assert error_fields(error) == ["Idempotency-Key"]
 
 
 def test_an_api_key_works_as_bearer_or_x_api_key(

@@ -1,6 +1,7 @@
 """The gRPC server as operators run it: TLS 1.3 only (a TLS 1.2 client is refused, plain text
-is not answered), rate limits per principal and per client address behind the TLS front, and
-`customers serve grpc` stopping gracefully on SIGTERM."""
+is not answered), rate limits per principal and per client address behind the TLS front,
+failed authentications limited per address, and `customers serve grpc` stopping gracefully on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -89,6 +90,23 @@ def test_rate_limits_know_the_client_behind_the_tls_front(
         for i in range(READS_PER_MINUTE):
             calls[i % 2](pb.ListCustomersRequest(), metadata=metadata((first, second)[i % 2]))
         refused = rpc_error(calls[1], pb.ListCustomersRequest(), metadata(second))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(refused.trailing_metadata())[RETRY_AFTER]) >= 1
+
+
+def test_failed_authentications_are_limited(migrated: Settings, auth: TokenFactory) -> None:
+    """As over REST: after a few bad credentials from an address, every call from it is
+    RESOURCE_EXHAUSTED before its credentials are looked at."""
+    settings = migrated.model_copy(update={"auth_failures_per_minute": 3})
+    for port in serve_grpc(settings):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = rpc.CustomerServiceStub(channel).ListCustomers
+            codes = [
+                rpc_error(call, pb.ListCustomersRequest(), md).code()
+                for md in [(("x-api-key", "cmk_guess"),)] * 2 + [(("authorization", "Bearer x"),)]
+            ]
+            assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3
+            refused = rpc_error(call, pb.ListCustomersRequest(), metadata(auth()))
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert int(dict(refused.trailing_metadata())[RETRY_AFTER]) >= 1
 

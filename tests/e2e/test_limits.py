@@ -1,12 +1,15 @@
-"""Rate limits per principal and per client address, per route class, and the body size
-limit, on a service instance configured with small limits."""
+"""Rate limits per principal and per client address, per route class, failed
+authentications per address, and the body size limit, on service instances configured with
+small limits; client addresses from X-Forwarded-For only behind trusted proxies."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from service.gateway import Gateway
 from service.settings import Settings
@@ -66,3 +69,82 @@ def test_body_size_limit(limited: str, auth: TokenFactory) -> None:
             headers={**auth(), "Content-Type": "application/json"},
         )
         assert_problem(streamed, 413)
+
+
+FAILURES_PER_MINUTE = 10
+
+
+@pytest.fixture(scope="module")
+def guarded(migrated: Settings) -> Iterator[str]:
+    settings = migrated.model_copy(
+        update={"auth_failures_per_minute": FAILURES_PER_MINUTE, "rate_limit_writes_per_minute": 3}
+    )
+    yield from serve_in_thread(Gateway(settings), settings)
+
+
+def unknown_key_lookups() -> float:
+    return REGISTRY.get_sample_value("customers_api_key_lookups_total", {"result": "unknown"}) or 0
+
+
+def test_failed_authentications_are_limited_before_any_lookup(
+    guarded: str, auth: TokenFactory
+) -> None:
+    """1,000 guessed API keys from one address: the first few are looked up and refused
+    (401); then the address gets 429 with Retry-After, and no more lookups are made. Bad
+    tokens from the address are refused the same way; a missing token is not a failure."""
+    looked_up = unknown_key_lookups()
+    with httpx.Client(base_url=guarded, timeout=10) as http:
+        answers = [
+            http.get(CUSTOMERS, headers={"X-API-Key": f"cmk_{secrets.token_urlsafe(32)}"})
+            for _ in range(1000)
+        ]
+        statuses = [a.status_code for a in answers]
+        assert statuses[:FAILURES_PER_MINUTE] == [401] * FAILURES_PER_MINUTE
+        limited = answers[FAILURES_PER_MINUTE]
+        assert_problem(limited, 429)
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert statuses.count(429) >= 900 and set(statuses) <= {401, 429}
+        # Each 401 cost one lookup; no 429 cost any.
+        assert unknown_key_lookups() - looked_up == statuses.count(401)
+
+        # Bad tokens wait too, and so does whoever else calls from the address meanwhile.
+        for h in ({"Authorization": "Bearer x.y.z"}, auth()):
+            assert_problem(http.get(CUSTOMERS, headers=h), 429)
+        assert_problem(http.get(CUSTOMERS), 401)  # no credentials: nothing to look up
+
+
+def test_forbidden_calls_spend_the_budget(guarded: str, auth: TokenFactory) -> None:
+    """Rate limits come before authorization: a caller refused with 403 still spends."""
+    analyst = auth("analyst", sub="forbidden")
+    with httpx.Client(base_url=guarded, timeout=10) as http:
+        statuses = [
+            http.post(CUSTOMERS, json=new_customer(), headers=analyst).status_code for _ in range(4)
+        ]
+    assert statuses == [403, 403, 403, 429]
+
+
+def exports_of(url: str, auth: TokenFactory) -> list[int]:
+    """Three exports, each by another principal and with another X-Forwarded-For."""
+    export = f"{CUSTOMERS}/00000000-0000-0000-0000-000000000000/data"
+    with httpx.Client(base_url=url, timeout=10) as http:
+        return [
+            http.get(
+                export,
+                headers={**auth("dpo", sub=f"dpo-{i}"), "X-Forwarded-For": f"203.0.113.{i}"},
+            ).status_code
+            for i in range(3)
+        ]
+
+
+def test_forwarded_addresses_count_only_from_trusted_proxies(
+    migrated: Settings, auth: TokenFactory
+) -> None:
+    """A fresh X-Forwarded-For per request must not buy a fresh per-address budget: the
+    header counts only from CUSTOMERS_TRUSTED_PROXIES (none by default)."""
+    exports = {"rate_limit_exports_per_minute": 2}
+    untrusting = migrated.model_copy(update=exports)
+    for url in serve_in_thread(Gateway(untrusting), untrusting):
+        assert exports_of(url, auth) == [404, 404, 429]
+    trusting = migrated.model_copy(update={**exports, "trusted_proxies": "127.0.0.1"})
+    for url in serve_in_thread(Gateway(trusting), trusting):
+        assert exports_of(url, auth) == [404, 404, 404]

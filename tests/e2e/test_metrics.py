@@ -505,3 +505,17 @@ def test_ingest_logs_the_producers_correlation_id(
         loop.close()
     assert line["level"] == "WARNING"
     assert REGISTRY.get_sample_value("customers_ingest_messages_total", unknown) == before + 1
+
+
+def test_metrics_token(settings: Settings) -> None:
+    """With CUSTOMERS_METRICS_TOKEN set, /metrics on an HTTP port answers
+    only a scraper that sends it; API tokens do not open it."""
+    secret = secrets.token_urlsafe(32)
+    guarded = settings.model_copy(update={"metrics_token": secret})
+    api_token = issue_token(settings, sub="tester", org="org-metrics", roles=["admin"])
+    for url in serve_in_thread(Gateway(guarded)):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for h in ({}, {"Authorization": f"Bearer {api_token}"}, {"Authorization": "Bearer x"}):
+                assert http.get("/metrics", headers=h).status_code == 401
+            scraped = http.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
+            assert scraped.status_code == 200 and "customers_http_requests" in scraped.text

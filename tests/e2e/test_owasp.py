@@ -119,3 +119,20 @@ def test_injection_payloads_are_data(http: httpx.Client, auth: TokenFactory) -> 
         assert preview.status_code == 200 and preview.json()["count"] == 0, preview.text
     # The table the payload names is intact.
     assert http.get(f"{CUSTOMERS}/{mine['id']}", headers=h).status_code == 200
+
+
+def test_headers_that_become_data_are_bounded(http: httpx.Client, auth: TokenFactory) -> None:
+    """Idempotency-Key is stored: a control character in it is a 422 naming it (a NUL cannot
+    cross HTTP; over gRPC, test_grpc_parity). Request and correlation ids are logged and
+    echoed: one that is not a short plain token is replaced, not repeated."""
+    h = auth()
+    raw = [(k.encode(), v.encode()) for k, v in h.items()] + [(b"Idempotency-Key", b"k\x85")]
+    odd = http.post(CUSTOMERS, json=new_customer(), headers=raw)
+    assert_problem(odd, 422, "Idempotency-Key")
+    long = http.post(CUSTOMERS, json=new_customer(), headers={**h, "Idempotency-Key": "k" * 256})
+    assert_problem(long, 422, "idempotency-key")
+    given = {"X-Request-ID": "r" * 5000, "X-Correlation-ID": "<script>"}
+    answer = http.get(CUSTOMERS, headers={**h, **given})
+    assert answer.status_code == 200
+    assert answer.headers["X-Request-Id"] != given["X-Request-ID"]
+    assert answer.headers["X-Correlation-ID"] == answer.headers["X-Request-Id"]

@@ -1,5 +1,7 @@
 """Bearer tokens of an identity provider: RS256 and ES256 verified against its JWKS (a real
-HTTP server in the test), keys refreshed on rotation, and every forgery refused with 401."""
+HTTP server in the test), keys refreshed on rotation, and every forgery refused with 401;
+validly signed tokens whose claims would poison the data (NUL, lone surrogates, empty or huge
+values, times that are not numbers or too far ahead) refused with 401 / UNAUTHENTICATED."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
@@ -20,10 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from grpc_api.gen import customers_pb2 as pb
+from grpc_api.gen import customers_pb2_grpc as rpc
 from service.gateway import Gateway
 from service.settings import Settings
-from tests.e2e.conftest import serve_in_thread
+from tests.e2e.conftest import new_customer, serve_in_thread
 from tests.e2e.test_customers_api import assert_problem
+from tests.e2e.test_grpc_parity import profile, rpc_error, serve_grpc
 
 LIST = "/api/v1/customers"
 
@@ -178,3 +184,92 @@ def test_forgeries_are_401(idp_url: str, provider: Provider, migrated: Settings)
         response = get(idp_url, token)
         assert response.status_code == 401, case
         assert_problem(response, 401)
+
+
+# --------------------------------------------------------------------------- claims as data
+
+
+def hs256(settings: Settings, headers: dict[str, Any] | None = None, **over: Any) -> str:
+    """A token the service's own secret signs: everything in it is genuinely signed."""
+    assert settings.jwt_secret
+    return jwt.encode(claims(settings, **over), settings.jwt_secret, "HS256", headers=headers)
+
+
+def hostile_tokens(settings: Settings) -> dict[str, str]:
+    now = int(time.time())
+    return {
+        "NUL in sub": hs256(settings, sub="evil\x00sub", roles=["support"]),
+        "lone surrogate in sub": hs256(settings, sub="evil\ud800", roles=["support"]),
+        "empty sub": hs256(settings, sub=""),
+        "sub of 300 characters": hs256(settings, sub="s" * 300),
+        "NUL in org": hs256(settings, org="acme\x00"),
+        "lone surrogate in org": hs256(settings, org="acme\udfff"),
+        "org of 5,000 characters": hs256(settings, org="o" * 5000),
+        "empty org": hs256(settings, org=""),
+        "control character in a role": hs256(settings, roles=["admin\x1b[2J"]),
+        "roles not a list": hs256(settings, roles="admin"),
+        "exp as a string": hs256(settings, exp=str(now + 300)),
+        "exp of 10^20": hs256(settings, exp=10**20),
+        "exp a week away": hs256(settings, exp=now + 7 * 86400),
+        "exp true": hs256(settings, exp=True),
+        "iat an hour ahead": hs256(settings, iat=now + 3600),
+        "nbf as a string": hs256(settings, nbf=str(now)),
+    }
+
+
+HOSTILE_MARKS = ("evil", "acme", "ooooo", "ssss", "\\u", "[2J", "9999", "1000000")
+
+
+def test_signed_but_hostile_claims_are_401(http: httpx.Client, migrated: Settings) -> None:
+    """Claims become data (the tenant scopes every row, the subject is every event's actor):
+    a validly signed token with NUL, a lone surrogate, an empty or huge value, or times that
+    are not numbers or too far ahead, is refused before anything is written, without an
+    echo of what it held."""
+    before = http.get(LIST, headers={"Authorization": f"Bearer {hs256(migrated)}"})
+    assert before.status_code == 200
+    for case, token in hostile_tokens(migrated).items():
+        h = {"Authorization": f"Bearer {token}"}
+        for response in (
+            http.post(LIST, json=new_customer(), headers=h),
+            http.get(LIST, headers=h),
+        ):
+            assert response.status_code == 401, (case, response.text)
+            assert_problem(response, 401)
+            assert not [m for m in HOSTILE_MARKS if m in response.text], (case, response.text)
+
+
+def test_the_header_is_not_echoed(http: httpx.Client, migrated: Settings) -> None:
+    alg = "X" * 5000
+    header = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": "K" * 1000}).encode())
+    token = f"{header}.{b64(json.dumps(claims(migrated)).encode())}.c2ln"
+    response = http.get(LIST, headers={"Authorization": f"Bearer {token}"})
+    assert_problem(response, 401)
+    assert "XXXX" not in response.text and "KKKK" not in response.text
+    assert len(response.content) < 500
+
+
+@pytest.fixture(scope="module")
+def grpc_channel(migrated: Settings) -> Iterator[grpc.Channel]:
+    for port in serve_grpc(migrated):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+
+
+def test_hostile_claims_are_unauthenticated_over_grpc(
+    grpc_channel: grpc.Channel, migrated: Settings
+) -> None:
+    """The same tokens as call metadata: UNAUTHENTICATED (never INTERNAL), on reads and
+    writes alike."""
+    stub = rpc.CustomerServiceStub(grpc_channel)
+    good = (("authorization", f"Bearer {hs256(migrated)}"),)
+    assert stub.ListCustomers(pb.ListCustomersRequest(), metadata=good).limit == 50
+    create = pb.CreateCustomerRequest(customer=profile(new_customer()))
+    for case, token in hostile_tokens(migrated).items():
+        md = (("authorization", f"Bearer {token}"),)
+        for call, request in (
+            (stub.ListCustomers, pb.ListCustomersRequest()),
+            (stub.CreateCustomer, create),
+        ):
+            error = rpc_error(call, request, md)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (case, error.details())
+            assert not [m for m in HOSTILE_MARKS if m in (error.details() or "")], case
