@@ -10,11 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Identifier
 
 from domain.membership import Change
 from eventstore import compliance
@@ -110,6 +117,7 @@ QUEUE_JOB = (
     " (SELECT 1 FROM segment_jobs WHERE segment_id = %(segment)s AND state = 'QUEUED')"
 )
 
+_NO_STOP = 2**63 - 1  # notification ids are bigint
 PIPELINE_LIMIT = 1_000_000  # bytes; well below where the pipeline was seen to hang
 
 
@@ -223,15 +231,78 @@ class CustomerRecorder(PostgresApplicationRecorder):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._insert_columns = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
-        self._select_stored = SQL(
-            "SELECT originator_id, originator_version, state, notification_id FROM {schema}.{table}"
-            " WHERE originator_id = ANY(%s::uuid[]) AND originator_version = ANY(%s::int8[])"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        # Statements rendered once: a composed one is rendered again at every execution,
+        # and these run for every save and every follower's wake.
+        table = SQL("{schema}.{table}").format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+        )
+        self._insert_columns = (
+            SQL(
+                "INSERT INTO {table} (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[])"
+                " RETURNING notification_id"
+            )
+            .format(table=table)
+            .as_bytes()
+        )
+        self._select_stored = (
+            SQL(
+                "SELECT originator_id, originator_version, state, notification_id FROM {table}"
+                " WHERE originator_id = ANY(%s::uuid[]) AND originator_version = ANY(%s::int8[])"
+            )
+            .format(table=table)
+            .as_bytes()
+        )
+        self.lock_table_statements = [
+            q.as_bytes() if isinstance(q, Composable) else q for q in self.lock_table_statements
+        ]
+        self._notify = SQL("NOTIFY {}").format(Identifier(self.channel_name)).as_bytes()
+        self._notifications = (
+            SQL(
+                "SELECT * FROM {table} WHERE notification_id > %s AND notification_id <= %s"
+                " ORDER BY notification_id LIMIT %s"
+            )
+            .format(table=table)
+            .as_bytes()
+        )
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The followers' read of the log after a position, with a statement prepared once;
+        other forms go to the library's."""
+        if start is None or topics or inclusive_of_start:
+            found: Sequence[Notification] = super().select_notifications(
+                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
+            )
+            return found
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self._notifications,
+                (start, stop if stop is not None else _NO_STOP, limit),
+                prepare=True,
+            )
+            notifications: list[Notification] = [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
+        return notifications
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(self._notify)
 
     def find_idempotency(self, org_id: str, key: str, ttl_hours: int) -> IdempotencyRecord | None:
         """The live record for a key; an expired one is deleted so the key can be reused."""

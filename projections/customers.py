@@ -180,18 +180,20 @@ def _copy_stage(stage: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
     )
 
 
-CREATE_STAGE = _create_stage(_STAGE, _COLUMNS, _TYPES)
-COPY_STAGE = _copy_stage(_STAGE, _COLUMNS)
-CREATE_FACTS_STAGE = _create_stage(_FACTS_STAGE, segment_sql.COLUMNS, segment_sql.TYPES)
-COPY_FACTS_STAGE = _copy_stage(_FACTS_STAGE, segment_sql.COLUMNS)
-UPSERT_VIEW = _upsert(_VIEW, _VIEW_COLUMNS)
-UPSERT_DOCS = _upsert(_DOCS, ["id", "org_id", "version", "doc"])
-UPSERT_FACTS = _upsert(_FACTS, segment_sql.COLUMNS, _FACTS_STAGE)
-LOAD = sql.SQL("SELECT org_id, id, doc FROM {} WHERE id = ANY(%s)").format(_DOCS)
+# Rendered once: a composed statement would be rendered again at every execution.
+CREATE_STAGE = _create_stage(_STAGE, _COLUMNS, _TYPES).as_bytes()
+COPY_STAGE = _copy_stage(_STAGE, _COLUMNS).as_bytes()
+CREATE_FACTS_STAGE = _create_stage(_FACTS_STAGE, segment_sql.COLUMNS, segment_sql.TYPES).as_bytes()
+COPY_FACTS_STAGE = _copy_stage(_FACTS_STAGE, segment_sql.COLUMNS).as_bytes()
+UPSERT_VIEW = _upsert(_VIEW, _VIEW_COLUMNS).as_bytes()
+UPSERT_DOCS = _upsert(_DOCS, ["id", "org_id", "version", "doc"]).as_bytes()
+UPSERT_FACTS = _upsert(_FACTS, segment_sql.COLUMNS, _FACTS_STAGE).as_bytes()
+LOAD = sql.SQL("SELECT org_id, id, doc FROM {} WHERE id = ANY(%s)").format(_DOCS).as_bytes()
 DELETE = [
-    sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table) for table in (_VIEW, _DOCS, _FACTS)
+    sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table).as_bytes()
+    for table in (_VIEW, _DOCS, _FACTS)
 ]
-TRUNCATE = sql.SQL("TRUNCATE {}, {}, {}").format(_VIEW, _DOCS, _FACTS)
+TRUNCATE = sql.SQL("TRUNCATE {}, {}, {}").format(_VIEW, _DOCS, _FACTS).as_bytes()
 
 
 class RawJsonLoader(Loader):

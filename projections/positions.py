@@ -29,8 +29,10 @@ LOCK_POSITIONS = (
     "SELECT name, position FROM positions WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
 )
 TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
-MAX_NOTIFICATION_ID = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
-    sql.Identifier(EVENTS_TABLE)
+MAX_NOTIFICATION_ID = (
+    sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}")
+    .format(sql.Identifier(EVENTS_TABLE))
+    .as_bytes()
 )
 
 

@@ -96,13 +96,17 @@ FROM numbered n JOIN {docs} d ON d.id = n.id
 # `segments` of the stored doc is always empty: memberships change without the customer
 # changing, so they are read from segment_membership and put in at answer time. So is tracked
 # activity (customer_activity): last activity, login count and last login.
-GET_ONE = sql.SQL(
-    "SELECT d.doc, d.version, ARRAY(SELECT m.segment_id::text FROM segment_membership m"
-    " WHERE m.customer_id = d.id AND m.left_at IS NULL ORDER BY 1),"
-    " a.last_activity_at, a.login_count, a.last_login_at"
-    " FROM {} d LEFT JOIN customer_activity a ON a.customer_id = d.id"
-    " WHERE d.id = %s AND d.org_id = %s"
-).format(sql.Identifier(DOCS))
+GET_ONE = (
+    sql.SQL(
+        "SELECT d.doc, d.version, ARRAY(SELECT m.segment_id::text FROM segment_membership m"
+        " WHERE m.customer_id = d.id AND m.left_at IS NULL ORDER BY 1),"
+        " a.last_activity_at, a.login_count, a.last_login_at"
+        " FROM {} d LEFT JOIN customer_activity a ON a.customer_id = d.id"
+        " WHERE d.id = %s AND d.org_id = %s"
+    )
+    .format(sql.Identifier(DOCS))
+    .as_bytes()
+)
 ACTIVE_SEGMENTS = (
     "SELECT customer_id::text, array_agg(segment_id::text ORDER BY segment_id)"
     " FROM segment_membership WHERE customer_id = ANY(%s::uuid[]) AND left_at IS NULL GROUP BY 1"
@@ -111,7 +115,9 @@ TRACKED = (
     "SELECT customer_id::text, last_activity_at, login_count, last_login_at"
     " FROM customer_activity WHERE customer_id = ANY(%s::uuid[])"
 )
-EXISTS = sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
+EXISTS = (
+    sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
+).as_bytes()
 _STINTS = (
     "SELECT m.segment_id, s.name, m.joined_at, m.join_reason, m.left_at, m.leave_reason"
     " FROM segment_membership m LEFT JOIN segments_view s ON s.id = m.segment_id"
@@ -138,8 +144,8 @@ def render_stint(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1024)
-def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) -> sql.Composed:
-    """The list statement for one shape of request (built once per shape)."""
+def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) -> bytes:
+    """The list statement for one shape of request (built and rendered once per shape)."""
     key = sql.SQL(_SORT_KEYS[sort.field])
     direction = sql.SQL("DESC" if sort.descending else "ASC")
     where: list[sql.Composable] = [sql.SQL("org_id = %(org)s")]
@@ -165,7 +171,7 @@ def list_query(sort: Sort, filters: tuple[str, ...], after: bool, prefix: bool) 
         page = sql.SQL(union).format(*branches, direction, direction)
     else:
         page = branch(where)
-    return sql.SQL(_LIST).format(page=page, dir=direction, docs=sql.Identifier(DOCS))
+    return sql.SQL(_LIST).format(page=page, dir=direction, docs=sql.Identifier(DOCS)).as_bytes()
 
 
 class CursorCodec:
