@@ -238,7 +238,7 @@ def _assign(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
             tally.skipped += 1  # already a member / not a member
     tally.updated = len(moved)
     joined, left = (moved, []) if adding else ([], moved)
-    change = Change(job.org_id, segment_id, joined, left, Reason.MANUAL)
+    change = Change(job.org_id, segment_id, joined, left, Reason.MANUAL, _actor(job))
     new = list(events(change, version, datetime.now(UTC))) if change else []
     runner.commit(job, new, tally.statements(job.id, next_line, 0), membership=[change])
 
