@@ -137,7 +137,7 @@ def run(out: report.Report, url: str, rows: int) -> None:
         conn = jobs.connect(settings)
         t_start = time.perf_counter()
         try:
-            upload = imports.Upload(conn, job)
+            upload = imports.Upload(conn, job, path.stat().st_size)
             with path.open("rb") as f:
                 while piece := f.read(PIECE):
                     upload.feed(piece)

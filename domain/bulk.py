@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from domain.errors import invalid
 from domain.values import (
     Currency,
     CustomerStatus,
+    FreeForm,
     Language,
     Model,
     Profile,
@@ -52,7 +53,7 @@ class PreferencesPatch(Model):
     currency: Currency | None = None
     timezone: Timezone | None = None
     notification_settings: NotificationPatch | None = None
-    custom_preferences: Annotated[dict[str, JsonValue], Field(max_length=50)] | None = Field(
+    custom_preferences: FreeForm | None = Field(
         default=None, description="merged into the customer's; a null value removes the key"
     )
 

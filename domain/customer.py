@@ -96,6 +96,7 @@ class Customer(Aggregate):
                     new_email=new["email"],
                     token=token,
                     expires_at=utc_iso(now + verification_ttl),
+                    actor=actor,
                 )
             new["email"] = self.email
         changes = {k: v for k, v in new.items() if self.profile.get(k) != v}
@@ -105,7 +106,7 @@ class Customer(Aggregate):
             self._change_status(status=status, previous=self.status, actor=actor)
         return token
 
-    def verify_email(self, token: str, *, now: datetime) -> None:
+    def verify_email(self, token: str, *, actor: str, now: datetime) -> None:
         self._check_modifiable()
         if self.pending_email is None or self.pending_token is None:
             raise DomainError(Code.CONFLICT, "there is no pending e-mail change")
@@ -113,14 +114,14 @@ class Customer(Aggregate):
             raise invalid("token", "the verification token has expired")
         if not hmac.compare_digest(self.pending_token.encode(), token.encode()):
             raise invalid("token", "the verification token does not match")
-        self._verify_email(email=self.pending_email, previous=self.email)
+        self._verify_email(email=self.pending_email, previous=self.email, actor=actor)
 
-    def set_active_orders(self, count: int) -> None:
+    def set_active_orders(self, count: int, *, actor: str) -> None:
         self._check_modifiable()
         if count < 0:
             raise invalid("activeOrders", "must be zero or more")
         if count != self.active_orders:
-            self._set_active_orders(active_orders=count)
+            self._set_active_orders(active_orders=count, actor=actor)
 
     def delete(self, *, actor: str) -> None:
         self._check_modifiable()
@@ -203,14 +204,18 @@ class Customer(Aggregate):
 
     # The token travels in the (encrypted) event so that a notifier following the stream
     # can mail it to the new address; it is never returned to the API caller.
+    # `actor` defaults to None for these three events only because events stored before they
+    # carried one must still replay (the audit trail shows those as "unrecorded").
     @event("EmailChangeRequested")
-    def _request_email_change(self, new_email: str, token: str, expires_at: str) -> None:
+    def _request_email_change(
+        self, new_email: str, token: str, expires_at: str, actor: str | None = None
+    ) -> None:
         self.pending_email = new_email
         self.pending_token = token
         self.pending_expires_at = expires_at
 
     @event("EmailVerified")
-    def _verify_email(self, email: str, previous: str) -> None:
+    def _verify_email(self, email: str, previous: str, actor: str | None = None) -> None:
         self.profile = {**self.profile, "email": email}
         self.pending_email = self.pending_token = self.pending_expires_at = None
 
@@ -219,7 +224,7 @@ class Customer(Aggregate):
         self.status = CustomerStatus(status)
 
     @event("ActiveOrdersChanged")
-    def _set_active_orders(self, active_orders: int) -> None:
+    def _set_active_orders(self, active_orders: int, actor: str | None = None) -> None:
         self.active_orders = active_orders
 
     @event("Deleted")

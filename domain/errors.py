@@ -14,6 +14,7 @@ class Code(StrEnum):
     PRECONDITION_FAILED = "precondition_failed"  # 412: stale If-Match
     UNAVAILABLE = "unavailable"  # 503: a dependency or consistency wait timed out
     RATE_LIMITED = "rate_limited"  # 429: retry after `retry_after` seconds
+    TOO_LARGE = "too_large"  # 413: the request (an import's file) exceeds the caller's limit
 
 
 class DomainError(Exception):

@@ -36,12 +36,15 @@ def stream_id(segment_id: UUID) -> UUID:
     return uuid5(_STREAMS, str(segment_id))
 
 
+# `actor`: who assigned the members by hand (a user, a bulk job); None when the engine
+# decided (calculations, incremental evaluation), and in events stored before it existed.
 @dataclass(frozen=True)
 class SegmentJoined(DomainEvent):
     org_id: str
     segment_id: str
     customer_ids: list[str]
     reason: str
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class SegmentLeft(DomainEvent):
     segment_id: str
     customer_ids: list[str]
     reason: str
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Change:
     joined: Sequence[str]
     left: Sequence[str]
     reason: Reason
+    actor: str | None = None  # set for manual assignments
 
     def __bool__(self) -> bool:
         return bool(self.joined or self.left)
@@ -96,4 +101,5 @@ def events(
                 segment_id=str(change.segment_id),
                 customer_ids=list(ids[start : start + BATCH]),
                 reason=change.reason.value,
+                actor=change.actor,
             )

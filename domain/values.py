@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -10,6 +11,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import available_timezones
 
+import orjson
 import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -87,41 +89,86 @@ def storable_json(raw: bytes) -> bool:
     return True
 
 
-def unstorable_field(value: Any, path: str = "") -> str | None:
+def unstorable_field(value: Any) -> str | None:
     """The dotted path of the first text `_storable` refuses in parsed JSON, else None (the
     slow path that names the field once `storable_json` has said no)."""
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None if _storable(value) else path or "body"
-    for key, item in items:
-        here = f"{path}.{key}" if path else str(key)
-        if not _storable(key):
-            return here
-        found = unstorable_field(item, here)
-        if found is not None:
-            return found
+    for where, text in _texts(value):
+        if not _storable_text(text):
+            return _dotted(where) or "body"
     return None
 
 
 def _storable(value: Any) -> bool:
     if isinstance(value, str):
-        if "\x00" in value:
-            return False
-        if value.isascii():
-            return True
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
+        return _storable_text(value)
+    return all(_storable_text(text) for _, text in _texts(value))
+
+
+def _storable_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
         return True
-    if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
-    if isinstance(value, list | tuple | set | frozenset):
-        return all(_storable(v) for v in value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
+
+
+def _texts(value: Any) -> Iterator[tuple[Any, str]]:
+    """Every text in `value`, keys included, in document order, with where it is: a chain
+    (parent, key), unrolled only when needed. A loop, not recursion: input may nest deeper
+    than Python's stack allows (a RecursionError would be a 500)."""
+    stack: list[tuple[Any, Any]] = [((), value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            yield where, item
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                stack.append(((where, key), child))
+                stack.append(((where, key), key))
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(((where, i), child) for i, child in reversed(list(enumerate(item))))
+
+
+def _dotted(where: Any) -> str:
+    parts: list[str] = []
+    while where:
+        where, key = where
+        parts.append(str(key))
+    return ".".join(reversed(parts))
+
+
+# Free-form maps (customPreferences) are bounded, well within what everything downstream that
+# serialises them can take (events, read models, exports; orjson refuses beyond 255 levels).
+FREE_FORM_DEPTH = 16
+FREE_FORM_BYTES = 16 * 1024
+
+
+def _free_form(value: dict[str, Any]) -> dict[str, Any]:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > FREE_FORM_DEPTH:
+            raise ValueError(f"must not be nested more than {FREE_FORM_DEPTH} levels deep")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:  # text with lone surrogates, an integer beyond 64 bits
+        raise ValueError(
+            "must hold only storable JSON (text without NUL or lone surrogates,"
+            " integers within 64 bits)"
+        ) from None
+    if size > FREE_FORM_BYTES:
+        raise ValueError(f"must not be larger than {FREE_FORM_BYTES} bytes as JSON")
+    return value
+
+
+# A JSON object the client shapes freely, up to 50 keys.
+FreeForm = Annotated[dict[str, Any], Field(max_length=50), AfterValidator(_free_form)]
 
 
 def normalize_email(value: str) -> str:
@@ -221,7 +268,7 @@ class Preferences(Model):
     # Required without default: the spec wants both consents given explicitly.
     marketing_consent: bool
     data_processing_consent: bool
-    custom_preferences: dict[str, Any] = Field(default_factory=dict, max_length=50)
+    custom_preferences: FreeForm = Field(default_factory=dict)
 
 
 class Money(Model):

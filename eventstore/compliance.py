@@ -35,8 +35,8 @@ class RequestType(StrEnum):
 
 @dataclass(frozen=True)
 class PrivacyRecord:
-    """A privacy request completed by the operation it is saved with (or rejected), and its
-    audit entry."""
+    """A privacy request completed by the operation it is saved with (or rejected, or left
+    open when answering it failed), and its audit entry."""
 
     request_id: UUID
     org_id: str
@@ -44,7 +44,8 @@ class PrivacyRecord:
     type: RequestType
     actor: str
     outcome: str = "completed"
-    status: str = "COMPLETED"  # or REJECTED, with the reason as outcome
+    status: str = "COMPLETED"  # REJECTED with the reason as outcome; RECEIVED: still owed
+    at: datetime | None = None  # when it was received (and answered); default: now
 
 
 RECORD_REQUEST = (
@@ -116,8 +117,8 @@ def audit(conn: psycopg.Connection[Any], key: bytes, entry: AuditEntry) -> int:
 
 
 def record(conn: psycopg.Connection[Any], key: bytes, r: PrivacyRecord) -> None:
-    """The completed request and its audit entry, inside the caller's transaction."""
-    now = datetime.now(UTC)
+    """The request and its audit entry, inside the caller's transaction."""
+    now = r.at or datetime.now(UTC)
     conn.execute(
         RECORD_REQUEST,
         (
@@ -128,7 +129,7 @@ def record(conn: psycopg.Connection[Any], key: bytes, r: PrivacyRecord) -> None:
             r.status,
             r.actor,
             now,
-            now,
+            None if r.status == "RECEIVED" else now,
             now + DEADLINE,
             r.outcome,
         ),

@@ -75,11 +75,20 @@ LOCK_JOB = "SELECT pg_try_advisory_lock(hashtextextended(%s::text, %s))"
 UNLOCK_JOB = "SELECT pg_advisory_unlock(hashtextextended(%s::text, %s))"
 
 
-def claim(conn: Any, query: str, space: int) -> Any:
+# Claims of one kind of job one at a time, when a claim decides from what other workers run.
+SERIALIZE_CLAIMS = "SELECT pg_advisory_xact_lock(hashtextextended('claims', %s))"
+
+
+def claim(
+    conn: Any, query: str, space: int, params: Any = None, *, serialized: bool = False
+) -> Any:
     """The row of the job `query` claims (id first), its worker lock taken; None if none.
-    The lock is the session's: it outlives the claim's transaction, and the worker."""
+    The lock is the session's: it outlives the claim's transaction, and the worker.
+    `serialized`: no other claim of this kind runs meanwhile."""
     with conn.transaction():
-        row = conn.execute(query).fetchone()
+        if serialized:
+            conn.execute(SERIALIZE_CLAIMS, (space,))
+        row = conn.execute(query, params).fetchone()
         if row is not None:
             conn.execute(LOCK_JOB, (row[0], space))
     return row
@@ -134,7 +143,7 @@ def requeue_orphans(conn: Any, running: str, requeue: str, space: int) -> int:
 CUSTOMER_JOB_COLUMNS = (
     "id, kind, format, mode, dry_run, state, requested_by, created_at, started_at,"
     " finished_at, bytes, bytes_done, rows_read, created, updated, skipped, failed, error,"
-    " total, spec"
+    " total, spec, rejections_stored"
 )
 GET_CUSTOMER_JOB = (
     f"SELECT {CUSTOMER_JOB_COLUMNS} FROM customer_jobs"  # noqa: S608
@@ -146,14 +155,21 @@ JOB_REJECTIONS = (
 )
 # A batch's progress and its rejected rows, written in the transaction of its changes.
 CHECKPOINT = (
-    "UPDATE customer_jobs SET next_line = %s, bytes_done = %s, rows_read = rows_read + %s,"
-    " created = created + %s, updated = updated + %s, skipped = skipped + %s,"
-    " failed = failed + %s WHERE id = %s"
+    "UPDATE customer_jobs SET next_line = %s, bytes_done = %s, resume_offset = %s,"
+    " rows_read = rows_read + %s, created = created + %s, updated = updated + %s,"
+    " skipped = skipped + %s, failed = failed + %s WHERE id = %s"
 )
+# The report keeps the first `keep` rejected rows of a job; `failed` counts them all.
 REJECT = (
-    "INSERT INTO job_rejections (job_id, line, customer_id, field, reason)"
-    " SELECT %s, unnest(%s::int[]), unnest(%s::uuid[]), unnest(%s::text[]), unnest(%s::text[])"
-    " ON CONFLICT DO NOTHING"
+    "WITH room AS (SELECT greatest(%(keep)s - rejections_stored, 0) AS n FROM customer_jobs"
+    " WHERE id = %(job)s),"
+    " kept AS (INSERT INTO job_rejections (job_id, line, customer_id, field, reason)"
+    " SELECT %(job)s, r.line, r.customer_id, r.field, r.reason"
+    " FROM unnest(%(lines)s::int[], %(ids)s::uuid[], %(fields)s::text[], %(reasons)s::text[])"
+    " AS r(line, customer_id, field, reason) ORDER BY r.line LIMIT (SELECT n FROM room)"
+    " ON CONFLICT DO NOTHING RETURNING 1)"
+    " UPDATE customer_jobs SET rejections_stored = rejections_stored + (SELECT count(*) FROM kept)"
+    " WHERE id = %(job)s"
 )
 
 
@@ -175,13 +191,19 @@ class Tally:
     skipped: int = 0
     rejected: list[Rejection] = dataclass_field(default_factory=list)
 
-    def statements(self, job_id: UUID, next_line: int, position: int) -> list[tuple[Any, Any]]:
-        """The checkpoint (resume at `next_line`, `position` bytes read) and rejections."""
+    def statements(
+        self, job_id: UUID, next_line: int, position: int, keep: int
+    ) -> list[tuple[Any, Any]]:
+        """The checkpoint (resume at `next_line`, which starts at byte `position` of an
+        import's file) and the rejections, of which the job's report keeps the first `keep`."""
         counts = (self.read, self.created, self.updated, self.skipped, len(self.rejected))
-        out: list[tuple[Any, Any]] = [(CHECKPOINT, (next_line, position, *counts, job_id))]
+        out: list[tuple[Any, Any]] = [
+            (CHECKPOINT, (next_line, position, position, *counts, job_id))
+        ]
         if self.rejected:
-            columns = [list(c) for c in zip(*(astuple(r) for r in self.rejected), strict=True)]
-            out.append((REJECT, (job_id, *columns)))
+            lines, ids, fields, reasons = map(list, zip(*map(astuple, self.rejected), strict=True))
+            params = {"job": job_id, "keep": keep, "lines": lines, "ids": ids}
+            out.append((REJECT, params | {"fields": fields, "reasons": reasons}))
         return out
 
 
@@ -189,7 +211,7 @@ def render_customer_job(row: tuple[Any, ...]) -> dict[str, Any]:
     """An import or bulk job as the API shows it, with its rate and an ETA (from the bytes
     left of an import's file, from the customers left of a bulk job)."""
     (jid, kind, fmt, mode, dry, state, by, created_at, started, finished, size, done, read,
-     created, updated, skipped, failed, error, total, spec) = row  # fmt: skip
+     created, updated, skipped, failed, error, total, spec, stored) = row  # fmt: skip
     end = finished or datetime.now(UTC)
     seconds = (end - started).total_seconds() if started else 0.0
     rate = read / seconds if seconds > 0 else None
@@ -220,6 +242,7 @@ def render_customer_job(row: tuple[Any, ...]) -> dict[str, Any]:
         "updated": updated,
         "skipped": skipped,
         "failed": failed,
+        "rejectionsNotStored": failed - stored,  # counted in `failed`, not in the report
         "rowsPerSecond": rate and round(rate, 1),
         "etaSeconds": eta,
         "error": error,

@@ -52,9 +52,10 @@ async def import_report(
     job_id: UUID,
     format: Annotated[ReportFormat, Query()] = ReportFormat.NDJSON,
 ) -> StreamingResponse:
-    """Every rejected row: `line` (where the record starts in the file), `field`, `reason`."""
-    await _job(request, principal, job_id, imported=True)
-    return _report(request, job_id, format, ("line", "field", "reason"), "import")
+    """Every rejected row the job kept: `line` (where the record starts in the file),
+    `field`, `reason`; then, if more were rejected, one row without a line saying how many."""
+    job = await _job(request, principal, job_id, imported=True)
+    return _report(request, job, format, ("line", "field", "reason"), "import")
 
 
 @router.get("/bulk/{job_id}/report", response_class=StreamingResponse, responses=_ERRORS)
@@ -64,10 +65,11 @@ async def bulk_report(
     job_id: UUID,
     format: Annotated[ReportFormat, Query()] = ReportFormat.NDJSON,
 ) -> StreamingResponse:
-    """Every customer the job could not apply to: `line` (its position in the job's
-    selection), `customerId`, `field`, `reason`."""
-    await _job(request, principal, job_id, imported=False)
-    return _report(request, job_id, format, ("line", "customerId", "field", "reason"), "bulk")
+    """Every customer the job could not apply to (up to the report's limit, then one row
+    saying how many more): `line` (its position in the job's selection), `customerId`,
+    `field`, `reason`."""
+    job = await _job(request, principal, job_id, imported=False)
+    return _report(request, job, format, ("line", "customerId", "field", "reason"), "bulk")
 
 
 async def _job(
@@ -82,9 +84,10 @@ async def _job(
 
 
 def _report(
-    request: Request, job_id: UUID, fmt: ReportFormat, columns: tuple[str, ...], name: str
+    request: Request, job: dict[str, Any], fmt: ReportFormat, columns: tuple[str, ...], name: str
 ) -> StreamingResponse:
     pool = paging.pool(request)
+    job_id = job["id"]
 
     async def rows() -> AsyncIterator[bytes]:
         if fmt is ReportFormat.CSV:
@@ -94,9 +97,12 @@ def _report(
             async with pool.connection() as conn:
                 page = await (await conn.execute(JOB_REJECTIONS, (job_id, after, _PAGE))).fetchall()
             if not page:
-                return
+                break
             yield b"".join(_line(row, fmt, columns) for row in page)
             after = page[-1][0]
+        if job["rejectionsNotStored"]:
+            more = f"{job['rejectionsNotStored']} more rejected, not kept in the report"
+            yield _line((None, None, None, more), fmt, columns)
 
     media = "text/csv" if fmt is ReportFormat.CSV else "application/x-ndjson"
     filename = f"{name}-{job_id}-rejected.{fmt.value}"

@@ -12,6 +12,7 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -147,10 +148,20 @@ def _audit(
         )
 
 
-def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[str, Any]:
-    """Everything about the customer, recorded as a completed EXPORT request (audited)."""
+def _record(app: Customers, request: PrivacyRecord) -> None:
+    with app.datastore.get_connection() as conn, conn.transaction():
+        compliance.record(conn, app.keys.audit_key, request)
+
+
+# What a privileged read that failed after its checks is recorded as (never "completed").
+FAILED = "failed"
+
+
+def _collect(app: Customers, principal: Principal, request: PrivacyRecord) -> dict[str, Any]:
+    """Everything about the customer; `request` (this export) is listed as completed, which
+    it is once the caller has recorded it after the answer is ready."""
+    customer_id = request.customer_id
     events = customer_events(app, principal, customer_id)
-    request_id = uuid.uuid4()
     origin = origins(events)
     with app.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(DOC, (customer_id, principal.org)).fetchone()
@@ -170,14 +181,6 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
         ]
         cur.execute(STINTS_ALL, {"id": customer_id, "org": principal.org})
         segments = [render_stint(row) for row in cur]
-        with conn.transaction():
-            compliance.record(
-                conn,
-                app.keys.audit_key,
-                PrivacyRecord(
-                    request_id, principal.org, customer_id, RequestType.EXPORT, principal.sub
-                ),
-            )
         requests = [
             {
                 "id": str(rid),
@@ -204,10 +207,21 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
                 ACTIVITY, (customer_id,)
             ).fetchall()
         ]
+    assert request.at is not None
+    at = utc_iso(request.at)
+    requests.append(
+        {
+            "id": str(request.request_id),
+            "type": request.type,
+            "status": request.status,
+            "receivedAt": at,
+            "completedAt": at,
+        }
+    )
     source = (profile or {}).get("metadata", {}).get("source")
     return {
-        "exportedAt": utc_iso(datetime.now(UTC)),
-        "requestId": str(request_id),
+        "exportedAt": at,
+        "requestId": str(request.request_id),
         "customerId": str(customer_id),
         "profile": profile,
         "consentHistory": consent,
@@ -217,6 +231,30 @@ def _collect(app: Customers, principal: Principal, customer_id: UUID) -> dict[st
         "events": [_render_event(e) for e in events],
         "processing": {**FACTS, "source": source or "not recorded"},
     }
+
+
+def _export(app: Customers, principal: Principal, customer_id: UUID, fmt: ExportFormat) -> bytes:
+    """The export as the answer's bytes, recorded as a completed EXPORT request only once
+    they exist; if producing them fails, the request is recorded as received and failed
+    (still owed: it turns overdue) and the failure goes on to the caller."""
+    request = PrivacyRecord(
+        uuid.uuid4(),
+        principal.org,
+        customer_id,
+        RequestType.EXPORT,
+        principal.sub,
+        at=datetime.now(UTC),
+    )
+    try:
+        export = _collect(app, principal, request)
+        data = _zip(export) if fmt == ExportFormat.ZIP else orjson.dumps(export)
+    except DomainError:
+        raise  # refused before anything was read (unknown or erased customer)
+    except Exception:
+        _record(app, replace(request, status="RECEIVED", outcome=FAILED))
+        raise
+    _record(app, request)
+    return data
 
 
 def _csv(rows: list[dict[str, Any]]) -> bytes:
@@ -273,19 +311,28 @@ async def export_data(
     segment membership history, activity, privacy requests, the decrypted event history and
     the processing facts. Recorded as a completed EXPORT request and audited."""
     app = event_store(request)
-    export = await run_in_threadpool(_collect, app, principal, customer_id)
+    data = await run_in_threadpool(_export, app, principal, customer_id, format)
     if format == ExportFormat.ZIP:
-        data = await run_in_threadpool(_zip, export)
         name = f"customer-{customer_id}.zip"
         return StreamingResponse(
             _chunks(data),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    return StreamingResponse(_chunks(orjson.dumps(export)), media_type="application/json")
+    return StreamingResponse(_chunks(data), media_type="application/json")
 
 
-@router.get("/{customer_id}/history", responses=_ERRORS)
+@router.get(
+    "/{customer_id}/history",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The decrypted events, or the customer as of `asOf`",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **_ERRORS,
+    },
+)
 async def history(
     request: Request,
     customer_id: UUID,
@@ -294,7 +341,7 @@ async def history(
         AwareDatetime | None,
         Query(alias="asOf", description="RFC 3339: the customer as it was at that moment"),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """The customer's events, decrypted, oldest first; with `asOf`, the customer as the
     service answered about it at that moment. Audited."""
     app = event_store(request)
@@ -314,14 +361,18 @@ async def history(
             "customer": customer.public(),
         }
 
-    def audited() -> dict[str, Any]:
+    def audited() -> bytes:
+        """The answer's bytes, audited as completed only once they exist."""
         action = "history" if as_of is None else "history_as_of"
         try:
-            result = read()
+            data = orjson.dumps(read())
         except DomainError as e:
             _audit(app, principal, customer_id, action, e.code.value)
             raise
+        except Exception:
+            _audit(app, principal, customer_id, action, FAILED)
+            raise
         _audit(app, principal, customer_id, action, "completed")
-        return result
+        return data
 
-    return await run_in_threadpool(audited)
+    return Response(await run_in_threadpool(audited), media_type="application/json")

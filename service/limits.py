@@ -181,5 +181,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        import_max_bytes=settings.max_import_bytes,
+        # The route applies the caller's own limit (by role); this is the largest of them.
+        import_max_bytes=max(settings.max_import_bytes.values(), default=0),
     )

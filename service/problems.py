@@ -33,6 +33,7 @@ STATUS = {
     Code.PRECONDITION_FAILED: 412,
     Code.UNAVAILABLE: 503,
     Code.RATE_LIMITED: 429,
+    Code.TOO_LARGE: 413,
 }
 # The same codes as gRPC status codes (grpc_api answers with these, HTTP with STATUS).
 GRPC_STATUS = {
@@ -44,6 +45,7 @@ GRPC_STATUS = {
     Code.PRECONDITION_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 # A conflict over a value that another customer or segment holds (the fields with
 # organization-wide uniqueness claims) is ALREADY_EXISTS; any other conflict is about the

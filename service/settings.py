@@ -110,7 +110,32 @@ class Settings(BaseSettings):
     rate_limit_exports_per_minute: int = 60
     rate_limit_tracking_per_minute: int = 120_000
     max_body_bytes: int = 1_048_576
-    max_import_bytes: int = 10 * 1024**3  # an import's file, streamed to the database
+    # An import's largest file (streamed to the database) per role, as JSON; a caller gets the
+    # largest of its roles' limits, and a role not listed cannot import.
+    max_import_bytes: dict[str, int] = Field(
+        default_factory=lambda: {
+            "admin": 1024**3,
+            "manager": 1024**3,
+            "support": 64 * 1024**2,
+            "service": 64 * 1024**2,
+        }
+    )
+
+    # Customer jobs (imports, bulk operations; docs/security.md "Jobs"). Worker threads per
+    # segments process; how many jobs one organization may run at once over all workers; how
+    # long a job runs before it gives its worker to another organization's waiting job, between
+    # two batches (0 = after every batch).
+    job_workers: int = 1
+    jobs_per_org: int = 1
+    job_turn_seconds: float = 2.0
+    # Rejected rows a job's report keeps (the rest are only counted). An import stops as
+    # FAILED past `import_max_rejected_rows` rejected rows, or once more than
+    # `import_max_rejected_ratio` of the rows read were rejected after
+    # `import_ratio_min_rows` rows.
+    job_report_max_rows: int = 10_000
+    import_max_rejected_rows: int = 100_000
+    import_max_rejected_ratio: float = 0.5
+    import_ratio_min_rows: int = 1_000
 
     log_level: str = "INFO"
 

@@ -292,15 +292,20 @@ async def start_import(
 ) -> Response:
     """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import")."""
     settings: Settings = request.app.state.settings
+    limit = imports.size_limit(settings, principal)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise imports.too_large(limit)
     job = imports.new_job(principal.org, format, mode, dry_run, principal.sub)
     conn = await run_in_threadpool(jobs.connect, settings)
-    upload = imports.Upload(conn, job)
+    upload = imports.Upload(conn, job, limit)
     try:
         async for piece in request.stream():
             await run_in_threadpool(upload.feed, piece)
         answer = await run_in_threadpool(upload.finish)
     except BaseException as e:
-        await run_in_threadpool(upload.abandon, "upload interrupted")
+        reason = e.detail if isinstance(e, DomainError) else "upload interrupted"
+        await run_in_threadpool(upload.abandon, reason)
         if isinstance(e, ClientDisconnect):
             return Response(status_code=499)  # "client closed request": nobody reads it
         raise

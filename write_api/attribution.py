@@ -37,7 +37,7 @@ SEGMENT_ORGS = (
 )
 _SEGMENT_PREFIX = "domain.segment:"
 _MEMBERSHIP_PREFIX = "domain.membership:"
-ENGINE = "segment-engine"  # the actor of membership changes
+ENGINE = "segment-engine"  # the actor of membership changes the engine decided
 
 
 class WriteAuditor(Follower):
@@ -102,7 +102,8 @@ class WriteAuditor(Follower):
         aggregate, _, kind = topic.partition(":")
         action = f"{aggregate.removeprefix('domain.')}.{kind.rsplit('.', 1)[-1]}"
         if topic.startswith(_MEMBERSHIP_PREFIX):
-            subject, org, actor = UUID(event.segment_id), event.org_id, ENGINE
+            subject, org = UUID(event.segment_id), event.org_id
+            actor = getattr(event, "actor", None) or ENGINE
         else:
             subject = UUID(str(n.originator_id))
             org = orgs.get(subject)

@@ -132,10 +132,8 @@ def run(runner: JobRunner, job: Job) -> None:
         _resolve(conn, job)
         next_line = 1
     apply = {Kind.UPDATE: _update, Kind.DELETE: _delete, Kind.SEGMENTS: _assign}[Kind(job.kind)]
-    while True:
-        targets = conn.execute(TARGETS, (job.id, next_line, BATCH)).fetchall()
-        if not targets:
-            return
+    targets = conn.execute(TARGETS, (job.id, next_line, BATCH)).fetchall()
+    while targets:
         next_line = targets[-1][0] + 1
         for _ in range(_RETRIES):
             try:
@@ -145,6 +143,9 @@ def run(runner: JobRunner, job: Job) -> None:
                 continue  # a customer or the segment moved on meanwhile: decide again
         else:
             raise JobFailed("the selected customers kept changing under the job")
+        targets = conn.execute(TARGETS, (job.id, next_line, BATCH)).fetchall()
+        if targets:
+            runner.between_batches(job)
 
 
 def _resolve(conn: Connection, job: Job) -> None:
@@ -175,7 +176,7 @@ def _update(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
         )
 
     changed, tally = _decide_each(runner, job, targets, decide)
-    runner.commit(job, changed, tally.statements(job.id, next_line, 0))
+    runner.commit(job, changed, tally, next_line)
 
 
 def _delete(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int) -> None:
@@ -186,7 +187,7 @@ def _delete(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
     changed, tally = _decide_each(runner, job, targets, decide)
     commands = CustomerCommands(runner.app)
     releases = [commands.email_release(job.org_id, c.email) for c in changed]
-    runner.commit(job, changed, tally.statements(job.id, next_line, 0), releases=releases)
+    runner.commit(job, changed, tally, next_line, releases=releases)
 
 
 def _decide_each(
@@ -239,9 +240,9 @@ def _assign(runner: JobRunner, job: Job, targets: Sequence[Any], next_line: int)
             tally.skipped += 1  # already a member / not a member
     tally.updated = len(moved)
     joined, left = (moved, []) if adding else ([], moved)
-    change = Change(job.org_id, segment_id, joined, left, Reason.MANUAL)
+    change = Change(job.org_id, segment_id, joined, left, Reason.MANUAL, _actor(job))
     new = list(events(change, version, datetime.now(UTC))) if change else []
-    runner.commit(job, new, tally.statements(job.id, next_line, 0), membership=[change])
+    runner.commit(job, new, tally, next_line, membership=[change])
 
 
 def _actor(job: Job) -> str:

@@ -110,7 +110,7 @@ class CustomerCommands(Commands[Customer]):
 
         def decide(customer: Customer) -> dict[str, Any]:
             previous = customer.email
-            customer.verify_email(token, now=datetime.now(UTC))
+            customer.verify_email(token, actor=principal.sub, now=datetime.now(UTC))
             return {
                 "releases": [self.email_release(principal.org, previous)],
                 "claims": [self.email_claim(principal.org, customer.email, customer.id)],
@@ -122,7 +122,7 @@ class CustomerCommands(Commands[Customer]):
         principal.require(Permission.ORDERS)
 
         def decide(customer: Customer) -> dict[str, Any]:
-            customer.set_active_orders(count)
+            customer.set_active_orders(count, actor=principal.sub)
             return {}
 
         return self.command(principal, customer_id, None, decide)

@@ -43,7 +43,7 @@ class SegmentEngine:
         self.activity = ActivityReevaluator(Reevaluator(self.app), self._url)
         self.customers = CustomerCommands(self.app)
         self.auditor = attribution.WriteAuditor(self.app)
-        self.jobs = job_runner(self.app)
+        self.jobs = [job_runner(self.app) for _ in range(settings.job_workers)]
         self._grace = settings.erasure_grace_hours * 3600
         self._retention_months = settings.activity_retention_months
         self._stop = threading.Event()
@@ -70,11 +70,11 @@ class SegmentEngine:
                 name="activity-reevaluator",
                 daemon=True,
             ),
-            threading.Thread(
-                target=jobs.work,
-                args=(self.jobs, self._stop),
-                name="customer-jobs",
-                daemon=True,
+            *(
+                threading.Thread(
+                    target=jobs.work, args=(runner, self._stop), name="customer-jobs", daemon=True
+                )
+                for runner in self.jobs
             ),
             threading.Thread(
                 target=purchase_models.fit_forever,
@@ -108,7 +108,8 @@ class SegmentEngine:
         self.reevaluator.close()
         self.activity.close()
         self.auditor.close()
-        self.jobs.close()
+        for runner in self.jobs:
+            runner.close()
         if self._own_app:
             self.app.close()
         log.info("segment engine stopped")

@@ -3,11 +3,13 @@
 The upload is streamed into `import_chunks` (1 MiB each, never whole in memory) and the job
 queued; the segments process runs it: the file is read back chunk by chunk, every record
 validated by the rules of `POST /customers`, and the valid ones saved 500 per transaction.
-Each transaction also carries the job's checkpoint (the next record's line, the counts) and
-the rejected rows, so a job interrupted at any point resumes after the last committed batch
-and counts nothing twice. E-mail is the key: `create` skips a customer whose e-mail is
-registered, `upsert` replaces its profile (unchanged rows count as skipped), so importing a
-file twice gives the same customers. `dryRun` validates and counts without saving.
+Each transaction also carries the job's checkpoint (the next record's line and the byte it
+starts at, the counts) and the rejected rows, so a job interrupted at any point, or yielding
+its worker to another organization (write_api/jobs.py), resumes there and counts nothing
+twice. A file that is mostly junk stops the job (FAILED) after a bounded number of rows.
+E-mail is the key: `create` skips a customer whose e-mail is registered, `upsert` replaces its
+profile (unchanged rows count as skipped), so importing a file twice gives the same customers.
+`dryRun` validates and counts without saving.
 
 CSV columns are the export's (`GET /customers/export`): nested fields as dotted names
 (`location.city`), lists and maps as JSON text; server-owned columns (`id`, `status`, …) are
@@ -34,14 +36,16 @@ from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
 from domain.customer import Customer
-from domain.errors import DomainError, invalid
+from domain.errors import Code, DomainError, invalid
 from domain.values import Profile
 from eventstore.application import Customers
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from eventstore.recorder import OWNERS, Claim
+from service.auth import Principal
 from service.problems import field_path
+from service.settings import Settings
 from write_api.customers import EMAIL
-from write_api.jobs import Job, JobRunner, connect, drop_input
+from write_api.jobs import Job, JobFailed, JobRunner, connect, drop_input
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +131,24 @@ def new_job(org: str, fmt: Format, mode: Mode, dry_run: bool, requested_by: str)
     return Job(uuid4(), "import", org, fmt, mode, dry_run, requested_by, 0)
 
 
+def size_limit(settings: Settings, principal: Principal) -> int:
+    """The largest file the caller may import: the largest limit of its roles."""
+    return max((settings.max_import_bytes.get(r, 0) for r in principal.roles), default=0)
+
+
+def too_large(limit: int) -> DomainError:
+    return DomainError(Code.TOO_LARGE, f"an import file may have at most {limit} bytes")
+
+
 @dataclass
 class Upload:
     """An upload being stored: the caller feeds it the body's pieces, then finishes it (or
-    abandons it). The job row is written with the first chunk, after the header passed."""
+    abandons it). The job row is written with the first chunk, after the header passed; a
+    body over `limit` bytes is refused (413) as soon as it is."""
 
     conn: Connection
     job: Job
+    limit: int
     seq: int = 0
     size: int = 0
     checked: bool = False
@@ -141,6 +156,8 @@ class Upload:
     digest: Any = field(default_factory=hashlib.sha256)
 
     def feed(self, piece: bytes) -> None:
+        if self.size + len(piece) > self.limit:
+            raise too_large(self.limit)
         self.buffer += piece
         self.digest.update(piece)
         self.size += len(piece)
@@ -172,28 +189,37 @@ class Upload:
 # --------------------------------------------------------------------------- reading
 
 
-class _Chunks(io.RawIOBase):
-    """The stored file as a byte stream, one chunk in memory at a time."""
+class _File:
+    """An import's stored file read back as lines from byte `position`, where line `line`
+    starts; one chunk in memory at a time. `position` and `line` follow the lines handed out,
+    so once a record is read they say where the next one starts: a job resumes there."""
 
-    def __init__(self, conn: Connection, job_id: UUID) -> None:
+    def __init__(self, conn: Connection, job_id: UUID, position: int = 0, line: int = 1) -> None:
         self._conn, self._job_id = conn, job_id
-        self._seq, self._data, self._offset = 0, b"", 0
-        self.position = 0  # bytes handed out so far
+        self.position = position
+        self.line = line
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._offset >= len(self._data):
-            row = self._conn.execute(CHUNK, (self._job_id, self._seq)).fetchone()
+    def lines(self) -> Iterator[str]:
+        """Lines with their endings (LF, CRLF or CR, as text files in universal-newline mode
+        without translation); invalid UTF-8 as lone surrogates; the BOM dropped."""
+        seq, skip = divmod(self.position, CHUNK_BYTES)  # chunks but the last are CHUNK_BYTES
+        rest = b""
+        while True:
+            row = self._conn.execute(CHUNK, (self._job_id, seq)).fetchone()
+            seq += 1
+            pieces = (rest + (bytes(row[0])[skip:] if row else b"")).splitlines(keepends=True)
+            skip = 0
+            # The last piece may go on in the next chunk (a CR may be half of a CRLF).
+            rest = pieces.pop() if row is not None and pieces else b""
+            for piece in pieces:
+                text = piece.decode("utf-8", errors="surrogateescape")
+                if self.position == 0:
+                    text = text.removeprefix("\ufeff")
+                self.position += len(piece)
+                self.line += 1
+                yield text
             if row is None:
-                return 0
-            self._data, self._offset, self._seq = bytes(row[0]), 0, self._seq + 1
-        n = min(len(buffer), len(self._data) - self._offset)
-        buffer[:n] = self._data[self._offset : self._offset + n]
-        self._offset += n
-        self.position += n
-        return n
+                return
 
 
 @dataclass(frozen=True)
@@ -204,17 +230,20 @@ class Record:
     field: str | None = None
 
 
-def records(stream: _Chunks, fmt: Format) -> Iterator[Record]:
-    """The file's records with the line each starts on (1 = the first line)."""
-    text = io.TextIOWrapper(
-        io.BufferedReader(stream), encoding="utf-8-sig", errors="surrogateescape", newline=""
-    )
+def records(file: _File, fmt: Format, header: list[str] | None = None) -> Iterator[Record | None]:
+    """The file's records from where `file` stands, with the line each starts on (1 = the
+    first line); None for a blank one, which is no record, so that the caller sees the file
+    go by even when it is nothing but blank lines. A CSV's header is its first record, unless
+    given (resuming mid-file)."""
+    lines = file.lines()
     if fmt is Format.NDJSON:
-        for number, line in enumerate(text, start=1):
-            if not line.strip():
+        for text in lines:
+            if not text.strip():
+                yield None
                 continue
+            number = file.line - 1
             try:
-                value = orjson.loads(line.encode("utf-8", errors="surrogateescape"))
+                value = orjson.loads(text.encode("utf-8", errors="surrogateescape"))
             except orjson.JSONDecodeError as e:
                 yield Record(number, None, f"not JSON: {e.msg}")
                 continue
@@ -223,29 +252,31 @@ def records(stream: _Chunks, fmt: Format) -> Iterator[Record]:
             else:
                 yield Record(number, None, "not a JSON object")
         return
-    reader = csv.reader(text, strict=True)
-    header = next(reader, None)
+    reader = csv.reader(lines, strict=True)
+    header = header or next(reader, None)
     if header is None:
         return
-    end = reader.line_num
     while True:
-        start = end + 1
+        start = file.line
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            end = reader.line_num
             yield Record(start, None, f"malformed CSV: {e}")
             continue
-        end = reader.line_num
         if not any(cell.strip() for cell in row):
+            yield None
             continue
         if len(row) != len(header):
             reason = f"expected {len(header)} columns, found {len(row)}"
             yield Record(start, None, reason)
             continue
         yield Record(start, nested(header, row))
+
+
+def csv_header(conn: Connection, job_id: UUID) -> list[str]:
+    return next(csv.reader(_File(conn, job_id).lines(), strict=True), [])
 
 
 def nested(header: list[str], row: list[str]) -> dict[str, Any]:
@@ -289,23 +320,50 @@ class Batch:
 
 
 def run(runner: JobRunner, job: Job) -> None:
-    """Import the job's file from its checkpoint to the end."""
+    """Import the job's file from its checkpoint to the end (or to the end of its turn)."""
     app = runner.app
-    stream = _Chunks(connect(app.settings), job.id)
-    seen: dict[bytes, int] = {}  # e-mail claim hash -> first line, in this run
-    batch = Batch()
+    conn = connect(app.settings)
+    fmt = Format(str(job.fmt))
     try:
-        for record in records(stream, Format(str(job.fmt))):
-            if record.line < job.next_line:
-                continue
-            batch.tally.read += 1
-            _admit(app, job, record, batch, seen)
-            if batch.size >= BATCH:
-                _commit(runner, job, batch, record.line + 1, stream.position)
-                batch = Batch()
-        _commit(runner, job, batch, 2**31 - 1, stream.position)
+        header, skip_before = None, 0
+        if job.resume_offset is not None:
+            file = _File(conn, job.id, job.resume_offset, max(job.next_line, 1))
+            if fmt is Format.CSV and job.next_line > 1:
+                header = csv_header(conn, job.id)
+        else:  # a checkpoint from before resume offsets: read from the start up to it
+            file, skip_before = _File(conn, job.id), job.next_line
+        seen: dict[bytes, int] = {}  # e-mail claim hash -> first line, in this turn
+        read, failed = job.rows_read, job.failed
+        batch, batch_from = Batch(), file.position
+        for record in records(file, fmt, header):
+            if record is not None and record.line >= skip_before:
+                batch.tally.read += 1
+                _admit(app, job, record, batch, seen)
+            # A batch ends at BATCH records, or at a chunk's worth of file however few records
+            # it held (blank lines), so that every stretch of file is checkpointed and checked.
+            if batch.size >= BATCH or file.position - batch_from >= CHUNK_BYTES:
+                saved = _commit(runner, job, batch, file.line, file.position)
+                read, failed = read + saved.read, failed + len(saved.rejected)
+                _check_rejections(app.settings, read, failed)
+                runner.between_batches(job)
+                batch, batch_from = Batch(), file.position
+        _commit(runner, job, batch, 2**31 - 1, file.position)
     finally:
-        stream._conn.close()
+        conn.close()
+
+
+def _check_rejections(settings: Settings, read: int, rejected: int) -> None:
+    """Stop an import that is mostly junk, or whose junk has no end: its report would only
+    grow, and its worker is another organization's too."""
+    most = settings.import_max_rejected_rows
+    if rejected > most:
+        raise JobFailed(f"stopped after {rejected} rejected rows (at most {most} are accepted)")
+    ratio = settings.import_max_rejected_ratio
+    if read >= settings.import_ratio_min_rows and rejected > ratio * read:
+        raise JobFailed(
+            f"stopped: {rejected} of the first {read} rows were rejected"
+            f" (more than {ratio:.0%}); is it the right file?"
+        )
 
 
 def _admit(app: Customers, job: Job, record: Record, batch: Batch, seen: dict[bytes, int]) -> None:
@@ -328,18 +386,18 @@ def _admit(app: Customers, job: Job, record: Record, batch: Batch, seen: dict[by
     batch.profiles.append((record.line, profile))
 
 
-def _commit(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> None:
-    """Save the batch's customers with the checkpoint and the rejections, as one."""
+def _commit(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> Tally:
+    """Save the batch's customers with the checkpoint and the rejections, as one; what was
+    saved."""
     for _ in range(_RETRIES):
         try:
-            _save(runner, job, batch, next_line, position)
-            return
+            return _save(runner, job, batch, next_line, position)
         except IntegrityError:
             continue  # an e-mail was registered meanwhile: decide the batch again
     raise RuntimeError("e-mail claims kept changing under the import")
 
 
-def _save(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> None:
+def _save(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: int) -> Tally:
     app, org, actor = runner.app, job.org_id, f"import:{job.id}"
     keys = {line: app.keys.claim_hash(EMAIL, org, p.email) for line, p in batch.profiles}
     conn = runner.conn
@@ -383,5 +441,5 @@ def _save(runner: JobRunner, job: Job, batch: Batch, next_line: int, position: i
             for line, p in batch.profiles
             if p.email in by_email
         ]
-    statements = tally.statements(job.id, next_line, position)
-    runner.commit(job, [*new, *changed], statements, **side_writes)
+    runner.commit(job, [*new, *changed], tally, next_line, position, **side_writes)
+    return tally

@@ -1,14 +1,23 @@
-"""The customer-job worker of the segments process: claims queued imports and bulk
-operations one at a time and runs each from its checkpoint (write_api/imports.py,
-write_api/bulk.py). A job's every batch commits its changes with its checkpoint, so a job
-interrupted anywhere — a killed process, a lost database — is queued again and resumes after
-the last committed batch, counting nothing twice."""
+"""The customer-job workers of the segments process: claim queued imports and bulk
+operations and run each from its checkpoint (write_api/imports.py, write_api/bulk.py). A job's
+every batch commits its changes with its checkpoint, so a job interrupted anywhere — a killed
+process, a lost database — is queued again and resumes after the last committed batch,
+counting nothing twice.
+
+Organizations share the workers (any number, in any number of processes): one runs at most
+`jobs_per_org` jobs at once; the next job claimed is the oldest of the organization with the
+fewest running, then of the one whose last turn began longest ago; and a job that has run
+`job_turn_seconds` gives its worker up between two batches when another organization's job
+waits (queued again, it resumes from that batch's checkpoint). Claims are serialised by a
+transaction-scoped advisory lock, so that two workers never both find an organization below
+its share."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,19 +28,40 @@ from eventsourcing import persistence
 from psycopg.rows import tuple_row
 
 from eventstore.application import Customers
-from eventstore.jobs import UNLOCK_JOB, WorkerConnection, claim, requeue_orphans, run_worker
+from eventstore.jobs import (
+    UNLOCK_JOB,
+    Tally,
+    WorkerConnection,
+    claim,
+    requeue_orphans,
+    run_worker,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[Any]
 
-CLAIM = (
-    "UPDATE customer_jobs SET state = 'RUNNING', started_at = coalesce(started_at, now())"
-    " WHERE id = (SELECT id FROM customer_jobs WHERE state = 'QUEUED' ORDER BY created_at"
-    " FOR UPDATE SKIP LOCKED LIMIT 1)"
-    " RETURNING id, kind, org_id, format, mode, dry_run, requested_by, next_line, spec"
+# The job to run next: of the organizations below their share of running jobs (`share`),
+# the one with the fewest running, then the one whose last turn began longest ago (never:
+# first); its oldest queued job. `besides` leaves one organization out (NULL: none).
+NEXT = (
+    "SELECT q.id FROM customer_jobs q,"
+    " LATERAL (SELECT count(*) AS n FROM customer_jobs r"
+    " WHERE r.org_id = q.org_id AND r.state = 'RUNNING') AS running,"
+    " LATERAL (SELECT max(t.claimed_at) AS at FROM customer_jobs t"
+    " WHERE t.org_id = q.org_id) AS turn"
+    " WHERE q.state = 'QUEUED' AND q.org_id IS DISTINCT FROM %(besides)s::text"
+    " AND running.n < %(share)s"
+    " ORDER BY running.n, turn.at NULLS FIRST, q.created_at LIMIT 1"
 )
+CLAIM = (
+    "UPDATE customer_jobs SET state = 'RUNNING', started_at = coalesce(started_at, now()),"  # noqa: S608
+    f" claimed_at = now() WHERE id = ({NEXT})"
+    " RETURNING id, kind, org_id, format, mode, dry_run, requested_by, next_line, spec,"
+    " resume_offset, rows_read, failed"
+)
+WAITING = f"SELECT EXISTS ({NEXT})"
 RUNNING = "SELECT id FROM customer_jobs WHERE state = 'RUNNING'"
 REQUEUE = "UPDATE customer_jobs SET state = 'QUEUED' WHERE id = %s AND state = 'RUNNING'"
 FINISH = "UPDATE customer_jobs SET state = %s, error = %s, finished_at = now() WHERE id = %s"
@@ -61,6 +91,9 @@ class Job:
     requested_by: str
     next_line: int  # records (bulk: targets) before this one are done
     spec: dict[str, Any] | None = None
+    resume_offset: int | None = None  # the byte of an import's file where next_line starts
+    rows_read: int = 0  # by earlier turns
+    failed: int = 0  # by earlier turns
 
 
 def connect(settings: Settings) -> Connection:
@@ -76,6 +109,7 @@ class JobRunner:
         self.app = app
         self.handlers = handlers
         self._worker = WorkerConnection(app.settings.database_url)
+        self._turn_began = 0.0
 
     @property
     def conn(self) -> Connection:
@@ -91,10 +125,19 @@ class JobRunner:
             drop_input(self.conn, jid)
 
     def commit(
-        self, job: Job, aggregates: Sequence[Any], statements: Sequence[Any], **side_writes: Any
+        self,
+        job: Job,
+        aggregates: Sequence[Any],
+        tally: Tally,
+        next_line: int,
+        position: int = 0,
+        **side_writes: Any,
     ) -> None:
-        """A batch's events with its checkpoint and rejections (`statements`), as one
-        transaction; a dry run, or a batch that changes nothing, writes only the latter."""
+        """A batch's events with the job's checkpoint (resume at `next_line`, at byte
+        `position` of an import's file) and its rejections, as one transaction; a dry run, or
+        a batch that changes nothing, writes only the latter."""
+        keep = self.app.settings.job_report_max_rows
+        statements = tally.statements(job.id, next_line, position, keep)
         if job.dry_run or not aggregates:
             with self.conn.transaction():
                 for query, params in statements:
@@ -102,15 +145,46 @@ class JobRunner:
             return
         self.app.save(*aggregates, statements=statements, **side_writes)
 
-    def run_next(self) -> bool:
-        conn = self.conn
-        row = claim(conn, CLAIM, LOCK_SPACE)
+    def claim(self) -> Job | None:
+        """The next job by the organizations' shares and turns, now RUNNING here; None if
+        no organization below its share has one queued."""
+        params = {"besides": None, "share": self.app.settings.jobs_per_org}
+        row = claim(self.conn, CLAIM, LOCK_SPACE, params, serialized=True)
         if row is None:
+            return None
+        self._turn_began = time.monotonic()
+        return Job(*row)
+
+    def between_batches(self, job: Job) -> None:
+        """Called by a handler after each committed batch but its last: ends the job's turn
+        (JobYielded) once it has had `job_turn_seconds` and another organization's job waits.
+        Nothing is lost: the batch's checkpoint is committed, and the job is queued again."""
+        settings = self.app.settings
+        if time.monotonic() - self._turn_began < settings.job_turn_seconds:
+            return
+        params = {"besides": job.org_id, "share": settings.jobs_per_org}
+        row = self.conn.execute(WAITING, params).fetchone()
+        if row is not None and row[0]:
+            raise JobYielded
+
+    def run_next(self) -> bool:
+        """Claim a job and run it until it ends or yields its turn; False if none waits."""
+        job = self.claim()
+        if job is None:
             return False
-        job = Job(*row)
+        self.run(job)
+        return True
+
+    def run(self, job: Job) -> None:
+        """Run a claimed job until it ends (SUCCEEDED or FAILED) or yields (QUEUED again)."""
+        conn = self.conn
         try:
             self.handlers[job.kind](self, job)
             outcome: tuple[str, str | None] = ("SUCCEEDED", None)
+        except JobYielded:
+            conn.execute(REQUEUE, (job.id,))
+            conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
+            return
         except (psycopg.OperationalError, persistence.OperationalError):
             # The database refused or lost a connection: nothing is wrong with the job. It
             # runs again from its checkpoint, here or (if this connection is gone too, taking
@@ -128,7 +202,6 @@ class JobRunner:
         conn.execute(FINISH, (*outcome, job.id))
         drop_input(conn, job.id)
         conn.execute(UNLOCK_JOB, (job.id, LOCK_SPACE))
-        return True
 
 
 Handler = Callable[[JobRunner, Job], None]
@@ -143,9 +216,13 @@ class JobFailed(Exception):
     """The job cannot go on (its message, without personal data, is the job's error)."""
 
 
+class JobYielded(Exception):
+    """The job gives its worker to another organization's job, after a committed batch."""
+
+
 def work(runner: JobRunner, stop: threading.Event, poll: float = 1.0) -> None:
-    """The segments process's job thread: run queued jobs until `stop`; an idle runner gives
-    its connection back (imports and bulk jobs are rare)."""
+    """A job thread of the segments process: run queued jobs until `stop`; an idle runner
+    gives its connection back (imports and bulk jobs are rare)."""
     run_worker(
         "customer-jobs",
         runner.run_next,

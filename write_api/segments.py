@@ -205,6 +205,7 @@ class SegmentCommands(Commands[Segment]):
                 [str(c) for c in dict.fromkeys(add) if c not in members],
                 [str(c) for c in dict.fromkeys(remove) if c in members],
                 Reason.MANUAL,
+                principal.sub,
             )
             try:
                 append(self.app, [change], list(events(change, version, datetime.now(UTC))))

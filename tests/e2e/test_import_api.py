@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import TokenFactory
+from service.settings import Settings
+from tests.e2e.conftest import TokenFactory, new_customer
 from tests.e2e.test_customers_api import assert_problem
 from tests.e2e.test_membership_api import CUSTOMERS, eventually
+from write_api import imports
 
 IMPORT = f"{CUSTOMERS}/import"
 HEADER = (
@@ -137,3 +139,24 @@ def test_ndjson_dry_run_and_malformed_files(http: httpx.Client, auth: TokenFacto
     assert http.get(f"{IMPORT}/{uuid.uuid4()}", headers=h).status_code == 404
     other = auth(org_id=f"other-{uuid.uuid4().hex[:6]}")
     assert http.get(f"{IMPORT}/{real['id']}", headers=other).status_code == 404
+
+
+def test_a_junk_file_stops_as_failed_with_a_bounded_report(
+    http: httpx.Client, auth: TokenFactory, migrated: Settings
+) -> None:
+    """The probe's attack, scaled down: a support user's file of one customer and then
+    nothing but invalid lines. The job stops once most of the rows read are rejected, instead
+    of storing a rejection per line for as long as the file goes on."""
+    h = auth("support")
+    junk = 20_000
+    person = new_customer()
+    content = httpx.Response(200, json=person).content + b"\n" + b"B\n" * junk
+    job = finished(http, h, content, format="ndjson")
+    assert job["state"] == "FAILED" and "rejected" in job["error"], job
+    assert job["created"] == 1
+    stored = report(http, h, job)
+    assert job["failed"] == len(stored) + job["rejectionsNotStored"]
+    # Stopped at the first check after `import_ratio_min_rows` rows, long before the end.
+    assert len(stored) < migrated.import_ratio_min_rows + imports.BATCH < junk
+    junk_line = "not JSON: unexpected character, expected a JSON value"
+    assert stored[:2] == [(2, junk_line), (3, junk_line)]

@@ -148,3 +148,36 @@ def test_forwarded_addresses_count_only_from_trusted_proxies(
     trusting = migrated.model_copy(update={**exports, "trusted_proxies": "127.0.0.1"})
     for url in serve_in_thread(Gateway(trusting), trusting):
         assert exports_of(url, auth) == [404, 404, 404]
+
+
+@pytest.fixture(scope="module")
+def import_limits(migrated: Settings) -> Iterator[str]:
+    settings = migrated.model_copy(
+        update={"max_import_bytes": {"admin": 100_000, "manager": 100_000, "support": 2_000}}
+    )
+    yield from serve_in_thread(Gateway(settings))
+
+
+def test_import_size_limit_by_role(import_limits: str, auth: TokenFactory) -> None:
+    header = "email,name,preferences.marketingConsent,preferences.dataProcessingConsent\r\n"
+    body = "".join(f"size{i}@example.com,Size {i},false,true\r\n" for i in range(80))
+    content = (header + body).encode()
+    assert 2_000 < len(content) < 100_000
+    url, params = f"{CUSTOMERS}/import", {"dryRun": "true"}
+    csv = {"Content-Type": "text/csv"}
+    support, admin = {**auth("support"), **csv}, {**auth("admin"), **csv}
+    with httpx.Client(base_url=import_limits, timeout=10) as http:
+        refused = http.post(url, content=content, params=params, headers=support)
+        assert_problem(refused, 413)
+        assert "2000 bytes" in refused.json()["detail"]
+        assert http.post(url, content=content, params=params, headers=admin).status_code == 202
+        # A role without a limit of its own cannot import at all.
+        assert_problem(http.post(url, content=content, headers={**auth("service"), **csv}), 413)
+
+    def pieces() -> Iterator[bytes]:  # no Content-Length: refused once past the limit
+        yield content[:1_500]
+        yield content[1_500:]
+
+    with httpx.Client(base_url=import_limits, timeout=10) as http:
+        streamed = http.post(url, content=pieces(), params=params, headers=support)
+        assert_problem(streamed, 413)

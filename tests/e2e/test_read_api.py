@@ -98,7 +98,7 @@ def world(env: Settings, pg_admin_url: str) -> Iterator[World]:
         w.ids += [c.id for c in made]
     for c in made[:10]:
         if c.active_orders == 0:
-            c.set_active_orders(1)
+            c.set_active_orders(1, actor="t")
     app.save(*made[:10])
     statuses = [CustomerStatus.INACTIVE, CustomerStatus.SUSPENDED]
     for n, cid in enumerate(w.ids[::6]):

@@ -1,5 +1,6 @@
 """The audit trail on real PostgreSQL: the chain verifies, and an altered, removed or forged
-entry is found; privacy records land in the operation's transaction."""
+entry is found; privacy records land in the operation's transaction; every write names who
+made it."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import uuid
 
 import psycopg
 
+from domain.consent import ConsentChange
 from domain.customer import Customer
-from domain.segment import Segment, SegmentDefinition
-from domain.values import Profile
+from domain.segment import Segment, SegmentDefinition, SegmentStatus
+from domain.values import CustomerStatus, Profile
 from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.keys import AUDIT_KEY_PURPOSE, Keyring
+from projections.runner import Projector
+from service.auth import Principal
 from service.cli import _verify_audit
+from service.rules_engine import RulesEngine
 from service.settings import Settings
 from write_api.attribution import WriteAuditor
+from write_api.customers import CustomerCommands
+from write_api.segments import SegmentCommands
 
 
 def key(settings: Settings) -> bytes:
@@ -109,3 +116,71 @@ def test_every_write_is_attributed_once(settings: Settings, app: Customers) -> N
         ("marketer-1", "segment.Created", segment.id),
     ]
     assert "Audited Person" not in str(rows)
+
+
+def test_no_command_leaves_a_write_unattributed(settings: Settings, app: Customers) -> None:
+    """Every command on customers and segments, as one caller: every audit entry names the
+    caller, and every kind of event either aggregate has is among them."""
+    org = f"org-{secrets.token_hex(3)}"
+    caller = Principal(sub="caller-7", org=org, roles=frozenset({"admin"}))
+    customers = CustomerCommands(app)
+
+    def profile(email: str, **more: object) -> Profile:
+        body = {
+            "email": email,
+            "name": "Audited Person",
+            "preferences": {"marketingConsent": True, "dataProcessingConsent": True},
+        }
+        return Profile.model_validate({**body, **more})
+
+    def create() -> uuid.UUID:
+        email = f"w{secrets.token_hex(4)}@example.com"
+        return uuid.UUID(str(customers.create(caller, profile(email)).body["id"]))  # type: ignore[index]
+
+    kept = create()
+    customers.update(caller, kept, profile(f"new{secrets.token_hex(4)}@example.com"), None, None)
+    customers.update(
+        caller, kept, profile(app.repository.get(kept).email, age=40), CustomerStatus.INACTIVE, None
+    )
+    customers.verify_email(caller, kept, app.repository.get(kept).pending_token)
+    customers.set_active_orders(caller, kept, 2)
+    customers.set_active_orders(caller, kept, 0)
+    customers.change_consent(
+        caller, kept, ConsentChange.model_validate({"consents": {"marketing": False}})
+    )
+    customers.delete(caller, kept, None)
+    shredded = [create(), create()]
+    auditor = WriteAuditor(app)
+    auditor.run_once()  # before their earlier events become unreadable
+    customers.anonymize(caller, shredded[0])
+    customers.erase(caller, shredded[1])
+
+    segments = SegmentCommands(app, RulesEngine(settings))
+    member = create()
+    projector = Projector(settings, app=app)
+    projector.run_once()  # members are assigned from the customers view
+    projector.close()
+    static = {"name": f"audited {secrets.token_hex(3)}", "ruleId": "r", "kind": "STATIC"}
+    created = segments.create(caller, SegmentDefinition.model_validate(static)).body
+    assert created is not None
+    sid = uuid.UUID(created["id"])
+    segments.assign(caller, sid, [member], [])
+    segments.assign(caller, sid, [], [member])
+    renamed = SegmentDefinition.model_validate({**static, "name": f"{static['name']} 2"})
+    segments.update(caller, sid, renamed, SegmentStatus.INACTIVE, None)
+    segments.delete(caller, sid, None)
+    auditor.run_once()
+    auditor.close()
+    with psycopg.connect(str(settings.database_url)) as conn:
+        rows = conn.execute(
+            "SELECT actor, action FROM audit_log WHERE org_id = %s AND outcome = 'committed'",
+            (org,),
+        ).fetchall()
+    assert {actor for actor, _ in rows} == {"caller-7"}, rows
+    kinds = {
+        f"{aggregate.__name__.lower()}.{name}"
+        for aggregate in (Customer, Segment)
+        for name, value in vars(aggregate).items()
+        if isinstance(value, type) and issubclass(value, aggregate.Event) and name != "Event"
+    }
+    assert kinds | {"membership.SegmentJoined", "membership.SegmentLeft"} == {a for _, a in rows}

@@ -82,7 +82,7 @@ def test_replay_and_rebuild_after_erasure(settings: Settings, app: Customers) ->
 def test_erasure_is_refused_with_active_orders(settings: Settings, app: Customers) -> None:
     org = f"org-{secrets.token_hex(3)}"
     (busy,) = people(app, org, 1)
-    busy.set_active_orders(1)
+    busy.set_active_orders(1, actor="t")
     app.save(busy)
     with pytest.raises(DomainError, match="active order"):
         CustomerCommands(app).erase(admin(org), busy.id)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -62,8 +63,9 @@ def test_a_killed_import_resumes_and_counts_every_row_once(settings: Settings) -
     bad = "not-an-email,Bad,false,true\r\n"  # line ROWS + 2
     job = imports.new_job(org, imports.Format.CSV, imports.Mode.CREATE, False, "t")
     with jobs.connect(settings) as conn:
-        upload = imports.Upload(conn, job)
-        upload.feed((header + rows + bad).encode())
+        content = (header + rows + bad).encode()
+        upload = imports.Upload(conn, job, len(content))
+        upload.feed(content)
         assert upload.finish()["state"] == "QUEUED"
 
     watch = psycopg.connect(str(settings.database_url), autocommit=True)
@@ -109,19 +111,20 @@ def test_a_lost_connection_requeues_the_job_instead_of_failing_it(
     rows = "".join(f"q{i}@example.com,Q {i},false,true\r\n" for i in range(10))
     job = imports.new_job(org, imports.Format.CSV, imports.Mode.CREATE, False, "t")
     with jobs.connect(settings) as conn:
-        upload = imports.Upload(conn, job)
-        upload.feed((header + rows).encode())
+        content = (header + rows).encode()
+        upload = imports.Upload(conn, job, len(content))
+        upload.feed(content)
         upload.finish()
-    real = imports._Chunks.readinto
+    real = imports._File.lines
     failures = iter([psycopg.OperationalError("server closed the connection unexpectedly")])
 
-    def flaky(self: imports._Chunks, buffer: Any) -> int:
+    def flaky(self: imports._File) -> Iterator[str]:
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        return real(self, buffer)
+        return real(self)
 
-    monkeypatch.setattr(imports._Chunks, "readinto", flaky)
+    monkeypatch.setattr(imports._File, "lines", flaky)
     app = Customers(settings, pool_size=1)
     importer = job_runner(app)
     watch = psycopg.connect(str(settings.database_url), autocommit=True)

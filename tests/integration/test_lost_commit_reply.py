@@ -97,8 +97,8 @@ def test_a_real_conflict_is_still_a_conflict(app: Customers) -> None:
     first: object = app.repository.get(customer_id)
     second: object = app.repository.get(customer_id)
     assert isinstance(first, Customer) and isinstance(second, Customer)
-    first.set_active_orders(1)
-    second.set_active_orders(2)
+    first.set_active_orders(1, actor="t")
+    second.set_active_orders(2, actor="t")
     app.save(first)
     with pytest.raises(IntegrityError):
         app.save(second)

@@ -176,7 +176,7 @@ def test_every_event_type_lands_in_the_view_exactly_as_the_aggregate(
         projector.run_once()
         assert_matches(settings, app, c.id)
         assert orjson.loads(row(settings, c.id)["doc"])["pendingEmail"] == "new@example.com"  # type: ignore[index]
-        c.verify_email(token, now=datetime.now(UTC))
+        c.verify_email(token, actor="t", now=datetime.now(UTC))
         app.save(c)
         projector.run_once()
         assert_matches(settings, app, c.id)
@@ -194,12 +194,12 @@ def test_every_event_type_lands_in_the_view_exactly_as_the_aggregate(
             status=CustomerStatus.SUSPENDED,
         )
         app.save(c)
-        c.set_active_orders(3)
+        c.set_active_orders(3, actor="t")
         app.save(c)
         projector.run_once()
         assert_matches(settings, app, c.id)
         assert orjson.loads(row(settings, c.id)["doc"])["activeOrders"] == 3  # type: ignore[index]
-        c.set_active_orders(0)
+        c.set_active_orders(0, actor="t")
         c.delete(actor="tester")
         app.save(c)
         projector.run_once()
@@ -248,7 +248,7 @@ def test_an_unknown_customer_event_is_a_dead_letter_and_the_rest_is_projected(
     try:
         (c,) = register(app, 1)
         c.trigger_event(Frobnicated)
-        c.set_active_orders(1)
+        c.set_active_orders(1, actor="t")
         app.save(c)
         (other,) = register(app, 1, start=1)
         projector = runner(app)
@@ -275,7 +275,9 @@ def test_shredded_events_delete_the_row(settings: Settings, app: Customers) -> N
     projector = runner(app)
     projector.run_once()
     projector.close()
-    erase.set_active_orders(2)  # a later event, not yet projected when the key is destroyed
+    erase.set_active_orders(
+        2, actor="t"
+    )  # a later event, not yet projected when the key is destroyed
     app.save(erase)
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
         conn.execute(
@@ -308,7 +310,7 @@ def test_rebuild_equals_incremental(settings: Settings, app: Customers) -> None:
             if i % 2:
                 update(c, profile(i, name=f"N{i}", tags=["x", "y"]))
             if i % 3 == 0:
-                c.set_active_orders(i)
+                c.set_active_orders(i, actor="t")
             if i % 5 == 0:
                 update(c, profile(i, email=f"moved{i}@example.com"))
         app.save(*made)
@@ -349,7 +351,7 @@ def test_projection_is_exactly_once_across_a_sigkill(settings: Settings, app: Cu
     for b in range(6):
         made += register(app, 500, start=b * 500)
     for i, c in enumerate(made):
-        c.set_active_orders(1 + i % 4)
+        c.set_active_orders(1 + i % 4, actor="t")
         if i % 2:
             update(c, profile(i, name=f"Changed {i}"))
     app.save(*made)
@@ -409,7 +411,7 @@ def test_two_runners_of_one_view_never_apply_a_batch_twice(
 ) -> None:
     made = register(app, 300)
     for c in made:
-        c.set_active_orders(5)
+        c.set_active_orders(5, actor="t")
     app.save(*made)
     runners = [runner(Customers(settings), 11) for _ in range(2)]
     counts: list[int] = []

@@ -88,11 +88,11 @@ def full_lifecycle(app: Customers, i: int, org: str) -> Customer:
         verification_ttl=timedelta(hours=1),
     )
     app.save(c)
-    c.verify_email(c.pending_token or "", now=now)
+    c.verify_email(c.pending_token or "", actor="t", now=now)
     app.save(c)
-    c.set_active_orders(2)
+    c.set_active_orders(2, actor="t")
     app.save(c)
-    c.set_active_orders(0)
+    c.set_active_orders(0, actor="t")
     c.delete(actor="writer")
     app.save(c)
     return c
@@ -342,7 +342,7 @@ def test_survives_nats_crashes_while_events_keep_coming(
             while not stop_writing.is_set():
                 customers = register(app, i, 20, ORGS[i % 2])
                 for c in customers[:5]:
-                    c.set_active_orders(1)
+                    c.set_active_orders(1, actor="t")
                 app.save(*customers[:5])
                 i += 20
                 written[0] += 25

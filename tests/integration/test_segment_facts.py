@@ -145,7 +145,7 @@ def test_erasure_removes_the_facts(settings: Settings, app: Customers) -> None:
     runner.run_once()
     runner.close()
     assert set(stored(settings, [keep.id, erase.id])) == {keep.id, erase.id}
-    erase.set_active_orders(1)
+    erase.set_active_orders(1, actor="t")
     app.save(erase)
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
         conn.execute(

@@ -85,19 +85,22 @@ class CustomerMachine(RuleBasedStateMachine):
         assert self.token is not None
         if self.status == CustomerStatus.DELETED:
             self._expect_refused(
-                lambda: self.customer.verify_email(self.token or "", now=NOW), {Code.CONFLICT}
+                lambda: self.customer.verify_email(self.token or "", actor="t", now=NOW),
+                {Code.CONFLICT},
             )
             return
-        self.customer.verify_email(self.token, now=NOW)
+        self.customer.verify_email(self.token, actor="t", now=NOW)
         assert self.pending is not None
         self.email, self.token, self.pending = self.pending, None, None
 
     @rule(count=st.integers(min_value=0, max_value=3))
     def orders_change(self, count: int) -> None:
         if self.status == CustomerStatus.DELETED:
-            self._expect_refused(lambda: self.customer.set_active_orders(count), {Code.CONFLICT})
+            self._expect_refused(
+                lambda: self.customer.set_active_orders(count, actor="t"), {Code.CONFLICT}
+            )
             return
-        self.customer.set_active_orders(count)
+        self.customer.set_active_orders(count, actor="t")
         self.orders = count
 
     @rule()

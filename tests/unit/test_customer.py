@@ -89,9 +89,9 @@ def test_email_change_needs_verification() -> None:
     assert c.email == "jane.doe@example.com"
     assert c.pending_email == "new@example.com"
     with pytest.raises(DomainError) as err:
-        c.verify_email("wrong", now=NOW)
+        c.verify_email("wrong", actor="t", now=NOW)
     assert (err.value.code, err.value.field) == (Code.INVALID, "token")
-    c.verify_email(token, now=NOW)
+    c.verify_email(token, actor="t", now=NOW)
     assert c.email == "new@example.com" and c.pending_email is None
 
 
@@ -100,7 +100,7 @@ def test_verification_token_expires() -> None:
     token = update(c, profile(email="new@example.com"))
     assert token
     with pytest.raises(DomainError) as err:
-        c.verify_email(token, now=NOW + TTL + timedelta(seconds=1))
+        c.verify_email(token, actor="t", now=NOW + TTL + timedelta(seconds=1))
     assert err.value.field == "token"
 
 
@@ -149,11 +149,11 @@ def test_status_transitions(
 
 def test_deletion_refused_with_active_orders_then_allowed() -> None:
     c = Customer.register("acme", profile(), "u")
-    c.set_active_orders(2)
+    c.set_active_orders(2, actor="t")
     with pytest.raises(DomainError) as err:
         c.delete(actor="u")
     assert err.value.code == Code.CONFLICT
-    c.set_active_orders(0)
+    c.set_active_orders(0, actor="t")
     c.delete(actor="u")
     assert c.status == CustomerStatus.DELETED
 
@@ -163,9 +163,9 @@ def test_deleted_customer_cannot_be_modified() -> None:
     c.delete(actor="u")
     for attempt in (
         lambda: update(c, profile(name="X")),
-        lambda: c.set_active_orders(1),
+        lambda: c.set_active_orders(1, actor="t"),
         lambda: c.delete(actor="u"),
-        lambda: c.verify_email("t", now=NOW),
+        lambda: c.verify_email("t", actor="t", now=NOW),
     ):
         with pytest.raises(DomainError) as err:
             attempt()
@@ -178,3 +178,25 @@ def test_update_keeps_acquisition_date_when_not_given() -> None:
     )
     update(c, profile(name="Other"))
     assert c.profile["metadata"]["acquisitionDate"] == "2024-01-15T10:30:00Z"
+
+
+def test_events_stored_before_they_named_an_actor_still_replay() -> None:
+    c = Customer.register("acme", profile(), "u")
+    token = update(c, profile(email="new@example.com"))
+    c.verify_email(token or "", actor="u", now=NOW)
+    c.set_active_orders(2, actor="u")
+    stored = []
+    for e in c.collect_events():
+        # As eventstore.mapper decodes an event: its stored state, here without `actor`
+        # where these kinds of event once had none.
+        state = dict(vars(e))
+        if type(e).__name__ in {"EmailChangeRequested", "EmailVerified", "ActiveOrdersChanged"}:
+            del state["actor"]
+        old = object.__new__(type(e))
+        object.__setattr__(old, "__dict__", state)
+        stored.append(old)
+    replayed: Any = None
+    for e in stored:
+        replayed = e.mutate(replayed)
+    assert (replayed.email, replayed.active_orders) == ("new@example.com", 2)
+    assert getattr(stored[-1], "actor", None) is None  # shown as "unrecorded" in the audit

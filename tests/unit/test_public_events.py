@@ -55,9 +55,9 @@ def lifecycle() -> tuple[Customer, list[object], str]:
         verification_ttl=timedelta(hours=24),
     )
     assert token is not None
-    c.verify_email(token, now=NOW)
-    c.set_active_orders(3)
-    c.set_active_orders(0)
+    c.verify_email(token, actor="t", now=NOW)
+    c.set_active_orders(3, actor="t")
+    c.set_active_orders(0, actor="t")
     c.delete(actor="admin@acme.example")
     return c, list(c.collect_events()), token
 
