@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated, Any
 from uuid import UUID
 
 import jwt
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from domain.errors import Code, DomainError
 from domain.masking import hidden
@@ -227,9 +228,34 @@ def _reason(error: jwt.PyJWTError) -> str:
     return next((r for kind, r in _REASONS if isinstance(error, kind)), "malformed")
 
 
+# Tokens verified already, until they expire: a client sends the same token with every request,
+# and verifying it (base64, JSON, HMAC or RSA, claim checks) is most of a read's own CPU.
+# Keyed by what the verification depended on, so another configuration verifies again.
+_VERIFIED: dict[tuple[str, str | None, str | None, str, str], tuple[float, Principal]] = {}
+_VERIFIED_MAX = 10_000
+
+
 def verify_token(settings: Settings, token: str) -> Principal:
     if not settings.jwt_secret and not settings.jwt_jwks_url:
         raise DomainError(Code.UNAVAILABLE, "authentication is not configured")
+    key = (
+        token,
+        settings.jwt_secret,
+        settings.jwt_jwks_url,
+        settings.jwt_audience,
+        settings.jwt_issuer,
+    )
+    cached = _VERIFIED.get(key)
+    if cached is not None and time.time() < cached[0]:
+        return cached[1]
+    principal, expires = _verify(settings, token)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[key] = (expires + settings.jwt_leeway_seconds, principal)
+    return principal
+
+
+def _verify(settings: Settings, token: str) -> tuple[Principal, float]:
     key, algorithms = _key_for(settings, token)
     try:
         claims = jwt.decode(
@@ -255,21 +281,29 @@ def verify_token(settings: Settings, token: str) -> Principal:
     latest = time.time() + settings.jwt_max_lifetime_seconds + settings.jwt_leeway_seconds
     if claims["exp"] > latest:
         raise _unauthorized("lifetime too long")
-    return principal_of(claims["sub"], claims.get("org"), claims.get("roles", []))
+    principal = principal_of(claims["sub"], claims.get("org"), claims.get("roles", []))
+    return principal, float(claims["exp"])
 
 
-def authenticate(request: Request) -> Principal:
-    """The caller: an API key (`X-API-Key`) or a bearer token."""
+async def authenticate(request: Request) -> Principal:
+    """The caller: an API key (`X-API-Key`) or a bearer token. Verified on the event loop
+    when that is CPU work alone (a shared-secret token); in a worker thread when it may wait
+    for the database (an API key) or the identity provider (JWKS)."""
     app = request.app
     settings: Settings = getattr(app.state, "settings", None) or get_settings()
-    return caller(
+    api_key = request.headers.get("x-api-key")
+    identify = partial(
+        caller,
         settings,
         getattr(app.state, "api_keys", None),
         getattr(app.state, "rate_limiter", None),
         request.client.host if request.client else "unknown",
         authorization=request.headers.get("authorization", ""),
-        api_key=request.headers.get("x-api-key"),
+        api_key=api_key,
     )
+    if api_key is None and not settings.jwt_jwks_url:
+        return identify()
+    return await run_in_threadpool(identify)
 
 
 def caller(
