@@ -112,6 +112,7 @@ class Relay:
         self.stream = settings.nats_stream
         self.prefix = settings.nats_subject_prefix
         self.batch_size = batch_size or settings.relay_batch_size
+        self.gather = settings.follower_gather_ms / 1000
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
         self.max_retry_delay = max_retry_delay
@@ -148,7 +149,7 @@ class Relay:
             while not self._stop_requested:
                 self._wake.clear()
                 try:
-                    await self.run_once()
+                    published = await self.run_once()
                     delay = 0.1
                 except Exception as exc:
                     log.warning(
@@ -161,6 +162,9 @@ class Relay:
                     await self._drop_connection()
                     await self._pause(delay)
                     delay = min(delay * 2, self.max_retry_delay)
+                    continue
+                if published and self.gather > 0:
+                    await self._pause(self.gather)  # let a burst pile up: one batch, one ack wait
                     continue
                 await self._wait_for_events(self.poll_interval)
         finally:

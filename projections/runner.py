@@ -261,6 +261,7 @@ class Projector:
                 close=self.runner.close,
                 stop=self._halt,
                 poll_interval=self.poll_interval,
+                gather=self.app.settings.projection_gather_ms / 1000,
             )
         finally:
             self._halt = None

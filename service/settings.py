@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     db_wait_seconds: int = 2
 
     projection_batch_size: int = 2000
+    # After a round that found events, a follower lets more pile up this long before the
+    # next: one round's reads, transaction and position then serve many commits. The
+    # projector's wait bounds how much later than its commit a write becomes listable.
+    projection_gather_ms: int = 10
+    follower_gather_ms: int = 50  # relay, write auditor, segment evaluators
     relay_batch_size: int = 500
 
     # Rules engine that segment ruleIds must reference; unset = not validated (warned at start).

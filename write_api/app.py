@@ -77,7 +77,9 @@ _ERRORS = problems.problem_responses(
 )
 
 
-def _commands(request: Request) -> CustomerCommands:
+# Dependencies are `async`: FastAPI runs a plain `def` one in its threadpool, a thread hop
+# per request for a field access.
+async def _commands(request: Request) -> CustomerCommands:
     commands: CustomerCommands = request.app.state.commands
     return commands
 
@@ -85,7 +87,7 @@ def _commands(request: Request) -> CustomerCommands:
 Commands = Annotated[CustomerCommands, Depends(_commands)]
 
 
-def _segment_commands(request: Request) -> SegmentCommands:
+async def _segment_commands(request: Request) -> SegmentCommands:
     commands: SegmentCommands = request.app.state.segments
     return commands
 
@@ -93,7 +95,7 @@ def _segment_commands(request: Request) -> SegmentCommands:
 Segments = Annotated[SegmentCommands, Depends(_segment_commands)]
 
 
-def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
+async def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     m = _ETAG.match(if_match.strip())

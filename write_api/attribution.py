@@ -120,4 +120,12 @@ class WriteAuditor(Follower):
 
 def follow_log(auditor: WriteAuditor, url: str, stop: threading.Event) -> None:
     """Attribute new events as they are committed (NOTIFY; at the latest every second)."""
-    follow("write auditor", url, EVENTS_TABLE, auditor.run_once, close=auditor.close, stop=stop)
+    follow(
+        "write auditor",
+        url,
+        EVENTS_TABLE,
+        auditor.run_once,
+        close=auditor.close,
+        stop=stop,
+        gather=auditor.app.settings.follower_gather_ms / 1000,
+    )

@@ -240,6 +240,7 @@ def follow_customers(reevaluator: Reevaluator, url: str, stop: threading.Event) 
         reevaluator.run_once,
         close=reevaluator.close,
         stop=stop,
+        gather=reevaluator.app.settings.follower_gather_ms / 1000,
         wakes=lambda payload: payload.startswith(CUSTOMERS_VIEW + ":"),
     )
 
@@ -289,4 +290,5 @@ class ActivityReevaluator:
             self.run_once,
             close=self.close,
             stop=stop,
+            gather=self._reevaluator.app.settings.follower_gather_ms / 1000,
         )

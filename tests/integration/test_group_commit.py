@@ -50,20 +50,36 @@ def run_queued(
         except Exception as e:
             results[i] = e
 
-    with psycopg.connect(settings.database_url) as blocker:
+    def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.01)
+
+    with (
+        psycopg.connect(settings.database_url) as blocker,
+        psycopg.connect(settings.database_url, autocommit=True) as watcher,
+    ):
         blocker.execute("LOCK TABLE customers_events IN EXCLUSIVE MODE")
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-        for t in threads:
+        # The first save holds the writer, waiting for the lock; then the rest queue behind.
+        threads[0].start()
+        until(lambda: waiting_for_lock(watcher), "the first save never waited for the lock")
+        for t in threads[1:]:
             t.start()
-        deadline = time.monotonic() + 30
-        # The first save holds the writer (waiting for the lock); the rest wait in its queue.
-        while committer._queue.qsize() < len(calls) - 1:
-            assert time.monotonic() < deadline, "the saves never queued up"
-            time.sleep(0.01)
+        until(lambda: committer._queue.qsize() == len(calls) - 1, "the saves never queued up")
         blocker.rollback()
     for t in threads:
         t.join(30)
     return results
+
+
+def waiting_for_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%%'"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def transactions(settings: Settings, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
