@@ -53,8 +53,10 @@ class Customers(Application[UUID]):
             **postgres_env(settings.database_url),
             "APPLICATION_RECORDER_TOPIC": get_topic(CustomerRecorder),
             "CREATE_TABLE": "y" if create_table else "n",
-            "POSTGRES_POOL_SIZE": str(pool_size),
-            "POSTGRES_MAX_OVERFLOW": str(pool_size),
+            # Two kept open, more on demand: an idle process should not hold a pool's worth
+            # of the server's connections (every process kind has one of these).
+            "POSTGRES_POOL_SIZE": str(min(2, pool_size)),
+            "POSTGRES_MAX_OVERFLOW": str(2 * pool_size - min(2, pool_size)),
             "POSTGRES_LOCK_TIMEOUT": "5",
             "POSTGRES_CONNECT_TIMEOUT": str(settings.db_wait_seconds),
             "AGGREGATE_CACHE_MAXSIZE": "10000",

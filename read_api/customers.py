@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.params import Query as QueryInfo
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
@@ -82,14 +82,24 @@ _PREFIXES = tuple(f'lower({column}) COLLATE "C" LIKE lower(%(q)s)' for column in
 _IMPLIED_BY_CREATED_FROM = frozenset({"updatedAt", "lastActivity"})
 
 _PAGE = "SELECT {key} AS k, id FROM {view} WHERE {where} ORDER BY 1 {dir}, 2 {dir} LIMIT %(fetch)s"
+# One round trip: the page's docs, whether there is more, the cursor's row, and the live
+# fields of the shown customers (their current segments and tracked activity, both usually
+# absent, so the docs are then sent as PostgreSQL rendered them).
 _LIST = """
 WITH page AS ({page}), numbered AS (
     SELECT k, id, row_number() OVER (ORDER BY k {dir}, id {dir}) AS rn FROM page
-)
+), shown AS (SELECT id FROM numbered WHERE rn <= %(limit)s)
 SELECT coalesce(json_agg(d.doc ORDER BY n.rn) FILTER (WHERE n.rn <= %(limit)s), '[]'::json),
        count(*),
        (array_agg(n.k) FILTER (WHERE n.rn = %(limit)s))[1],
-       (array_agg(n.id) FILTER (WHERE n.rn = %(limit)s))[1]
+       (array_agg(n.id) FILTER (WHERE n.rn = %(limit)s))[1],
+       (SELECT json_object_agg(m.customer_id, m.segments) FROM (
+            SELECT customer_id, array_agg(segment_id::text ORDER BY segment_id) AS segments
+            FROM segment_membership
+            WHERE customer_id IN (SELECT id FROM shown) AND left_at IS NULL GROUP BY 1) m),
+       (SELECT json_object_agg(a.customer_id,
+                               json_build_array(a.last_activity_at, a.login_count, a.last_login_at))
+        FROM customer_activity a WHERE a.customer_id IN (SELECT id FROM shown))
 FROM numbered n JOIN {docs} d ON d.id = n.id
 """
 
@@ -106,14 +116,6 @@ GET_ONE = (
     )
     .format(sql.Identifier(DOCS))
     .as_bytes()
-)
-ACTIVE_SEGMENTS = (
-    "SELECT customer_id::text, array_agg(segment_id::text ORDER BY segment_id)"
-    " FROM segment_membership WHERE customer_id = ANY(%s::uuid[]) AND left_at IS NULL GROUP BY 1"
-)
-TRACKED = (
-    "SELECT customer_id::text, last_activity_at, login_count, last_login_at"
-    " FROM customer_activity WHERE customer_id = ANY(%s::uuid[])"
 )
 EXISTS = (
     sql.SQL("SELECT 1 FROM {} WHERE id = %s AND org_id = %s").format(sql.Identifier(DOCS))
@@ -397,10 +399,9 @@ async def customer_page(
         # (LIKE prefix, selectivity of each filter) and pick the right index.
         cur = await conn.execute(query, params, prepare=False)
         row = await cur.fetchone()
-        assert row is not None
-        items, count, last_key, last_id = row
-        if count:
-            items = await _with_live_fields(conn, items)
+    assert row is not None
+    items, count, last_key, last_id, segments, tracked = row
+    items = _with_live_fields(items, segments, tracked)
     if count and not principal.can(Permission.PERSONAL_DATA):
         items = orjson.dumps([masked(d) for d in orjson.loads(items)])
     next_cursor = codec.encode(sort, last_key, last_id) if count > limit else None
@@ -488,19 +489,27 @@ def _later(stored: str | None, tracked: datetime) -> str:
     return utc_iso(tracked)
 
 
-async def _with_live_fields(conn: AsyncConnection[Any], items: bytes) -> bytes:
+def _with_live_fields(items: bytes, segments: bytes | None, tracked: bytes | None) -> bytes:
     """The page's docs with their current segments and tracked activity (parsed only when
     some have any)."""
-    docs = orjson.loads(items)
-    ids = [d["id"] for d in docs]
-    segments = dict(await (await conn.execute(ACTIVE_SEGMENTS, (ids,))).fetchall())
-    tracked = {r[0]: r[1:] for r in await (await conn.execute(TRACKED, (ids,))).fetchall()}
-    if not segments and not tracked:
+    if segments is None and tracked is None:
         return items
+    docs = orjson.loads(items)
+    member_of: dict[str, list[str]] = orjson.loads(segments) if segments else {}
+    activity: dict[str, list[Any]] = orjson.loads(tracked) if tracked else {}
     for d in docs:
-        d["segments"] = segments.get(d["id"], [])
-        if d["id"] in tracked:
-            with_activity(d, tracked[d["id"]])
+        d["segments"] = member_of.get(d["id"], [])
+        found = activity.get(d["id"])
+        if found is not None:
+            last_activity, logins, last_login = found
+            with_activity(
+                d,
+                (
+                    datetime.fromisoformat(last_activity),
+                    logins,
+                    datetime.fromisoformat(last_login) if last_login else None,
+                ),
+            )
     return orjson.dumps(docs)
 
 
