@@ -176,6 +176,41 @@ async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> 
     await response(scope, receive, send)
 
 
+class Admission:
+    """A cap on the requests an app serves at once (`max_concurrent_requests`; a gateway's
+    read and write apps have one each): beyond it a request is refused at once with 503 and
+    `Retry-After`, before any work, so that under overload the requests admitted keep their
+    latency instead of every request queueing for the pools and the CPU. Health, readiness
+    and metrics are always answered."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0  # one event loop serves an app: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"] in _ALWAYS_ANSWERED:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = problem(
+                503,
+                "the service is at capacity; retry later",
+                headers={"Retry-After": "1"},
+                instance=scope["path"],
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+_ALWAYS_ANSWERED = frozenset({"/health", "/ready", "/metrics"})
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     app.state.rate_limiter = RateLimiter(settings)
     app.add_middleware(
@@ -184,3 +219,4 @@ def install(app: FastAPI, settings: Settings) -> None:
         # The route applies the caller's own limit (by role); this is the largest of them.
         import_max_bytes=max(settings.max_import_bytes.values(), default=0),
     )
+    app.add_middleware(Admission, limit=settings.max_concurrent_requests)

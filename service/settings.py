@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     rate_limit_writes_per_minute: int = 1200
     rate_limit_exports_per_minute: int = 60
     rate_limit_tracking_per_minute: int = 120_000
+    # Requests one HTTP process serves at once; more are refused at once with 503 and
+    # Retry-After (0 = no cap). About what the process's pools and CPU can answer within a
+    # tenth of a second.
+    max_concurrent_requests: int = 64
     max_body_bytes: int = 1_048_576
     # An import's largest file (streamed to the database) per role, as JSON; a caller gets the
     # largest of its roles' limits, and a role not listed cannot import.

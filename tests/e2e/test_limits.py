@@ -5,7 +5,9 @@ small limits; client addresses from X-Forwarded-For only behind trusted proxies.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -181,3 +183,29 @@ def test_import_size_limit_by_role(import_limits: str, auth: TokenFactory) -> No
     with httpx.Client(base_url=import_limits, timeout=10) as http:
         streamed = http.post(url, content=pieces(), params=params, headers=support)
         assert_problem(streamed, 413)
+
+
+def test_requests_beyond_the_admission_cap_are_refused_at_once(
+    migrated: Settings, auth: TokenFactory
+) -> None:
+    """Two requests hold the read app (each waits for a consistency token the projector will
+    not reach); a third is refused with 503 + Retry-After while they still wait, health and
+    readiness are still answered, and once they are done the app admits again."""
+    settings = migrated.model_copy(
+        update={"max_concurrent_requests": 2, "consistency_wait_seconds": 3.0}
+    )
+    waiting = {**auth(), "X-Consistency-Token": "999999999"}
+    for url in serve_in_thread(Gateway(settings), settings):
+        with httpx.Client(base_url=url, timeout=10) as http, ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(http.get, CUSTOMERS, headers=waiting) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while (refused := http.get(CUSTOMERS, headers=auth())).status_code != 503:
+                assert time.monotonic() < deadline, "the held requests never filled the cap"
+            assert not any(h.done() for h in held), "refused only while both were held"
+            assert_problem(refused, 503)
+            assert "capacity" in refused.json()["detail"]
+            assert refused.headers["Retry-After"] == "1"
+            assert http.get("/health").status_code == 200
+            assert http.get("/ready").status_code == 200
+            assert [h.result().status_code for h in held] == [503, 503]  # their wait timed out
+            assert http.get(CUSTOMERS, headers=auth()).status_code == 200
