@@ -82,6 +82,7 @@ bench: install
 	$(VENV)/bin/python -m bench.analytics
 	$(VENV)/bin/python -m bench.transfers
 	$(VENV)/bin/python -m bench.mixed
+	$(VENV)/bin/python -m bench.serving
 
 # Not part of `make test`: a few minutes of load with faults (CHAOS_ARGS: see --help).
 chaos: install
