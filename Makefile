@@ -74,6 +74,8 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
+	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || true
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.segments
 	$(VENV)/bin/python -m bench.privacy
