@@ -45,7 +45,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 install: $(STAMP)
 
-lock: install
+# Needs only uv (locked in the dev extra), not an install that matches pyproject.toml.
+lock:
+	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && \
+	  $(VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK); }
 	$(UV_COMPILE) $(LOCK_INPUTS) -o requirements/runtime.txt
 	$(UV_COMPILE) --extra dev --extra embedded $(LOCK_INPUTS) -o $(LOCK)
 

@@ -27,9 +27,9 @@ from read_api import (
     segments,
 )
 from read_api.consistency import PositionWatcher
-from service import limits, logs, problems, tracing
+from service import edge, problems, tracing
 from service.api_keys import ApiKeyStore
-from service.metrics import HttpMetrics, require_scraper, scrape, unwatch_pool, watch_pool
+from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Customer Management Service — read API",
+        docs_url=None,  # service.docs: Swagger UI served without a CDN
+        redoc_url=None,
         version="0.1.0",
         lifespan=lifespan,
         telemetry=tracing.FASTAPI_TELEMETRY,
@@ -70,11 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     keyring = LazyKeyring(settings)
     app.state.cursors = customers.CursorCodec(keyring)
-    problems.install(app)
-    limits.install(app, settings)
-    logs.install(app)
-    app.add_middleware(HttpMetrics)
-    tracing.install(app, settings)  # outermost: its span covers the others
+    edge.install(app, settings)
     app.state.figures = figures.Figures(settings.metrics_cache_seconds)
     # First match wins: fixed paths (/customers/export, /customers/segments/export,
     # /customers/import/…, /customers/{id}/data, …) before /customers/segments/{id} and

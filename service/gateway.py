@@ -7,12 +7,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from read_api.app import create_app as create_read_app
-from service import tracing
+from service import docs, tracing
 from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
@@ -32,9 +31,7 @@ def merged_openapi(*apps: FastAPI) -> dict[str, Any]:
         for path, operations in part.get("paths", {}).items():
             schema["paths"].setdefault(path, {}).update(operations)
         schema["components"]["schemas"].update(part.get("components", {}).get("schemas", {}))
-        for name, scheme in part.get("components", {}).get("securitySchemes", {}).items():
-            schema["components"].setdefault("securitySchemes", {})[name] = scheme
-    return schema
+    return docs.with_security(schema)
 
 
 OPENAPI_FILE = "api/openapi/customers-api.v1.yaml"
@@ -70,9 +67,7 @@ class Gateway:
                 self._openapi = merged_openapi(self.write, self.read)
             return JSONResponse(self._openapi)
 
-        @self.own.get("/docs", include_in_schema=False)
-        def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title="Customers API")
+        docs.install(self.own, "/openapi.json", "Customers API")
 
     @asynccontextmanager
     async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +77,8 @@ class Gateway:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or scope.get("path") in {"/openapi.json", "/docs"}:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == "/openapi.json" or path.startswith("/docs"):
             await self.own(scope, receive, send)
         elif scope["type"] == "http" and (
             scope["method"] in _READ_METHODS or scope.get("path") in _READ_POSTS

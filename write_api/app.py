@@ -25,7 +25,7 @@ from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from projections import purchase_models
 from projections import segments as segments_view
-from service import limits, logs, problems, tracing
+from service import edge, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.auth import (
     CanDelete,
@@ -38,7 +38,7 @@ from service.auth import (
     Permission,
     Principal,
 )
-from service.metrics import HttpMetrics, require_scraper, scrape, unwatch_pool, watch_pool
+from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api import bulk, imports, jobs, tracking
@@ -491,16 +491,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Customer Management — commands",
+        docs_url=None,  # service.docs: Swagger UI served without a CDN
+        redoc_url=None,
         version="1",
         lifespan=lifespan,
         telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings or get_settings()
-    problems.install(app)
-    limits.install(app, app.state.settings)
-    logs.install(app)
-    app.add_middleware(HttpMetrics)
-    tracing.install(app, app.state.settings)  # outermost: its span covers the others
+    edge.install(app, app.state.settings)
 
     @app.post(
         PREFIX,

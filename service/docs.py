@@ -1,0 +1,78 @@
+"""The interactive API documentation: Swagger UI at /docs with its assets served by the service
+itself (the fastapi-swagger package: no CDN, so it works offline), and the security schemes
+the OpenAPI document declares (so "Authorize" and "Try it out" work)."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A token of the identity provider (claims sub, org, roles), or an API key",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+UNAUTHENTICATED = ("/health", "/ready", "/metrics")
+
+
+@cache
+def _asset(name: str) -> bytes:
+    return files("fastapi_swagger.resources").joinpath(name).read_bytes()
+
+
+def with_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` declaring the bearer and API-key schemes for every operation but the
+    operational endpoints."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    schema["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    for path in UNAUTHENTICATED:
+        for operation in schema.get("paths", {}).get(path, {}).values():
+            operation["security"] = []
+    return schema
+
+
+def install(app: FastAPI, openapi_url: str, title: str) -> None:
+    """GET /docs (Swagger UI for `openapi_url`) and its assets under /docs/; an app that
+    serves its own OpenAPI document declares the security schemes in it."""
+    if app.openapi_url:
+        plain = app.openapi
+        app.openapi = lambda: with_security(plain())  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=title,
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/docs/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    for name, media_type in _ASSETS.items():
+        app.add_api_route(
+            f"/docs/{name}", _serve(name, media_type), methods=["GET"], include_in_schema=False
+        )
+
+
+def _serve(name: str, media_type: str) -> Any:
+    async def asset() -> Response:
+        return Response(
+            _asset(name), media_type=media_type, headers={"Cache-Control": "public, max-age=86400"}
+        )
+
+    return asset

@@ -1,0 +1,20 @@
+"""What every HTTP app of the service wears, in one order: problem+json errors, the offline
+API docs, limits (admission, body size, rate), the request log, HTTP metrics, and tracing
+outermost (its span covers the others)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service import docs, limits, logs, problems, tracing
+from service.metrics import HttpMetrics
+from service.settings import Settings
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    problems.install(app)
+    docs.install(app, "/openapi.json", app.title)
+    limits.install(app, settings)
+    logs.install(app)
+    app.add_middleware(HttpMetrics)
+    tracing.install(app, settings)
