@@ -19,7 +19,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
-from psycopg import Cursor
+from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composable, Identifier
 
@@ -302,7 +302,19 @@ class CustomerRecorder(PostgresApplicationRecorder):
         return notifications
 
     def _notify_channel(self, curs: Cursor[DictRow]) -> None:
-        curs.execute(self._notify)
+        curs.execute(self._notify, prepare=False)
+
+    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+        for statement in self.lock_table_statements:
+            curs.execute(statement, prepare=False)
+
+    @staticmethod
+    def _unprepared(conn: Connection[DictRow]) -> None:
+        """Nothing sent in a write's pipeline is prepared: when the pipeline aborts (a unique
+        violation, a conflicting group), psycopg still counts the statements queued after the
+        error as prepared, and their next use on the connection fails ("prepared statement
+        does not exist")."""
+        conn.prepare_threshold = None
 
     def find_idempotency(self, org_id: str, key: str, ttl_hours: int) -> IdempotencyRecord | None:
         """The live record for a key; an expired one is deleted so the key can be reused."""
@@ -411,6 +423,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         error: Exception | None = None
         ids: list[int] = []
         with self.datastore.get_connection() as conn:
+            self._unprepared(conn)
             with conn.pipeline() as pipeline, conn.transaction():
                 with conn.cursor() as curs:
                     for save in group:
@@ -467,6 +480,7 @@ class CustomerRecorder(PostgresApplicationRecorder):
         # A nested pipeline block syncs on exit: a unique violation surfaces here as the
         # IntegrityError it is. Left to the outer pipeline it can come back as "pipeline
         # aborted" (an OperationalError, which the library retries, then answers as a 500).
+        self._unprepared(curs.connection)
         with curs.connection.pipeline():
             self._side_writes(curs, **kwargs)
 
