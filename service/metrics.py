@@ -59,6 +59,17 @@ HTTP_IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
+GRPC_REQUESTS = Counter(
+    "customers_grpc_requests",
+    "gRPC calls answered, by method and status code.",
+    ("method", "code"),
+)
+GRPC_IN_FLIGHT = Gauge(
+    "customers_grpc_requests_in_flight",
+    "gRPC calls being answered.",
+    multiprocess_mode="livesum",
+)
+
 DB_POOL_CONNECTIONS = Gauge(
     "customers_db_pool_connections",
     "Open PostgreSQL connections of a process's pool, by state (in_use, idle).",

@@ -57,7 +57,7 @@ def test_every_route_is_guarded_by_its_permission_for_every_role(
     table = routes(migrated)
     assert len(table) >= 30
     for method, path, permission in table:
-        if path in PUBLIC:
+        if path in PUBLIC or path == "/docs" or path.startswith("/docs/"):
             assert permission is None, path
             continue
         assert permission is not None, f"{method} {path} declares no permission"
@@ -68,7 +68,9 @@ def test_every_route_is_guarded_by_its_permission_for_every_role(
         for role in Role:
             status = http.request(method, url, json=body, headers=auth(role.value)).status_code
             if permission in ROLE_PERMISSIONS[role]:
-                assert status != 403, (method, path, role)
+                # Allowed: whatever the (empty, unknown-id) request earns, but never a refusal
+                # of the role, and never a server error.
+                assert status != 403 and status < 500, (method, path, role, status)
             else:
                 assert status == 403, (method, path, role, status)
 

@@ -42,18 +42,32 @@ def privacy_audit(
 
 
 def table_scan(database_url: str, needles: list[str]) -> list[str]:
-    """Tables of the database whose rows contain one of `needles` (as text)."""
+    """Tables of the database whose rows contain one of `needles`: in the row as text, and in
+    the raw bytes of every bytea column (a row as text shows bytea as hex, which would hide
+    a plaintext file such as an import's)."""
     found = []
     with psycopg.connect(database_url) as conn:
-        tables = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchall()
-        for (table,) in tables:
-            for needle in needles:
-                query = sql.SQL("SELECT count(*) FROM {} t WHERE strpos(t::text, %s) > 0").format(
-                    sql.Identifier(table)
+        columns: dict[str, list[str]] = {}
+        for table, column, kind in conn.execute(
+            "SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c"
+            " JOIN pg_tables t ON t.tablename = c.table_name AND t.schemaname = c.table_schema"
+            " WHERE c.table_schema = 'public'"
+        ):
+            columns.setdefault(table, [])
+            if kind == "bytea":
+                columns[table].append(column)
+        for table, binary in columns.items():
+            conditions = [sql.SQL("strpos(t::text, %(n)s) > 0")] + [
+                sql.SQL("position(convert_to(%(n)s, 'UTF8') IN t.{}) > 0").format(
+                    sql.Identifier(column)
                 )
-                row = conn.execute(query, (needle,)).fetchone()
+                for column in binary
+            ]
+            query = sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(
+                sql.Identifier(table), sql.SQL(" OR ").join(conditions)
+            )
+            for needle in needles:
+                row = conn.execute(query, {"n": needle}).fetchone()
                 if row and row[0]:
                     found.append(f"{table}: {needle}")
     return found

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -112,10 +113,11 @@ def test_failed_authentications_are_limited(migrated: Settings, auth: TokenFacto
 
 
 def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFactory) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "CUSTOMERS_GRPC_PORT": str(port),
+        "CUSTOMERS_METRICS_PORT": str(metrics_port),
         "CUSTOMERS_CONSISTENCY_WAIT_SECONDS": "2",
     }
     server = subprocess.Popen(  # our own interpreter and module
@@ -138,7 +140,12 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
             waiting = rpc.CustomerServiceStub(channel).ListCustomers.future(
                 pb.ListCustomersRequest(), metadata=metadata(auth(), token=str(10**15))
             )
-            time.sleep(0.5)
+            # SIGTERM once the server holds the call (its in-flight gauge says so).
+            deadline = time.monotonic() + 10
+            while "customers_grpc_requests_in_flight 1.0" not in httpx.get(
+                f"http://127.0.0.1:{metrics_port}/metrics"
+            ).text:
+                assert time.monotonic() < deadline and not waiting.done(), "never arrived"
             server.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.RpcError) as caught:
                 waiting.result(timeout=15)

@@ -5,6 +5,7 @@ flight finish before the supervisor exits — after its workers, never before th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -102,7 +103,11 @@ def test_workers_share_metrics_and_drain_on_sigterm(
         slow = pool.submit(
             httpx.get, f"{url}/api/v1/customers", headers=slow_headers, timeout=30
         )  # waits the whole consistency wait (3 s), then 503
-        time.sleep(1.0)
+        # SIGTERM once the server holds it: in flight besides the scrape asking.
+        in_flight = re.compile(r"^customers_http_requests_in_flight (\S+)$", re.MULTILINE)
+        deadline = time.monotonic() + 10
+        while float(in_flight.findall(httpx.get(f"{url}/metrics").text)[0]) < 2:
+            assert time.monotonic() < deadline and not slow.done(), "the request never arrived"
         process.send_signal(signal.SIGTERM)
         answer = slow.result()
     assert answer.status_code == 503, answer.text  # answered, not cut off

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,3 +96,16 @@ async def _delete_stream(url: str, stream: str) -> None:
         pass
     finally:
         await nc.close()
+
+
+def wait_listening(database_url: str, channel: str, timeout: float = 30.0) -> None:
+    """Until a session LISTENs on `channel` (a follower is connected and idle)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query ILIKE %s",
+            (f"LISTEN%{channel}%",),
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, f"nobody LISTENs on {channel}"
+            time.sleep(0.02)

@@ -29,6 +29,7 @@ from projections import customers as view
 from projections.runner import Projector, ViewRunner, rebuild, rebuild_view
 from service import embedded
 from service.settings import Settings
+from tests.integration.conftest import wait_listening
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -471,12 +472,12 @@ def test_a_stopped_projector_ends_after_its_current_batch(
 
 @pytest.mark.usefixtures("clean")
 def test_runner_wakes_on_notify_and_reports_lag(settings: Settings, app: Customers) -> None:
-    projector = Projector(settings, poll_interval=30.0)  # woken by NOTIFY or not at all
+    projector = Projector(settings, poll_interval=300.0)  # woken by NOTIFY or not at all
     projector.start()
     try:
-        time.sleep(0.2)  # let it LISTEN
+        wait_listening(str(settings.database_url), "customers_events")
         (c,) = register(app, 1)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 120  # well before any poll
         while row(settings, c.id) is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert row(settings, c.id) is not None

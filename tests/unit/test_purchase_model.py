@@ -11,7 +11,6 @@ biases an estimate by a few SD fails) without depending on a lucky seed.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -208,12 +207,12 @@ def test_gamma_gamma_fit_beats_the_truth_across_the_parameter_space(
     assert fit.log_likelihood >= gamma_gamma_log_likelihood(x, m, p=p, q=q, gamma=gamma)
 
 
-def test_fitting_100k_customers_takes_seconds_at_most() -> None:
+def test_fitting_100k_customers_recovers_their_parameters() -> None:
+    """The size a real organization has (its speed is bench.analytics's business)."""
     data = simulate_bgnbd(np.random.default_rng(5), 100_000, T_range=(30.0, 1000.0))
-    started = time.perf_counter()
-    fit_bgnbd(data.x, data.t_x, data.T)
-    # About half a second here; the bound leaves room for a busy CI machine.
-    assert time.perf_counter() - started < 10.0
+    fit = fit_bgnbd(data.x, data.t_x, data.T)
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(fit, name) == pytest.approx(getattr(TRUE, name), rel=0.15), name
 
 
 def test_a_likelihood_flat_toward_a_boundary_still_fits() -> None:
