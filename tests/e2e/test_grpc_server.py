@@ -142,9 +142,10 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
             )
             # SIGTERM once the server holds the call (its in-flight gauge says so).
             deadline = time.monotonic() + 10
-            while "customers_grpc_requests_in_flight 1.0" not in httpx.get(
-                f"http://127.0.0.1:{metrics_port}/metrics"
-            ).text:
+            while (
+                "customers_grpc_requests_in_flight 1.0"
+                not in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            ):
                 assert time.monotonic() < deadline and not waiting.done(), "never arrived"
             server.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.RpcError) as caught:
