@@ -61,8 +61,8 @@ def selection_sql(
 ) -> tuple[sql.Composable, dict[str, Any]]:
     """` AND <column> IN (...)` for a segment's current members or list filters (stored as
     their FILTERS parameters)."""
-    if not selection:
-        return sql.SQL(""), {}
+    if not selection or not (selection.get("segmentId") or selection.get("filters")):
+        return sql.SQL(""), {}  # everyone (an empty filter set selects no less)
     if "segmentId" in selection:
         members: sql.Composable = sql.SQL(
             "SELECT customer_id FROM segment_membership"

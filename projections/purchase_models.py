@@ -36,6 +36,7 @@ from psycopg.types.json import Jsonb
 
 from domain.purchase_model import BgNbdFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma
 from domain.values import utc_iso
+from eventstore import dead_letters
 from projections.customers import selection_sql
 
 log = logging.getLogger(__name__)
@@ -246,16 +247,9 @@ def occasions(
     )
 
 
-def fit(
-    conn: psycopg.Connection[Any],
-    org: str,
-    until: datetime,
-    holdout: datetime | None = None,
-    selection: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The organization's fits as of `until` (and their validation up to `holdout`), as the
-    FINISH parameters; FAILED with the reason when there is too little data."""
-    done: dict[str, Any] = {
+def _failed(until: datetime) -> dict[str, Any]:
+    """FINISH parameters of a fit that produced nothing (yet)."""
+    return {
         "state": "FAILED",
         "calibration_end": until,
         "currency": None,
@@ -267,6 +261,18 @@ def fit(
         "validation": None,
         "error": None,
     }
+
+
+def fit(
+    conn: psycopg.Connection[Any],
+    org: str,
+    until: datetime,
+    holdout: datetime | None = None,
+    selection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The organization's fits as of `until` (and their validation up to `holdout`), as the
+    FINISH parameters; FAILED with the reason when there is too little data."""
+    done = _failed(until)
     try:
         data, currency = occasions(conn, org, until, selection)
         done.update(customers=len(data.ids), repeat=int(data.x.sum()), currency=currency)
@@ -372,7 +378,15 @@ def run_next(conn: psycopg.Connection[Any]) -> bool:
         if claimed is None:
             return False
         fid, org, until, holdout, selection = claimed
-        done = fit(conn, org, until or datetime.now(UTC), holdout, selection)
+        try:
+            with conn.transaction():  # a savepoint: what a failed fit did is undone
+                done = fit(conn, org, until or datetime.now(UTC), holdout, selection)
+        except Exception as e:
+            if not dead_letters.poisoned(e):
+                raise  # an outage: the fit stays queued and is tried again
+            # The fit's own fault: it ends FAILED, and the fits queued behind it still run.
+            log.exception("model fit failed", extra={"fit": str(fid)})
+            done = {**_failed(until or datetime.now(UTC)), "error": "internal error"}
         conn.execute(FINISH, {**done, "id": fid})
     log.info("model fit", extra={"fit": str(fid), "state": done["state"]})
     return True

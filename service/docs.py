@@ -12,6 +12,8 @@ from fastapi import FastAPI, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
+from service import problems
+
 _ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",
@@ -34,14 +36,31 @@ def _asset(name: str) -> bytes:
     return files("fastapi_swagger.resources").joinpath(name).read_bytes()
 
 
+# What any authenticated operation may answer, whatever it does: no or bad credentials, a
+# role without the permission, a rate limit, an app at capacity or a database away.
+_ANY_AUTHENTICATED = problems.problem_responses(
+    {
+        401: "Missing or invalid credentials",
+        403: "The caller's roles lack the permission",
+        429: "Rate limit (or failed authentications from the address); see Retry-After",
+        503: "At capacity, or a dependency is unavailable; see Retry-After",
+    }
+)
+
+
 def with_security(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` declaring the bearer and API-key schemes for every operation but the
-    operational endpoints."""
+    """`schema` declaring the bearer and API-key schemes, and the answers they bring, for
+    every operation but the operational endpoints."""
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     schema["security"] = [{name: []} for name in SECURITY_SCHEMES]
-    for path in UNAUTHENTICATED:
-        for operation in schema.get("paths", {}).get(path, {}).values():
-            operation["security"] = []
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path in UNAUTHENTICATED:
+                operation["security"] = []
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, answer in _ANY_AUTHENTICATED.items():
+                responses.setdefault(str(status), answer)
     return schema
 
 

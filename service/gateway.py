@@ -2,21 +2,72 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from read_api.app import create_app as create_read_app
-from service import docs, tracing
+from service import docs, problems, tracing
 from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
-_READ_METHODS = {"GET", "HEAD"}
-_READ_POSTS = {"/api/v1/customers/segments/preview", "/api/v1/customers/reports"}  # queries
+_PARAM = re.compile(r"{([^}:]*)(?::[^}]+)?}")
+
+
+def _regex(template: str) -> str:
+    """A route template as a regex: its literal parts escaped, each {parameter} one segment."""
+    parts = _PARAM.split(template)  # literal, name, literal, name, ..., literal
+    return "".join(re.escape(p) if i % 2 == 0 else "[^/]+" for i, p in enumerate(parts))
+
+
+def routes_of(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Route]]:
+    """(path, route) of every route, those of included routers too (FastAPI keeps them
+    nested)."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield prefix + route.path, route
+        elif (router := getattr(route, "original_router", None)) is not None:
+            context = getattr(route, "include_context", None)
+            yield from routes_of(router.routes, prefix + getattr(context, "prefix", ""))
+
+
+class RouteTable:
+    """Which app answers which method of which path, from the apps' own routes: the read app's
+    POSTs that are queries (preview, reports) included, with no list kept by hand. A path is
+    matched to its most literal template (`/customers/bulk/delete` before
+    `/customers/bulk/{id}`), and a method that template does not have is a 405 naming the
+    ones it has, whichever app they belong to."""
+
+    def __init__(self, *apps: FastAPI) -> None:
+        templates: dict[str, dict[str, ASGIApp]] = {}
+        for app in apps:
+            for path, route in routes_of(app.routes):
+                # {id} in one app and {customer_id} in the other are the same path.
+                owners = templates.setdefault(_PARAM.sub("{}", path), {})
+                for method in route.methods or ():
+                    owners.setdefault(method, app)  # the first app to declare it
+        # Most literal segments first; then fewer parameters.
+        ordered = sorted(
+            templates,
+            key=lambda t: (-sum("{" not in part for part in t.split("/")), t.count("{")),
+        )
+        self._owners = [templates[t] for t in ordered]
+        self._pattern = re.compile(
+            "|".join(f"(?P<t{i}>{_regex(t)})" for i, t in enumerate(ordered))
+        )
+
+    def owners(self, path: str) -> dict[str, ASGIApp] | None:
+        """method -> app of the template `path` matches, None when none does."""
+        match = self._pattern.fullmatch(path)
+        if match is None or match.lastgroup is None:
+            return None
+        return self._owners[int(match.lastgroup[1:])]
 
 
 def merged_openapi(*apps: FastAPI) -> dict[str, Any]:
@@ -60,6 +111,7 @@ class Gateway:
             telemetry=tracing.FASTAPI_TELEMETRY,
         )
         self._openapi: dict[str, Any] | None = None
+        self._routes = RouteTable(self.read, self.write)
 
         @self.own.get("/openapi.json", include_in_schema=False)
         def openapi() -> JSONResponse:
@@ -80,12 +132,20 @@ class Gateway:
         path = scope.get("path", "")
         if scope["type"] == "lifespan" or path == "/openapi.json" or path.startswith("/docs"):
             await self.own(scope, receive, send)
-        elif scope["type"] == "http" and (
-            scope["method"] in _READ_METHODS or scope.get("path") in _READ_POSTS
-        ):
-            await self.read(scope, receive, send)
-        else:
+        elif scope["type"] != "http":
             await self.write(scope, receive, send)
+        elif (owners := self._routes.owners(path)) is None:
+            await self.read(scope, receive, send)  # its 404
+        elif (app := owners.get(scope["method"])) is not None:
+            await app(scope, receive, send)
+        else:
+            allowed = ", ".join(sorted(owners))
+            await problems.problem(
+                405,
+                f"{scope['method']} is not allowed here; allowed: {allowed}",
+                headers={"Allow": allowed},
+                instance=path,
+            )(scope, receive, send)
 
 
 def create_gateway() -> Gateway:

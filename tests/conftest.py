@@ -189,6 +189,7 @@ def env(
         "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
         "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",
         "CUSTOMERS_RATE_LIMIT_EXPORTS_PER_MINUTE": "0",
+        "CUSTOMERS_AUTH_FAILURES_PER_MINUTE": "0",
     }
     mp = pytest.MonkeyPatch()
     for key, value in values.items():

@@ -388,3 +388,21 @@ def test_ready_reports_every_follower_of_the_log(http: httpx.Client, auth: Token
     while not followers <= reported():
         assert time.monotonic() < deadline, reported()
         time.sleep(0.05)
+
+
+def test_a_method_a_path_does_not_have_is_a_405_naming_the_ones_it_has(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    """Literal segments win over parameters (`bulk/delete` is not a job id), and the methods
+    of both apps behind the one port are known."""
+    h = auth()
+    wrong = http.get(f"{API}/bulk/delete", headers=h)
+    assert_problem(wrong, 405)
+    assert wrong.headers["Allow"] == "POST"
+    listing = http.delete(API, headers=h)
+    assert_problem(listing, 405)
+    assert listing.headers["Allow"] == "GET, POST"
+    one = http.patch(f"{API}/{uuid.uuid4()}/data", headers=h)
+    assert_problem(one, 405)
+    assert set(one.headers["Allow"].split(", ")) == {"GET", "DELETE"}
+    assert_problem(http.get("/api/v1/nothing-here", headers=h), 404)
