@@ -42,6 +42,7 @@ class CustomerService:
         page = await queries.customer_page(
             self.backend.pool,
             self.backend.cursors,
+            self.backend.emails,
             call.principal,
             limit=params.limit,
             cursor=params.cursor,

@@ -43,6 +43,9 @@ FACTS = segment_sql.TABLE
 # The list filters over VIEW (allow-list: the only SQL a request can select; values are
 # parameters), shared by the listing, reports and model fits.
 FILTERS = {
+    # Exact e-mail: the owner of its uniqueness claim (a keyed hash), never a read of addresses.
+    "email": "id = (SELECT owner_id FROM unique_claims"
+    " WHERE scope = 'email' AND org_id = %(org)s AND key_hash = %(email)s)",
     "status": "status = %(status)s",
     "country": "country_code = %(country)s",
     "city": "lower(city) = lower(%(city)s)",

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     keyring = LazyKeyring(settings)
     app.state.cursors = customers.CursorCodec(keyring)
+    app.state.emails = customers.EmailIndex(keyring)
     problems.install(app)
     limits.install(app, settings)
     logs.install(app)

@@ -32,8 +32,15 @@ from pydantic import AwareDatetime, StringConstraints
 from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.selection import FILTERED_FIELDS
-from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
-from eventstore.keys import LazyKeyring
+from domain.values import (
+    CustomerPublic,
+    CustomerStatus,
+    Gender,
+    lookup_country,
+    normalize_email,
+    utc_iso,
+)
+from eventstore.keys import CLAIM_KEY_PURPOSE, EMAIL, LazyKeyring, claim_hash
 from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
@@ -207,6 +214,24 @@ class CursorCodec:
             raise bad from None
 
 
+class EmailIndex:
+    """The `email` filter's parameter: the address's keyed hash as its uniqueness claim holds
+    it, so that the filter finds the customer through that index and no address is read."""
+
+    def __init__(self, keyring: LazyKeyring) -> None:
+        self._keyring = keyring
+
+    @cached_property
+    def _key(self) -> bytes:
+        return self._keyring.get().derive(CLAIM_KEY_PURPOSE)
+
+    def resolve(self, org: str, filters: dict[str, Any]) -> dict[str, Any]:
+        """customer_filters' result with the `email` filter's address replaced by its hash."""
+        if "email" not in filters:
+            return filters
+        return {**filters, "email": claim_hash(self._key, EMAIL, org, filters["email"])}
+
+
 def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
@@ -260,6 +285,14 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
 
 async def customer_filters(
     *,
+    email: Annotated[
+        str | None,
+        Query(
+            max_length=254,
+            description="exact e-mail address (any case); a lifecycle-deleted customer's"
+            " address is free and no longer finds it",
+        ),
+    ] = None,
     status: CustomerStatus | None = None,
     country: Annotated[
         str | None, Query(max_length=100, description="ISO 3166 code or English name")
@@ -268,7 +301,11 @@ async def customer_filters(
     gender: Gender | None = None,
     tags: Annotated[
         list[TagParam] | None,
-        Query(alias="tag", max_length=20, description="repeatable; the customer has all of them"),
+        Query(max_length=20, description="repeatable; the customer has all of them"),
+    ] = None,
+    tag: Annotated[
+        list[TagParam] | None,
+        Query(max_length=20, deprecated=True, description="the former name of `tags`"),
     ] = None,
     age_min: Annotated[int | None, Query(alias="ageMin", ge=0, le=150)] = None,
     age_max: Annotated[int | None, Query(alias="ageMax", ge=0, le=150)] = None,
@@ -282,6 +319,11 @@ async def customer_filters(
     """The filters of `GET /customers` (same parameters, same rules, same 422s) as the
     parameters of projections.customers.FILTERS: only those given."""
     params: dict[str, Any] = {}
+    if email is not None:
+        try:
+            params["email"] = normalize_email(email)
+        except ValueError as e:
+            raise invalid("email", str(e)) from None
     if status is not None:
         params["status"] = status.value
     if country is not None:
@@ -293,8 +335,8 @@ async def customer_filters(
         params["city"] = city.strip()
     if gender is not None:
         params["gender"] = gender.value
-    if tags:
-        params["tags"] = sorted(set(tags))
+    if tags or tag:
+        params["tags"] = sorted({*(tags or ()), *(tag or ())})
     if age_min is not None:
         params["age_min"] = age_min
     if age_max is not None:
@@ -315,6 +357,7 @@ def _query_names() -> dict[str, str]:
     parameter a client gives (its alias)."""
     hints = typing.get_type_hints(customer_filters, include_extras=True)
     hints.pop("return")
+    hints.pop("tag")  # sets the `tags` filter
     return {
         name: next(
             (m.alias for m in getattr(hint, "__metadata__", ()) if isinstance(m, QueryInfo)),
@@ -354,6 +397,7 @@ async def list_customers(
     page = await customer_page(
         paging.pool(request),
         request.app.state.cursors,
+        request.app.state.emails,
         principal,
         limit=limit,
         cursor=cursor,
@@ -367,6 +411,7 @@ async def list_customers(
 async def customer_page(
     pool: AsyncConnectionPool[Any],
     codec: CursorCodec,
+    emails: EmailIndex,
     principal: Principal,
     *,
     limit: int,
@@ -383,7 +428,7 @@ async def customer_page(
         "org": principal.org,
         "limit": limit,
         "fetch": limit + 1,
-        **filters,
+        **emails.resolve(principal.org, filters),
     }
     if q is not None:
         params["q"] = _escape_like(q) + "%"

@@ -281,7 +281,7 @@ async def export_customers(
         params["segment"] = segment_id
         query = BY_SEGMENT
     else:
-        params |= filters
+        params |= request.app.state.emails.resolve(principal.org, filters)
         query = by_filters(tuple(f for f in FILTERS if f in filters))
     body = await _started(_chunks(request, principal, format, query, params))
     return StreamingResponse(

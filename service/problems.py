@@ -15,6 +15,7 @@ from eventsourcing import persistence
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 
@@ -216,9 +217,38 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem(500, "internal error; it has been logged", instance=request.url.path)
 
 
-async def _storable_query(request: Request) -> None:
-    """PostgreSQL text cannot hold NUL: a query parameter with one is a 422 naming it."""
-    for name, value in request.query_params.multi_items():
+def _accepted(route: APIRoute) -> frozenset[str]:
+    """The query parameters `route` takes (its own and its dependencies'), as clients name
+    them; remembered on the route."""
+    accepted: frozenset[str] | None = getattr(route, "_accepted_query", None)
+    if accepted is None:
+        names: set[str] = set()
+        dependants = [route.dependant]
+        while dependants:
+            dependant = dependants.pop()
+            names.update(p.alias for p in dependant.query_params)
+            dependants.extend(dependant.dependencies)
+        accepted = frozenset(names)
+        route._accepted_query = accepted  # type: ignore[attr-defined]
+    return accepted
+
+
+async def _checked_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it (a misspelt filter must
+    not answer as if there were none: `?tags=vip` listing everyone); PostgreSQL text cannot
+    hold NUL, so a parameter with one is a 422 naming it too."""
+    route = request.scope.get("route")
+    items = request.query_params.multi_items()
+    if items and isinstance(route, APIRoute):
+        accepted = _accepted(route)
+        unknown = sorted({name for name, _ in items if name not in accepted})
+        if unknown:
+            takes = ", ".join(sorted(accepted)) or "none"
+            message = f"unknown query parameter; this endpoint takes: {takes}"
+            raise RequestValidationError(
+                [{"loc": ("query", name), "msg": message} for name in unknown]
+            )
+    for name, value in items:
         if "\x00" in value:
             raise invalid(name, "must not contain NUL characters")
 
@@ -239,7 +269,7 @@ async def storable_body(request: Request) -> None:
 
 def install(app: FastAPI) -> None:
     """Problem answers for every error; call before adding routes (adds a check to each)."""
-    app.router.dependencies.append(Depends(_storable_query))
+    app.router.dependencies.append(Depends(_checked_query))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -17,7 +17,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile
 from eventstore import compliance
 from eventstore.compliance import PrivacyRecord, RequestType
-from eventstore.keys import keyed_hash
+from eventstore.keys import EMAIL, keyed_hash
 from eventstore.recorder import (
     IDEMPOTENCY_CONSTRAINT,
     Claim,
@@ -28,7 +28,6 @@ from eventstore.recorder import (
 from service.auth import Permission, Principal
 from write_api.commands import Commands, Outcome
 
-EMAIL = "email"  # unique_claims scope of customer e-mail addresses
 MAX_IDEMPOTENCY_KEY = 255
 
 

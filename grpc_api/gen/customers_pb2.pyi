@@ -223,7 +223,7 @@ class GetCustomerRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListCustomersRequest(_message.Message):
-    __slots__ = ("limit", "cursor", "sort", "status", "country", "city", "gender", "tag", "age_min", "age_max", "created_from", "created_to", "q")
+    __slots__ = ("limit", "cursor", "sort", "status", "country", "city", "gender", "tags", "age_min", "age_max", "created_from", "created_to", "q", "email")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SORT_FIELD_NUMBER: _ClassVar[int]
@@ -231,12 +231,13 @@ class ListCustomersRequest(_message.Message):
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     CITY_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
-    TAG_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     AGE_MIN_FIELD_NUMBER: _ClassVar[int]
     AGE_MAX_FIELD_NUMBER: _ClassVar[int]
     CREATED_FROM_FIELD_NUMBER: _ClassVar[int]
     CREATED_TO_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
     limit: int
     cursor: str
     sort: str
@@ -244,13 +245,14 @@ class ListCustomersRequest(_message.Message):
     country: str
     city: str
     gender: str
-    tag: _containers.RepeatedScalarFieldContainer[str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
     age_min: int
     age_max: int
     created_from: _timestamp_pb2.Timestamp
     created_to: _timestamp_pb2.Timestamp
     q: str
-    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[str] = ..., sort: _Optional[str] = ..., status: _Optional[str] = ..., country: _Optional[str] = ..., city: _Optional[str] = ..., gender: _Optional[str] = ..., tag: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., created_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., q: _Optional[str] = ...) -> None: ...
+    email: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[str] = ..., sort: _Optional[str] = ..., status: _Optional[str] = ..., country: _Optional[str] = ..., city: _Optional[str] = ..., gender: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., created_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., q: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
 class ListCustomersResponse(_message.Message):
     __slots__ = ("items", "next_cursor", "limit")
