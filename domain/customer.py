@@ -132,6 +132,22 @@ class Customer(Aggregate):
             )
         self._delete(actor=actor)
 
+    def restore(self, *, actor: str, now: datetime, grace: timedelta) -> None:
+        """Undo a lifecycle deletion within the grace period (after it, retention erases the
+        customer). The status goes back to what it was; the caller re-claims the e-mail
+        address in the same transaction (409 if another customer took it meanwhile)."""
+        if self.status != CustomerStatus.DELETED:
+            raise DomainError(Code.CONFLICT, "only a deleted customer can be restored")
+        # A deleted customer refuses every change, so its last event is the deletion.
+        ends = self.modified_on + grace
+        if now > ends:
+            raise DomainError(
+                Code.CONFLICT,
+                f"the grace period for restoring ended at {utc_iso(ends)}; the customer is"
+                " being erased",
+            )
+        self._restore(status=self.status_before_deletion, actor=actor)
+
     def change_consent(self, change: ConsentChange, *, actor: str) -> None:
         """Record a consent choice per purpose (every submitted purpose, changed or
         re-affirmed: the ledger keeps each statement), effective at once on the profile."""
@@ -229,7 +245,12 @@ class Customer(Aggregate):
 
     @event("Deleted")
     def _delete(self, actor: str) -> None:
+        self.status_before_deletion = self.status
         self.status = CustomerStatus.DELETED
+
+    @event("Restored")
+    def _restore(self, status: CustomerStatus, actor: str) -> None:
+        self.status = CustomerStatus(status)
 
     @event("ConsentChanged")
     def _change_consent(

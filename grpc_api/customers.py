@@ -86,6 +86,16 @@ class CustomerService:
         await call.answer_token(outcome.consistency_token)
         return pb.DeleteCustomerResponse(version=outcome.version)
 
+    @rpc(Permission.DELETE, RouteClass.WRITES)
+    async def RestoreCustomer(
+        self, request: pb.RestoreCustomerRequest, call: Call
+    ) -> pb.Customer:
+        customer_id = validated(ID, request.id, "id")
+        expected = request.expected_version if request.HasField("expected_version") else None
+        commands = self.backend.customers
+        outcome = await asyncio.to_thread(commands.restore, call.principal, customer_id, expected)
+        return await _customer(call, outcome)
+
 
 async def _customer(call: Call, outcome: Outcome) -> pb.Customer:
     await call.answer_token(outcome.consistency_token)

@@ -89,6 +89,7 @@ STATUS_CHANGED = _PREFIX + "StatusChanged"
 ACTIVE_ORDERS_CHANGED = _PREFIX + "ActiveOrdersChanged"
 CONSENT_CHANGED = _PREFIX + "ConsentChanged"
 DELETED = _PREFIX + "Deleted"
+RESTORED = _PREFIX + "Restored"
 
 
 _PROFILE_KEYS = ("email", "name", "age", "gender", "location", "preferences", "tags", "metadata")
@@ -333,6 +334,8 @@ def _apply_event(state: _State, event: Any, topic: str) -> None:
         state.profile = {**state.profile, "preferences": preferences}
     elif topic == DELETED:
         state.status = CustomerStatus.DELETED.value
+    elif topic == RESTORED:
+        state.status = str(event.status)
     else:
         # Skipping it would leave version (hence ETag) and content silently behind.
         raise UnknownCustomerEvent(f"no projection rule for {topic}")

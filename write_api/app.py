@@ -542,6 +542,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
 
+    @app.post(
+        PREFIX + "/{customer_id}/restore",
+        response_model=None,
+        responses={200: {"model": CustomerPublic}, **_ERRORS},
+    )
+    def restore_customer(
+        customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
+    ) -> Response:
+        """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS (30 days by
+        default): the customer gets back the status it had and its e-mail address. 409 when
+        it is not deleted, the grace period is over, or the address was registered meanwhile."""
+        return _answer(commands.restore(principal, customer_id, if_match))
+
     @app.put(
         PREFIX + "/{customer_id}/consent",
         responses={

@@ -136,6 +136,18 @@ class CustomerCommands(Commands[Customer]):
 
         return self.command(principal, customer_id, if_match, decide)
 
+    def restore(self, principal: Principal, customer_id: UUID, if_match: int | None) -> Outcome:
+        """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS: the status it had,
+        and its e-mail address claimed again (409 when another customer registered it)."""
+        principal.require(Permission.DELETE)
+        grace = timedelta(hours=self.settings.erasure_grace_hours)
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            customer.restore(actor=principal.sub, now=datetime.now(UTC), grace=grace)
+            return {"claims": [self.email_claim(principal.org, customer.email, customer.id)]}
+
+        return self.command(principal, customer_id, if_match, decide)
+
     def change_consent(
         self, principal: Principal, customer_id: UUID, change: ConsentChange
     ) -> Outcome:

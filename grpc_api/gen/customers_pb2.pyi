@@ -298,6 +298,14 @@ class DeleteCustomerResponse(_message.Message):
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
+class RestoreCustomerRequest(_message.Message):
+    __slots__ = ("id", "expected_version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    expected_version: int
+    def __init__(self, id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
 class SegmentDefinition(_message.Message):
     __slots__ = ("name", "description", "rule_id", "kind", "purpose", "criteria")
     NAME_FIELD_NUMBER: _ClassVar[int]

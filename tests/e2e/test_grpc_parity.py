@@ -218,6 +218,20 @@ def test_customer_lifecycle_matches_rest(
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION  # REST: 409
     assert http.delete(f"{CUSTOMERS}/{grpc_id}", headers=h).status_code == 409
 
+    # Restore within the grace period, on either transport; restoring twice is a conflict.
+    restored, call = stub.RestoreCustomer.with_call(
+        pb.RestoreCustomerRequest(id=grpc_id, expected_version=deleted.version),
+        metadata=metadata(h),
+    )
+    assert (restored.status, restored.version) == ("INACTIVE", deleted.version + 1)
+    rest = http.get(
+        f"{CUSTOMERS}/{grpc_id}", headers={**h, "X-Consistency-Token": token_of(call)}
+    ).json()
+    same(rest, restored, "updatedAt", "lastActivity")
+    again = rpc_error(stub.RestoreCustomer, pb.RestoreCustomerRequest(id=grpc_id), metadata(h))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert http.post(f"{CUSTOMERS}/{grpc_id}/restore", headers=h).status_code == 409
+
 
 def test_masking_by_role_is_the_same(
     http: httpx.Client, auth: TokenFactory, channel: grpc.Channel
@@ -543,4 +557,5 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         "CreateCustomer",
         "UpdateCustomer",
         "DeleteCustomer",
+        "RestoreCustomer",
     }

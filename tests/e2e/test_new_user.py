@@ -9,6 +9,7 @@ import httpx
 import orjson
 
 from tests.e2e.conftest import TokenFactory, new_customer
+from tests.e2e.test_membership_api import eventually
 
 CUSTOMERS = "/api/v1/customers"
 
@@ -24,7 +25,7 @@ def refused(answer: httpx.Response, status: int) -> list[str]:
     """The fields a problem answer names, after checking it is one with `status`."""
     assert answer.status_code == status, answer.text
     assert answer.headers["Content-Type"] == "application/problem+json"
-    return [e["field"] for e in answer.json()["errors"]]
+    return [e["field"] for e in answer.json().get("errors", [])]
 
 
 # --------------------------------------------------------------------------- 1. filters
@@ -83,3 +84,61 @@ def test_a_role_that_sees_emails_masked_cannot_look_one_up(
         answer = http.get(path, params={"email": customer["email"]}, headers=analyst)
         assert refused(answer, 403) == ["email"]
         assert customer["email"] not in answer.text
+
+
+# --------------------------------------------------------------------------- 2. restore
+
+
+def test_a_deleted_customer_is_kept_and_can_be_restored_with_its_email(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth("manager", sub="manager-9")
+    customer, _ = create(http, h)
+    url = f"{CUSTOMERS}/{customer['id']}"
+    deleted = http.delete(url, headers=h)
+    assert deleted.status_code == 204
+    seen = {**h, "X-Consistency-Token": deleted.headers["X-Consistency-Token"]}
+    kept = http.get(url, headers=seen).json()
+    assert (kept["status"], kept["name"]) == ("DELETED", customer["name"])
+
+    assert refused(http.post(f"{url}/restore", headers=auth("support")), 403) == []
+    assert http.post(f"{url}/restore", headers={**h, "If-Match": '"1"'}).status_code == 412
+    restored = http.post(f"{url}/restore", headers=h)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["status"] == "ACTIVE"
+    assert restored.headers["ETag"] == f'"{customer["version"] + 2}"'
+    seen = {**h, "X-Consistency-Token": restored.headers["X-Consistency-Token"]}
+    again = http.get(url, headers=seen).json()
+    assert {k: v for k, v in again.items() if k not in {"updatedAt", "lastActivity", "version"}} == {
+        k: v for k, v in customer.items() if k not in {"updatedAt", "lastActivity", "version"}
+    }
+    # Its e-mail address is its own again: found by it, and refused to a newcomer.
+    by_email = http.get(CUSTOMERS, params={"email": customer["email"]}, headers=seen).json()
+    assert [c["id"] for c in by_email["items"]] == [customer["id"]]
+    taken = http.post(CUSTOMERS, json=new_customer(email=customer["email"]), headers=h)
+    assert refused(taken, 409) == ["email"]
+    assert refused(http.post(f"{url}/restore", headers=h), 409) == []
+
+    def audited() -> bool:
+        items = http.get("/api/v1/audit", params={"subjectId": customer["id"]}, headers=auth())
+        return ("manager-9", "customer.Restored") in {
+            (e["actor"], e["action"]) for e in items.json()["items"]
+        }
+
+    eventually(audited)
+
+
+def test_a_restore_whose_email_was_registered_meanwhile_is_a_conflict(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    customer, _ = create(http, h)
+    url = f"{CUSTOMERS}/{customer['id']}"
+    deleted = http.delete(url, headers=h)
+    assert deleted.status_code == 204
+    create(http, h, email=customer["email"])  # the address was free
+    conflict = http.post(f"{url}/restore", headers=h)
+    assert refused(conflict, 409) == ["email"]
+    assert customer["email"] not in conflict.text
+    seen = {**h, "X-Consistency-Token": deleted.headers["X-Consistency-Token"]}
+    assert http.get(url, headers=seen).json()["status"] == "DELETED"
