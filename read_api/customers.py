@@ -43,7 +43,7 @@ from domain.values import (
 from eventstore.keys import CLAIM_KEY_PURPOSE, EMAIL, LazyKeyring, claim_hash
 from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
@@ -488,7 +488,7 @@ async def customer(
         cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
         row = await cur.fetchone()
     if row is None:
-        raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+        raise not_found("customer", id)
     doc, version, segments, *tracked = row
     activity = tuple(tracked) if tracked[0] is not None else None
     return shown(doc, principal, segments, activity), version

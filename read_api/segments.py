@@ -24,7 +24,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
 from read_api.customers import MASKED_FIELD_PROBLEMS, shown
 from service.auth import CanRead, Principal
 from service.problems import problem_responses
@@ -170,7 +170,7 @@ async def segment(
     async with pool.connection() as conn:
         row = await (await conn.execute(GET, {"org": principal.org, "id": segment_id})).fetchone()
     if row is None:
-        raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
+        raise not_found("segment", segment_id)
     return _render(row)
 
 

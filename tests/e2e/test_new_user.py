@@ -3,6 +3,7 @@ docs/api.md sends, and expects the answer they should get."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -142,3 +143,22 @@ def test_a_restore_whose_email_was_registered_meanwhile_is_a_conflict(
     assert customer["email"] not in conflict.text
     seen = {**h, "X-Consistency-Token": deleted.headers["X-Consistency-Token"]}
     assert http.get(url, headers=seen).json()["status"] == "DELETED"
+
+
+# --------------------------------------------------------------------------- 3. read-your-writes
+
+
+def test_a_read_right_after_a_write_says_how_to_see_the_write(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    missing = http.get(f"{CUSTOMERS}/{uuid.uuid4()}", headers=h)
+    assert refused(missing, 404) == []
+    assert "X-Consistency-Token" in missing.json()["detail"]
+    assert "X-Consistency-Token" in http.get(f"{CUSTOMERS}/segments/{uuid.uuid4()}", headers=h).text
+    # What the quick start shows: the creation's token on the next reads.
+    answer = http.post(CUSTOMERS, json=new_customer(), headers=h)
+    seen = {**h, "X-Consistency-Token": answer.headers["X-Consistency-Token"]}
+    assert http.get(answer.headers["Location"], headers=seen).json() == answer.json()
+    listed = http.get(CUSTOMERS, params={"status": "ACTIVE"}, headers=seen).json()["items"]
+    assert [c["id"] for c in listed] == [answer.json()["id"]]
