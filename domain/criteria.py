@@ -890,6 +890,20 @@ def explain(
     return verdicts
 
 
+def measured(criteria: SegmentCriteria, facts: CustomerFacts) -> list[dict[str, Any]]:
+    """Criterion by criterion, in `explain`'s order (without its status entry): the
+    customer's values each reads, by fact name."""
+    return [{fact: getattr(facts, fact) for fact in _facts(c)} for _, c in lower(criteria)]
+
+
+def operand(criteria: SegmentCriteria, path: str) -> Any:
+    """The criterion at `path` (as `lower` names it) as the client wrote it, normalized."""
+    found: Any = criteria.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for part in path.split("."):
+        found = found[int(part)] if isinstance(found, list) else found[part]
+    return found
+
+
 def predicate(criteria: SegmentCriteria, as_of: datetime) -> Callable[[CustomerFacts], bool]:
     """Lower once, evaluate many customers."""
     as_of = check_as_of(as_of)

@@ -38,7 +38,9 @@ class SegmentDefinition(Model):
 
     name: SegmentName
     description: Annotated[str, StringConstraints(max_length=2000)] = ""
-    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = Field(
+        default=None, description="checked against the rules engine when set"
+    )
     kind: SegmentKind = SegmentKind.DYNAMIC
     purpose: SegmentPurpose = SegmentPurpose.GENERAL
     criteria: SegmentCriteria | None = Field(default=None, validate_default=True)
@@ -152,7 +154,7 @@ class SegmentPublic(Model):
     id: str
     name: str
     description: str
-    rule_id: str
+    rule_id: str | None
     kind: SegmentKind
     purpose: SegmentPurpose
     criteria: dict[str, Any] | None
@@ -182,7 +184,7 @@ def representation(
         "id": segment_id,
         "name": definition["name"],
         "description": definition["description"],
-        "ruleId": definition["ruleId"],
+        "ruleId": definition.get("ruleId"),
         "kind": definition["kind"],
         "purpose": definition.get("purpose", SegmentPurpose.GENERAL),
         "criteria": definition["criteria"],

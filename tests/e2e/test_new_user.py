@@ -162,3 +162,84 @@ def test_a_read_right_after_a_write_says_how_to_see_the_write(
     assert http.get(answer.headers["Location"], headers=seen).json() == answer.json()
     listed = http.get(CUSTOMERS, params={"status": "ACTIVE"}, headers=seen).json()["items"]
     assert [c["id"] for c in listed] == [answer.json()["id"]]
+
+
+# --------------------------------------------------------------------------- 4. segments
+
+SEGMENTS = f"{CUSTOMERS}/segments"
+
+
+def test_a_marketing_segment_previews_what_it_calculates_and_explains_why(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    consenting, _ = create(http, h, age=33)
+    preferences = {**new_customer()["preferences"], "marketingConsent": False}
+    refusing, token = create(http, h, age=34, preferences=preferences)
+    seen = {**h, "X-Consistency-Token": token}
+    # The create body as docs/api.md shows it: no ruleId (no rules engine involved).
+    body = {
+        "name": "Spanish thirties, marketing",
+        "purpose": "marketing",
+        "criteria": {"demographics": {"ageRange": {"min": 30, "max": 39}}},
+    }
+    preview = http.post(f"{SEGMENTS}/preview", json={**body, "sampleSize": 5}, headers=seen)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["count"] == 1
+    assert [c["id"] for c in preview.json()["sample"]] == [consenting["id"]]
+
+    created = http.post(SEGMENTS, json=body, headers=h)
+    assert created.status_code == 201, created.text
+    assert created.json()["ruleId"] is None
+    url = created.headers["Location"]
+
+    def calculated() -> dict[str, Any] | None:
+        shown: dict[str, Any] = http.get(url, headers=h).json()
+        return shown if shown["status"] == "ACTIVE" and shown["lastCalculated"] else None
+
+    assert eventually(calculated)["customerCount"] == preview.json()["count"]
+
+    why = http.get(f"{url}/explain/{refusing['id']}", headers=h).json()
+    assert (why["matches"], why["member"]) == (False, False)
+    by_path = {c["criterion"]: c for c in why["criteria"]}
+    assert by_path["status"] == {
+        "criterion": "status",
+        "holds": True,
+        "operand": "not DELETED",
+        "values": {"status": "active"},
+    }
+    assert by_path["demographics.ageRange"] == {
+        "criterion": "demographics.ageRange",
+        "holds": True,
+        "operand": {"min": 30, "max": 39},
+        "values": {"age": 34},
+    }
+    assert by_path["customRules.0"] == {
+        "criterion": "customRules.0",
+        "holds": False,
+        "operand": {"field": "marketingConsent", "operator": "equals", "value": True},
+        "values": {"marketingConsent": False},
+    }
+
+
+def test_a_preview_names_what_is_wrong_and_masks_what_the_role_cannot_see(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    bad = http.post(
+        f"{SEGMENTS}/preview",
+        json={"purpose": "marketting", "criteria": {"demographics": {"ageRange": {}}}},
+        headers=h,
+    )
+    assert sorted(refused(bad, 422)) == ["criteria.demographics.ageRange", "purpose"]
+    assert "'general' or 'marketing'" in bad.text  # the allowed values
+    static = http.post(f"{SEGMENTS}/preview", json={"kind": "STATIC"}, headers=h)
+    assert "only a DYNAMIC segment" in static.text and static.status_code == 422
+    customer, token = create(http, h)
+    body = {"name": "Madrid", "criteria": {"geographic": {"cities": ["madrid"]}}}
+    segment = http.post(SEGMENTS, json=body, headers={**h, "X-Consistency-Token": token})
+    analyst = {**auth("analyst"), "X-Consistency-Token": segment.headers["X-Consistency-Token"]}
+    url = f"{segment.headers['Location']}/explain/{customer['id']}"
+    why = http.get(url, headers=analyst).json()
+    city = next(c for c in why["criteria"] if c["criterion"] == "geographic.cities")
+    assert (city["holds"], city["values"]) == (True, {"city": "***"})
