@@ -66,7 +66,7 @@ from domain.segment_facts import (
     haversine_a,
     radius_threshold,
 )
-from domain.values import Currency, Gender, Model, lookup_country
+from domain.values import Choice, Currency, Gender, Model, lookup_country
 
 MAX_VALUES = 500  # items in any list of a criterion
 MAX_RULES = 50  # custom rules per segment
@@ -103,7 +103,7 @@ Amount = Annotated[
 ]
 
 
-class Period(StrEnum):
+class Period(Choice):
     DAILY = "DAILY"
     WEEKLY = "WEEKLY"
     MONTHLY = "MONTHLY"
@@ -219,7 +219,7 @@ class PurchaseCriteria(_Group):
 # --------------------------------------------------------------------------- custom rules
 
 
-class Operator(StrEnum):
+class Operator(Choice):
     EQUALS = "equals"
     NOT_EQUALS = "not_equals"
     GREATER_THAN = "greater_than"
@@ -235,7 +235,7 @@ class Operator(StrEnum):
     NOT_EXISTS = "not_exists"
 
 
-class FieldType(StrEnum):
+class FieldType(Choice):
     NUMBER = "number"
     TEXT = "text"
     BOOLEAN = "boolean"

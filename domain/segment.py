@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from eventsourcing.domain import Aggregate, event
@@ -10,22 +9,22 @@ from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from domain.criteria import CustomRule, Operator, SegmentCriteria
 from domain.errors import Code, DomainError
-from domain.values import Model, utc_iso
+from domain.values import Choice, Model, utc_iso
 
 
-class SegmentStatus(StrEnum):
+class SegmentStatus(Choice):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"
     CALCULATING = "CALCULATING"
     ERROR = "ERROR"
 
 
-class SegmentPurpose(StrEnum):
+class SegmentPurpose(Choice):
     GENERAL = "general"
     MARKETING = "marketing"  # members need marketing consent (withdrawal = leaving)
 
 
-class SegmentKind(StrEnum):
+class SegmentKind(Choice):
     DYNAMIC = "DYNAMIC"  # members are whoever matches the criteria
     STATIC = "STATIC"  # members are assigned explicitly
 

@@ -28,7 +28,19 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 
-class CustomerStatus(StrEnum):
+class Choice(StrEnum):
+    """A closed set of values a client names in any case (`female`, `Female`), answered as
+    declared; a value outside it is a 422 that lists the allowed ones."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Choice | None:
+        if isinstance(value, str):
+            folded = value.casefold()
+            return next((m for m in cls if m.value.casefold() == folded), None)
+        return None
+
+
+class CustomerStatus(Choice):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"
     SUSPENDED = "SUSPENDED"
@@ -36,7 +48,7 @@ class CustomerStatus(StrEnum):
     ANONYMIZED = "ANONYMIZED"  # read-only, holds nothing that identifies the person
 
 
-class Gender(StrEnum):
+class Gender(Choice):
     MALE = "MALE"
     FEMALE = "FEMALE"
     OTHER = "OTHER"

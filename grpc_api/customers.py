@@ -87,9 +87,7 @@ class CustomerService:
         return pb.DeleteCustomerResponse(version=outcome.version)
 
     @rpc(Permission.DELETE, RouteClass.WRITES)
-    async def RestoreCustomer(
-        self, request: pb.RestoreCustomerRequest, call: Call
-    ) -> pb.Customer:
+    async def RestoreCustomer(self, request: pb.RestoreCustomerRequest, call: Call) -> pb.Customer:
         customer_id = validated(ID, request.id, "id")
         expected = request.expected_version if request.HasField("expected_version") else None
         commands = self.backend.customers

@@ -49,6 +49,8 @@ def not_found(kind: str, id: object) -> DomainError:
         f"{kind} {id} not found; if you have just created it, send the creation's"
         f" {HEADER} with this read to wait until it is visible",
     )
+
+
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _POLL = 1.0
 

@@ -15,7 +15,6 @@ import binascii
 import os
 import typing
 from datetime import datetime
-from enum import StrEnum
 from functools import cached_property, lru_cache
 from typing import Annotated, Any
 from uuid import UUID
@@ -33,6 +32,7 @@ from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.selection import FILTERED_FIELDS
 from domain.values import (
+    Choice,
     CustomerPublic,
     CustomerStatus,
     Gender,
@@ -50,7 +50,7 @@ from service.problems import problem_responses
 MAX_LIMIT = 500
 
 
-class Sort(StrEnum):
+class Sort(Choice):
     CREATED_AT = "createdAt"
     CREATED_AT_DESC = "-createdAt"
     UPDATED_AT = "updatedAt"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from domain.errors import Code, DomainError
+from domain.values import Choice
 from eventstore.jobs import GET_CUSTOMER_JOB, JOB_REJECTIONS, render_customer_job
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
@@ -30,7 +30,7 @@ _ERRORS = {
 _PAGE = 5000
 
 
-class ReportFormat(StrEnum):
+class ReportFormat(Choice):
     NDJSON = "ndjson"
     CSV = "csv"
 

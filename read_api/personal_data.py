@@ -14,7 +14,6 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -27,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from domain.customer import Customer
 from domain.errors import Code, DomainError
-from domain.values import utc_iso
+from domain.values import Choice, utc_iso
 from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.compliance import AuditEntry, PrivacyRecord, RequestType
@@ -80,7 +79,7 @@ FACTS = {
 }
 
 
-class ExportFormat(StrEnum):
+class ExportFormat(Choice):
     JSON = "json"
     ZIP = "zip"
 

@@ -333,13 +333,14 @@ def _values(facts: dict[str, Any], principal: Principal) -> dict[str, Any]:
     personal = principal.can(Permission.PERSONAL_DATA)
     out: dict[str, Any] = {}
     for fact, value in facts.items():
+        shown = value
         if not personal and hidden(FACT_SOURCES[fact]):
-            value = MASK if value is not None else None
+            shown = MASK if value is not None else None
         elif isinstance(value, datetime):
-            value = utc_iso(value)
+            shown = utc_iso(value)
         elif isinstance(value, frozenset):
-            value = sorted(value)
-        out[to_camel(fact)] = value
+            shown = sorted(value)
+        out[to_camel(fact)] = shown
     return out
 
 

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from domain.errors import Code, DomainError
 from domain.masking import hidden
+from domain.values import Choice
 from service.api_keys import ApiKeyStore
 from service.limits import RateLimiter
 from service.settings import Settings, get_settings
@@ -36,7 +37,7 @@ class Permission(StrEnum):
     API_KEYS = "apikeys:manage"
 
 
-class Role(StrEnum):
+class Role(Choice):
     ADMIN = "admin"
     MANAGER = "manager"
     ANALYST = "analyst"

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 
-from domain.activity import EventType
+from domain.activity import UNTYPED, EventType
 from domain.errors import Code, DomainError, invalid
 from domain.values import storable_json, unstorable_field
 
@@ -136,7 +136,7 @@ def problem(
     )
 
 
-_UNION_TAGS = frozenset(EventType)
+_UNION_TAGS = frozenset({*EventType, UNTYPED})
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
@@ -168,12 +168,14 @@ def import_segments(
     body: SegmentImport,
     principal: CanSegments,
     segments: Segments,
-    mode: Annotated[Literal["create", "upsert"], Query()] = "create",
+    mode: imports.Mode = imports.Mode.CREATE,
 ) -> dict[str, Any]:
     """Recreate segment definitions exported from another organization or installation
     (`GET /customers/segments/export`); STATIC segments come without members. A name the
     organization already uses: skipped (`mode=create`) or redefined (`mode=upsert`)."""
-    results = segments.import_definitions(principal, body.segments, upsert=mode == "upsert")
+    results = segments.import_definitions(
+        principal, body.segments, upsert=mode is imports.Mode.UPSERT
+    )
     counts = {o: sum(r["outcome"] == o for r in results) for o in _IMPORT_OUTCOMES}
     return {**counts, "segments": results}
 
@@ -270,6 +272,23 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
     return Response(status_code=204)
 
 
+lifecycle_routes = APIRouter()
+
+
+@lifecycle_routes.post(
+    PREFIX + "/{customer_id}/restore",
+    response_model=None,
+    responses={200: {"model": CustomerPublic}, **_ERRORS},
+)
+def restore_customer(
+    customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
+) -> Response:
+    """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS (30 days by
+    default): the customer gets back the status it had and its e-mail address. 409 when
+    it is not deleted, the grace period is over, or the address was registered meanwhile."""
+    return _answer(commands.restore(principal, customer_id, if_match))
+
+
 tracking_routes = APIRouter(tags=["tracking"])
 import_routes = APIRouter(tags=["import"])
 
@@ -364,7 +383,7 @@ def bulk_segments(
 ) -> Response:
     """Add the selected customers to a STATIC segment, or remove them, as a job."""
     check_assignable(segments.load(principal, body.segment_id))
-    details = {"segmentId": str(body.segment_id), "action": body.action}
+    details = {"segmentId": str(body.segment_id), "action": body.action.value}
     return _bulk(request, principal, bulk.Kind.SEGMENTS, body, details)
 
 
@@ -542,19 +561,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
 
-    @app.post(
-        PREFIX + "/{customer_id}/restore",
-        response_model=None,
-        responses={200: {"model": CustomerPublic}, **_ERRORS},
-    )
-    def restore_customer(
-        customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
-    ) -> Response:
-        """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS (30 days by
-        default): the customer gets back the status it had and its e-mail address. 409 when
-        it is not deleted, the grace period is over, or the address was registered meanwhile."""
-        return _answer(commands.restore(principal, customer_id, if_match))
-
     @app.put(
         PREFIX + "/{customer_id}/consent",
         responses={
@@ -614,11 +620,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
-    app.include_router(segment_routes)
-    app.include_router(tracking_routes)
-    app.include_router(import_routes)
-    app.include_router(bulk_routes)
-    app.include_router(key_routes)
+    for routes in (
+        lifecycle_routes,
+        segment_routes,
+        tracking_routes,
+        import_routes,
+        bulk_routes,
+        key_routes,
+    ):
+        app.include_router(routes)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

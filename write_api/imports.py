@@ -26,7 +26,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -37,7 +36,7 @@ from pydantic import ValidationError
 
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
-from domain.values import Profile
+from domain.values import Choice, Profile
 from eventstore.application import Customers
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from eventstore.recorder import OWNERS, Claim
@@ -72,12 +71,12 @@ _RETRIES = 5
 _FORMULA_GUARDED = frozenset({"=", "+", "-", "@", "\t", "\r", "'"})
 
 
-class Format(StrEnum):
+class Format(Choice):
     CSV = "csv"
     NDJSON = "ndjson"
 
 
-class Mode(StrEnum):
+class Mode(Choice):
     CREATE = "create"
     UPSERT = "upsert"
 

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
-from domain.bulk import ProfilePatch
+from domain.bulk import Action, ProfilePatch
 from domain.segment import SegmentDefinition, SegmentStatus
 from domain.selection import CustomerFilters, CustomerSelection
 from domain.values import CustomerStatus, Model, Profile
@@ -74,7 +74,7 @@ class BulkUpdate(BulkDelete):
 
 class BulkSegments(BulkDelete):
     segment_id: UUID = Field(description="a STATIC segment")
-    action: Literal["add", "remove"]
+    action: Action
 
 
 class SegmentImport(Model):

@@ -110,9 +110,9 @@ def test_a_deleted_customer_is_kept_and_can_be_restored_with_its_email(
     assert restored.headers["ETag"] == f'"{customer["version"] + 2}"'
     seen = {**h, "X-Consistency-Token": restored.headers["X-Consistency-Token"]}
     again = http.get(url, headers=seen).json()
-    assert {k: v for k, v in again.items() if k not in {"updatedAt", "lastActivity", "version"}} == {
-        k: v for k, v in customer.items() if k not in {"updatedAt", "lastActivity", "version"}
-    }
+    assert {
+        k: v for k, v in again.items() if k not in {"updatedAt", "lastActivity", "version"}
+    } == {k: v for k, v in customer.items() if k not in {"updatedAt", "lastActivity", "version"}}
     # Its e-mail address is its own again: found by it, and refused to a newcomer.
     by_email = http.get(CUSTOMERS, params={"email": customer["email"]}, headers=seen).json()
     assert [c["id"] for c in by_email["items"]] == [customer["id"]]
@@ -243,3 +243,69 @@ def test_a_preview_names_what_is_wrong_and_masks_what_the_role_cannot_see(
     why = http.get(url, headers=analyst).json()
     city = next(c for c in why["criteria"] if c["criterion"] == "geographic.cities")
     assert (city["holds"], city["values"]) == (True, {"city": "***"})
+
+
+# --------------------------------------------------------------------------- 5. tracking, enums
+
+QUICK_START = {  # README's customer: no privacySettings, so no analytics-tracking consent
+    "email": "john.doe@example.com",
+    "name": "John Doe",
+    "age": 35,
+    "location": {"country": "Spain", "city": "Madrid", "timezone": "Europe/Madrid"},
+    "preferences": {"marketingConsent": True, "dataProcessingConsent": True},
+}
+
+
+def test_tracking_says_what_it_kept_and_takes_types_in_any_case(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    readme = http.post(CUSTOMERS, json=QUICK_START, headers=h).json()
+    view = {"type": "page_view", "data": {"url": "https://shop.example/p/1"}}
+    skipped = http.post(f"{CUSTOMERS}/{readme['id']}/track", json=view, headers=h)
+    assert skipped.status_code == 202
+    assert skipped.json() == {
+        "eventId": None,
+        "stored": False,
+        "duplicate": False,
+        "reason": "analytics_tracking_off",
+    }
+    tracked, _ = create(http, h)  # with analytics-tracking consent
+    url = f"{CUSTOMERS}/{tracked['id']}/track"
+    event_id = str(uuid.uuid4())
+    device = {"type": "Mobile", "os": "iOS"}
+    stored = http.post(url, json={**view, "eventId": event_id, "device": device}, headers=h)
+    assert stored.json() == {"eventId": event_id, "stored": True, "duplicate": False}
+
+    wrong = http.post(url, json={**view, "type": "pageview"}, headers=h)
+    assert refused(wrong, 422) == ["type"]
+    assert "'PAGE_VIEW', 'PURCHASE'" in wrong.text and "EventType" not in wrong.text
+    assert refused(http.post(url, json={**view, "eventId": "click-1"}, headers=h), 422) == [
+        "eventId"
+    ]
+    batch = {"events": [{**view, "customerId": tracked["id"]}, {"type": "login"}]}
+    wrong = http.post(f"{CUSTOMERS}/track/batch", json=batch, headers=h)
+    assert refused(wrong, 422) == ["events.1.customerId"]
+
+
+def test_enumerations_are_accepted_in_any_case_and_refusals_list_the_values(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    customer, token = create(http, h, gender="female")
+    assert customer["gender"] == "FEMALE"
+    seen = {**h, "X-Consistency-Token": token}
+    listed = http.get(CUSTOMERS, params={"gender": "Female", "status": "active"}, headers=seen)
+    assert [c["id"] for c in listed.json()["items"]] == [customer["id"]]
+    wrong = http.get(CUSTOMERS, params={"gender": "femal"}, headers=h)
+    assert refused(wrong, 422) == ["gender"]
+    assert "'MALE', 'FEMALE', 'OTHER' or 'UNKNOWN'" in wrong.text
+    body = {"name": "any case", "kind": "dynamic", "purpose": "Marketing"}
+    criteria = {"customRules": [{"field": "age", "operator": "GREATER_THAN", "value": 30}]}
+    segment = http.post(SEGMENTS, json={**body, "criteria": criteria}, headers=h)
+    assert segment.status_code == 201, segment.text
+    assert (segment.json()["kind"], segment.json()["purpose"]) == ("DYNAMIC", "marketing")
+    consent = {"consents": {"Marketing": False}, "source": "preference_center"}
+    changed = http.put(f"{CUSTOMERS}/{customer['id']}/consent", json=consent, headers=h)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["consents"]["marketing"] is False

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 from hypothesis import given
-from psycopg import sql
 from hypothesis import strategies as st
+from psycopg import sql
 
 from domain.criteria import FIELDS, OPERATORS, FieldType, Operator, SegmentCriteria, predicate
 from domain.segment import effective_criteria
