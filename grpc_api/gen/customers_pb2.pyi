@@ -659,7 +659,7 @@ class ModelSummary(_message.Message):
     def __init__(self, id: _Optional[str] = ..., calibration_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customers: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class CustomerInsights(_message.Message):
-    __slots__ = ("customer_id", "as_of", "rfm", "probability_alive", "expected_purchases_90_days", "predicted_value_12_months", "preferred_channel", "preferred_category", "engagement_trend", "model")
+    __slots__ = ("customer_id", "as_of", "rfm", "probability_alive", "expected_purchases_90_days", "predicted_value_12_months", "preferred_channel", "preferred_category", "engagement_trend", "model", "reason")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     RFM_FIELD_NUMBER: _ClassVar[int]
@@ -670,6 +670,7 @@ class CustomerInsights(_message.Message):
     PREFERRED_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENT_TREND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     as_of: _timestamp_pb2.Timestamp
     rfm: RfmScores
@@ -680,4 +681,5 @@ class CustomerInsights(_message.Message):
     preferred_category: str
     engagement_trend: EngagementTrend
     model: ModelSummary
-    def __init__(self, customer_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rfm: _Optional[_Union[RfmScores, _Mapping]] = ..., probability_alive: _Optional[float] = ..., expected_purchases_90_days: _Optional[float] = ..., predicted_value_12_months: _Optional[_Union[Money, _Mapping]] = ..., preferred_channel: _Optional[str] = ..., preferred_category: _Optional[str] = ..., engagement_trend: _Optional[_Union[EngagementTrend, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, customer_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rfm: _Optional[_Union[RfmScores, _Mapping]] = ..., probability_alive: _Optional[float] = ..., expected_purchases_90_days: _Optional[float] = ..., predicted_value_12_months: _Optional[_Union[Money, _Mapping]] = ..., preferred_channel: _Optional[str] = ..., preferred_category: _Optional[str] = ..., engagement_trend: _Optional[_Union[EngagementTrend, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...

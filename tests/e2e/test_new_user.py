@@ -309,3 +309,32 @@ def test_enumerations_are_accepted_in_any_case_and_refusals_list_the_values(
     changed = http.put(f"{CUSTOMERS}/{customer['id']}/consent", json=consent, headers=h)
     assert changed.status_code == 200, changed.text
     assert changed.json()["consents"]["marketing"] is False
+
+
+# --------------------------------------------------------------------------- 6. models
+
+
+def test_insights_and_fits_say_why_there_is_no_prediction(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    customer, token = create(http, h)
+    seen = {**h, "X-Consistency-Token": token}
+    assert http.get(f"{CUSTOMERS}/{customer['id']}", headers=seen).status_code == 200
+    url = f"{CUSTOMERS}/{customer['id']}/insights"
+    empty = http.get(url, headers=h).json()
+    assert (empty["rfm"], empty["probabilityAlive"], empty["model"]) == (None, None, None)
+    assert "at least 20 customers with a tracked purchase" in empty["reason"]
+
+    fit = http.post(f"{CUSTOMERS}/analytics/models", json={}, headers=h)
+    assert fit.status_code == 202, fit.text
+
+    def finished() -> dict[str, Any] | None:
+        shown: dict[str, Any] = http.get(fit.headers["Location"], headers=h).json()
+        return shown if shown["state"] != "QUEUED" else None
+
+    failed = eventually(finished)
+    assert failed["state"] == "FAILED"
+    assert failed["error"] == "BG/NBD needs at least 20 customers with a tracked purchase, got 0"
+    again = http.get(url, headers=h).json()
+    assert again["reason"].endswith(f"the latest fit failed: {failed['error']}")
