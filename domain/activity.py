@@ -249,7 +249,7 @@ class UntypedEvent(_Event):
 
 def _event_type(value: Any) -> str:
     """The union member a tracked event is, by its `type` in any case."""
-    tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    tag: Any = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     try:
         return EventType(tag).value
     except ValueError:

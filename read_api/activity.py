@@ -213,7 +213,7 @@ async def insights(
     assert habits is not None
     channel, category, recent, previous = habits
     model = purchase_models.load(row)
-    scores = model and rfm_scores(model, facts, now)
+    scores = rfm_scores(model, facts, now) if model is not None else None
     predicted = predictions(model, days)
     return {
         "customerId": str(id),
@@ -241,10 +241,9 @@ def reason(
 ) -> str | None:
     """Why model-based figures of the insights are null (None: none is)."""
     if model is None:
-        failed = latest is not None and latest.state == "FAILED" and latest.error
-        return purchase_models.NO_MODEL + (
-            f"; the latest fit failed: {latest.error}" if failed else ""
-        )
+        if latest is not None and latest.state == "FAILED" and latest.error:
+            return f"{purchase_models.NO_MODEL}; the latest fit failed: {latest.error}"
+        return purchase_models.NO_MODEL
     if days is None or scores is None:
         return "the customer has no tracked purchase up to now: RFM and predictions need one"
     if predicted["predictedValue12Months"] is None:

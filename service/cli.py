@@ -433,9 +433,33 @@ def _client_parsers(sub: Any) -> None:
     p_bulk.add_argument("--dry-run", action="store_true")
 
 
+def _transfer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`import`, `export`, `bulk`: a client of a running service, whose stderr is for the
+    progress and the outcome (log lines only from WARNING on, unless asked for)."""
+    from service import transfer
+
+    logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "WARNING"))
+    if not args.url or not args.token:
+        parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
+    url, token = args.url, args.token
+    if args.command == "bulk":
+        return transfer.usable(lambda: transfer.bulk(url, token, args), url)
+    if args.command == "import":
+        return transfer.usable(
+            lambda: transfer.import_file(
+                url, token, args.file, fmt=args.format, mode=args.mode, dry_run=args.dry_run
+            ),
+            url,
+        )
+    out = sys.stdout.buffer
+    return transfer.usable(lambda: transfer.export(url, token, args.format, args.segment, out), url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in {"import", "export", "bulk"}:
+        return _transfer(parser, args)
     logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))
 
     if args.command == "dev-token":
@@ -456,24 +480,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(published_openapi())
         return 0
-
-    if args.command in {"import", "export", "bulk"}:
-        from service import transfer
-
-        if not args.url or not args.token:
-            parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
-        if args.command == "bulk":
-            return transfer.bulk(args.url, args.token, args)
-        if args.command == "import":
-            return transfer.import_file(
-                args.url,
-                args.token,
-                args.file,
-                fmt=args.format,
-                mode=args.mode,
-                dry_run=args.dry_run,
-            )
-        return transfer.export(args.url, args.token, args.format, args.segment, sys.stdout.buffer)
 
     settings = _settings(embedded=args.command == "serve" and args.kind == "all")
     if args.command == "serve":

@@ -4,13 +4,16 @@ docs/api.md sends, and expects the answer they should get."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from service.embedded import free_port
 from tests.e2e.conftest import TokenFactory, new_customer
 from tests.e2e.test_membership_api import eventually
+from tests.e2e.test_transfer_cli import customers_cli
 
 CUSTOMERS = "/api/v1/customers"
 
@@ -338,3 +341,91 @@ def test_insights_and_fits_say_why_there_is_no_prediction(
     assert failed["error"] == "BG/NBD needs at least 20 customers with a tracked purchase, got 0"
     again = http.get(url, headers=h).json()
     assert again["reason"].endswith(f"the latest fit failed: {failed['error']}")
+
+
+# --------------------------------------------------------------------------- 7. imports, jobs
+
+IMPORT = f"{CUSTOMERS}/import"
+
+
+def test_an_import_names_every_unknown_column_and_every_error_of_a_row(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = {**auth(), "Content-Type": "text/csv"}
+    columns = b"email,name,phone,nickname,preferences.marketingConsent\r\n"
+    unknown = http.post(IMPORT, content=columns + b"a@example.com,A,1,a,true\r\n", headers=h)
+    assert refused(unknown, 422) == ["columns"]
+    assert "'phone', 'nickname'" in unknown.json()["errors"][0]["message"]
+
+    # A spreadsheet's CSV with semicolons; one good row, one row with three mistakes.
+    header = "email;name;age;location.country;location.timezone;"
+    header += "preferences.marketingConsent;preferences.dataProcessingConsent\r\n"
+    rows = "ann@example.com;Ann;30;Spain;Europe/Madrid;true;true\r\n"
+    rows += "bob@example.com;Bob;200;Spain;Mars/Olympus;maybe;true\r\n"
+    started = http.post(IMPORT, content=(header + rows).encode(), headers=h)
+    assert started.status_code == 202, started.text
+
+    def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = http.get(started.headers["Location"], headers=h).json()
+        return job if job["state"] in {"SUCCEEDED", "FAILED"} else None
+
+    job = eventually(done)
+    assert (job["state"], job["created"], job["failed"]) == ("SUCCEEDED", 1, 1)
+    report = http.get(f"{IMPORT}/{job['id']}/report", headers=h).json()
+    assert report["line"] == 3
+    assert report["field"] == "age, location.timezone, preferences.marketingConsent"
+    for field in ("age: ", "location.timezone: ", "preferences.marketingConsent: "):
+        assert field in report["reason"]
+
+    listed = http.get(IMPORT, headers=h).json()
+    assert [j["id"] for j in listed["items"]] == [job["id"]]  # the refused upload left none
+    assert (listed["nextCursor"], listed["limit"]) == (None, 20)
+
+
+def test_bulk_jobs_are_listed_newest_first(http: httpx.Client, auth: TokenFactory) -> None:
+    h = auth()
+    customer, _ = create(http, h)
+    selection = {"ids": [customer["id"]]}
+    queued = [
+        http.post(f"{CUSTOMERS}/bulk/update", json=body, headers=h).json()["id"]
+        for body in (
+            {"selection": selection, "patch": {"tags": {"add": ["a"]}}, "dryRun": True},
+            {"selection": selection, "patch": {"tags": {"add": ["b"]}}, "dryRun": True},
+        )
+    ]
+    first = http.get(f"{CUSTOMERS}/bulk", params={"limit": 1}, headers=h).json()
+    assert [j["id"] for j in first["items"]] == [queued[1]]
+    rest = http.get(f"{CUSTOMERS}/bulk", params={"cursor": first["nextCursor"]}, headers=h)
+    assert [j["id"] for j in rest.json()["items"]] == [queued[0]]
+    assert http.get(IMPORT, headers=h).json()["items"] == []
+
+
+def test_the_command_line_says_in_one_line_what_is_wrong_and_what_it_would_do(
+    http: httpx.Client, auth: TokenFactory, service_url: str, tmp_path: Path
+) -> None:
+    h = auth()
+    token = h["Authorization"].removeprefix("Bearer ")
+    missing = customers_cli(service_url, token, "import", str(tmp_path / "nope.csv"))
+    assert missing.returncode == 1
+    assert missing.stderr.decode().splitlines() == [
+        f"customers: cannot read {tmp_path / 'nope.csv'}: No such file or directory"
+    ]
+    file = tmp_path / "customers.csv"
+    file.write_text(
+        "email;name;preferences.marketingConsent;preferences.dataProcessingConsent\n"
+        "zoe@example.com;Zoe;true;true\n"
+    )
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = customers_cli(nobody, token, "import", str(file))
+    assert unreachable.returncode == 1
+    (line,) = unreachable.stderr.decode().splitlines()
+    assert line.startswith(f"customers: cannot reach the service at {nobody}")
+
+    # The API's address as docs/api.md writes it works too; a dry run says what it would do.
+    dry = customers_cli(f"{service_url}/api/v1/", token, "import", str(file), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stderr.decode().splitlines()
+    (job,) = [x for x in lines if x.startswith("job ")]
+    assert f"{service_url}/api/v1/customers/import/" in job
+    assert "succeeded (dry run): 1 rows, 1 would be created, 0 would be updated" in lines[-1]
+    assert not [x for x in lines if x.startswith("{")]  # no log lines among the progress
