@@ -85,8 +85,11 @@ class Customer(Aggregate):
         if status is not None and status != self.status:
             self._check_transition(status, actor_is_admin)
         new = profile.dump()
-        if new["metadata"]["acquisitionDate"] is None:  # not given: keep the one we have
-            kept = self.profile["metadata"].get("acquisitionDate")
+        kept = self.profile["metadata"].get("acquisitionDate")
+        given = new["metadata"]["acquisitionDate"]
+        # Not given, or the creation time that answers show in place of a missing one (the
+        # answer sent back): keep the one we have.
+        if given is None or (kept is None and datetime.fromisoformat(given) == self.created_on):
             new["metadata"]["acquisitionDate"] = kept
         token = None
         if new["email"] != self.email:

@@ -352,6 +352,20 @@ class Profile(Model):
         return self
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON Merge Patch: `patch`'s members replace `target`'s, objects merge member
+    by member, null removes a member, anything but an object replaces the whole."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
 def utc_iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 

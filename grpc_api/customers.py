@@ -67,7 +67,7 @@ class CustomerService:
         if request.HasField("status"):
             profile_and_status["status"] = request.status
         update = validated(CustomerUpdate, profile_and_status)
-        profile = CustomerCreate.model_validate(update.model_dump(exclude={"status"}))
+        profile = update.profile()
         expected = request.expected_version if request.HasField("expected_version") else None
         commands = self.backend.customers
         outcome = await asyncio.to_thread(

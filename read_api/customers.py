@@ -44,6 +44,7 @@ from eventstore.keys import CLAIM_KEY_PURPOSE, EMAIL, LazyKeyring, claim_hash
 from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
+from service import etags
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
@@ -474,10 +475,10 @@ async def get_customer(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     body, version = await customer(paging.pool(request), principal, id)
-    etag = f'"{version}"'
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers={"ETag": etag})
-    return _json(body, {"ETag": etag})
+    tag = etags.etag(version)
+    if etags.none_match(if_none_match, version):
+        return Response(status_code=304, headers={"ETag": tag})
+    return _json(body, {"ETag": tag})
 
 
 async def customer(

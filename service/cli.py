@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p_token = sub.add_parser("dev-token", help="print a JWT the running service accepts")
     p_token.add_argument("--role", action="append", required=True, dest="roles")
     p_token.add_argument("--org", default="acme")
-    p_token.add_argument("--sub", default="dev")
+    p_token.add_argument("--sub", help="the token's subject (default: dev-<roles>)")
     p_token.add_argument("--ttl", type=int, default=3600, help="seconds")
 
     p_proj = sub.add_parser("projections", help="projection maintenance")
@@ -433,6 +433,30 @@ def _client_parsers(sub: Any) -> None:
     p_bulk.add_argument("--dry-run", action="store_true")
 
 
+def _dev_token(args: argparse.Namespace) -> int:
+    """A token signed with the running service's secret: CUSTOMERS_JWT_SECRET, or the one
+    `customers serve` generated into the data directory. Without either there is no service
+    to accept it, and a new secret would only make a token nobody accepts."""
+    from service.auth import issue_token
+    from service.embedded import JWT_SECRET_ENV, stored_secret
+
+    settings = get_settings()
+    secret = settings.jwt_secret or stored_secret(settings.data_dir, JWT_SECRET_ENV)
+    if not secret:
+        print(
+            f"customers dev-token: no {JWT_SECRET_ENV} in the environment and none generated in"
+            f" {settings.data_dir}: start the service first (`make run`), or set the service's"
+            f" {JWT_SECRET_ENV} (and CUSTOMERS_DATA_DIR if it uses another directory)",
+            file=sys.stderr,
+        )
+        return 1
+    # One subject per role set by default, so that the audit trail tells dev callers apart.
+    sub = args.sub or "dev-" + "-".join(sorted(set(args.roles)))
+    signing = settings.model_copy(update={"jwt_secret": secret})
+    print(issue_token(signing, sub=sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl))
+    return 0
+
+
 def _transfer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`import`, `export`, `bulk`: a client of a running service, whose stderr is for the
     progress and the outcome (log lines only from WARNING on, unless asked for)."""
@@ -463,17 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))
 
     if args.command == "dev-token":
-        from service.auth import issue_token
-        from service.embedded import ensure_secrets
-
-        os.environ.update(ensure_secrets(get_settings().data_dir))
-        get_settings.cache_clear()
-        print(
-            issue_token(
-                get_settings(), sub=args.sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl
-            )
-        )
-        return 0
+        return _dev_token(args)
 
     if args.command == "openapi":
         from service.gateway import published_openapi

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from domain.activity import UNTYPED, EventType
@@ -35,6 +36,7 @@ STATUS = {
     Code.UNAVAILABLE: 503,
     Code.RATE_LIMITED: 429,
     Code.TOO_LARGE: 413,
+    Code.UNSUPPORTED: 415,
 }
 # The same codes as gRPC status codes (grpc_api answers with these, HTTP with STATUS).
 GRPC_STATUS = {
@@ -47,6 +49,7 @@ GRPC_STATUS = {
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.UNSUPPORTED: grpc.StatusCode.INVALID_ARGUMENT,
 }
 # A conflict over a value that another customer or segment holds (the fields with
 # organization-wide uniqueness claims) is ALREADY_EXISTS; any other conflict is about the
@@ -178,8 +181,11 @@ def invalid_input(
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    detail, errors = invalid_input(exc.errors())
+    """A request that did not validate, and a body a use case validates itself (a customer
+    merge-patched into shape): 422 naming the fields, as gRPC answers both."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    found = exc.errors(include_input=False) if isinstance(exc, ValidationError) else exc.errors()
+    detail, errors = invalid_input(found)
     return problem(422, detail, errors=errors, instance=request.url.path)
 
 
@@ -272,6 +278,7 @@ def install(app: FastAPI) -> None:
     app.router.dependencies.append(Depends(_checked_query))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -25,9 +24,10 @@ from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from projections import purchase_models
 from projections import segments as segments_view
-from service import limits, logs, problems, tracing
+from service import etags, limits, logs, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.auth import (
+    CanConsent,
     CanDelete,
     CanManageKeys,
     CanOrders,
@@ -63,7 +63,6 @@ from write_api.segments import SegmentCommands, check_assignable
 
 PREFIX = "/api/v1/customers"
 SEGMENTS = PREFIX + "/segments"
-_ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,9})"?$')
 _ERRORS = problems.problem_responses(
     {
         401: "Missing or invalid bearer token",
@@ -96,12 +95,7 @@ Segments = Annotated[SegmentCommands, Depends(_segment_commands)]
 
 
 async def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
-    if if_match is None or if_match.strip() == "*":
-        return None
-    m = _ETAG.match(if_match.strip())
-    if not m:
-        raise invalid("If-Match", 'expected an entity tag such as "3"')
-    return int(m.group(1))
+    return etags.if_match(if_match)
 
 
 IfMatch = Annotated[int | None, Depends(_if_match)]
@@ -272,10 +266,46 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
     return Response(status_code=204)
 
 
-lifecycle_routes = APIRouter()
+customer_routes = APIRouter()
+MERGE_PATCH = "application/merge-patch+json"
 
 
-@lifecycle_routes.post(
+@customer_routes.patch(
+    PREFIX + "/{customer_id}",
+    response_model=None,
+    dependencies=[Depends(problems.storable_body)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {MERGE_PATCH: {"schema": {"type": "object"}}},
+            "description": "RFC 7396: members to set, objects merged, null removes",
+        }
+    },
+    responses={200: {"model": CustomerPublic}, **_ERRORS},
+)
+async def patch_customer(
+    customer_id: UUID,
+    request: Request,
+    principal: CanWrite,
+    commands: Commands,
+    if_match: IfMatch,
+) -> Response:
+    """Partial update by JSON Merge Patch (`Content-Type: application/merge-patch+json`,
+    RFC 7396) of the customer as GET shows it; the result is checked like a PUT body."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media not in {MERGE_PATCH, "application/json"}:
+        raise DomainError(Code.UNSUPPORTED, f"send the patch as {MERGE_PATCH}")
+    try:
+        patch = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise invalid("body", "not JSON") from None
+    if not isinstance(patch, dict):
+        raise invalid("body", "a merge patch of a customer is a JSON object")
+    outcome = await run_in_threadpool(commands.patch, principal, customer_id, patch, if_match)
+    return _answer(outcome)
+
+
+@customer_routes.post(
     PREFIX + "/{customer_id}/restore",
     response_model=None,
     responses={200: {"model": CustomerPublic}, **_ERRORS},
@@ -551,8 +581,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         commands: Commands,
         if_match: IfMatch,
     ) -> Response:
-        profile = CustomerCreate.model_validate(body.model_dump(exclude={"status"}))
-        return _answer(commands.update(principal, customer_id, profile, body.status, if_match))
+        expected = if_match if if_match is not None else body.version
+        return _answer(
+            commands.update(
+                principal,
+                customer_id,
+                body.profile(),
+                body.status,
+                expected,
+                echoed=body.echoed(),
+            )
+        )
 
     @app.delete(PREFIX + "/{customer_id}", status_code=204, response_model=None, responses=_ERRORS)
     def delete_customer(
@@ -569,7 +608,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     def change_consent(
-        customer_id: UUID, body: ConsentChange, principal: CanWrite, commands: Commands
+        customer_id: UUID, body: ConsentChange, principal: CanConsent, commands: Commands
     ) -> Response:
         """Grant or withdraw consent per purpose (GDPR Art. 7), recorded with source, policy
         version, IP address and user agent; effective immediately."""
@@ -621,7 +660,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
     for routes in (
-        lifecycle_routes,
+        customer_routes,
         segment_routes,
         tracking_routes,
         import_routes,

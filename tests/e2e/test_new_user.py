@@ -3,11 +3,18 @@ docs/api.md sends, and expects the answer they should get."""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import subprocess
+import sys
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 
 from service.embedded import free_port
@@ -429,3 +436,111 @@ def test_the_command_line_says_in_one_line_what_is_wrong_and_what_it_would_do(
     assert f"{service_url}/api/v1/customers/import/" in job
     assert "succeeded (dry run): 1 rows, 1 would be created, 0 would be updated" in lines[-1]
     assert not [x for x in lines if x.startswith("{")]  # no log lines among the progress
+
+
+# --------------------------------------------------------------------------- 8. details
+
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def test_the_body_get_returned_can_be_put_back_and_patched(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    customer, token = create(http, h)
+    url = f"{CUSTOMERS}/{customer['id']}"
+    shown = http.get(url, headers={**h, "X-Consistency-Token": token}).json()
+
+    same = http.put(url, json=shown, headers=h)
+    assert same.status_code == 200, same.text
+    assert same.headers["ETag"] == '"1"'  # nothing changed, nothing recorded
+    renamed = http.put(url, json={**shown, "name": "Jane Roe"}, headers=h)
+    assert (renamed.json()["name"], renamed.headers["ETag"]) == ("Jane Roe", '"2"')
+    current = {**shown, "version": 2}
+    for field, value in (("activeOrders", 3), ("id", str(uuid.uuid4()))):
+        assert refused(http.put(url, json={**current, field: value}, headers=h), 422) == [field]
+    assert http.put(url, json=shown, headers=h).status_code == 412  # its version is 1
+
+    patch = {"name": "Ana", "location": {"city": "Sevilla"}, "tags": None}
+    stale = http.patch(
+        url, content=orjson.dumps(patch), headers={**h, **MERGE_PATCH, "If-Match": "1"}
+    )
+    assert stale.status_code == 412
+    patched = http.patch(
+        url, content=orjson.dumps(patch), headers={**h, **MERGE_PATCH, "If-Match": "2"}
+    )
+    assert patched.status_code == 200, patched.text
+    body = patched.json()
+    assert (body["name"], body["tags"], body["version"]) == ("Ana", [], 3)
+    assert body["location"] == {**customer["location"], "city": "Sevilla"}
+    assert body["preferences"] == customer["preferences"]
+    status = http.patch(url, content=b'{"status": "inactive"}', headers={**h, **MERGE_PATCH})
+    assert status.json()["status"] == "INACTIVE"
+    wrong = http.patch(url, content=b'{"age": 400, "gender": "x"}', headers={**h, **MERGE_PATCH})
+    assert sorted(refused(wrong, 422)) == ["age", "gender"]
+    plain = http.patch(url, content=b'{"age": 40}', headers={**h, "Content-Type": "text/plain"})
+    assert refused(plain, 415) == []
+
+
+def test_one_entity_tag_rule_for_if_match_and_if_none_match(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    customer, token = create(http, h)
+    url = f"{CUSTOMERS}/{customer['id']}"
+    seen = {**h, "X-Consistency-Token": token}
+    for tag in ('"1"', "1", 'W/"1"', '"7", 1'):
+        assert http.get(url, headers={**seen, "If-None-Match": tag}).status_code == 304, tag
+    assert http.get(url, headers={**seen, "If-None-Match": "2"}).status_code == 200
+    assert refused(http.get(url, headers={**seen, "If-None-Match": "v1"}), 422) == ["If-None-Match"]
+    assert http.delete(url, headers={**h, "If-Match": "2"}).status_code == 412
+    assert http.delete(url, headers={**h, "If-Match": "1"}).status_code == 204
+
+
+def test_a_dpo_records_a_withdrawal_and_exports_consistent_files(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    dpo = auth("dpo")
+    customer, _ = create(http, auth())
+    url = f"{CUSTOMERS}/{customer['id']}"
+    withdrawal = {"consents": {"marketing": False}, "source": "email_to_dpo"}
+    recorded = http.put(f"{url}/consent", json=withdrawal, headers=dpo)
+    assert recorded.status_code == 200, recorded.text
+    seen = {**dpo, "X-Consistency-Token": recorded.headers["X-Consistency-Token"]}
+    assert http.get(url, headers=seen).json()["preferences"]["marketingConsent"] is False
+
+    export = http.get(f"{url}/data", headers=seen).json()
+    created = export["events"][0]
+    assert created["type"] == "Created" and {"orgId", "profile", "actor"} <= set(created["data"])
+    consent = next(e for e in export["events"] if e["type"] == "ConsentChanged")
+    assert {"policyVersion", "ipAddress", "userAgent"} <= set(consent["data"])
+    assert not [k for e in export["events"] for k in e["data"] if "_" in k]
+
+    archive = http.get(f"{url}/data", params={"format": "zip"}, headers=seen)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as z:
+        history = z.read("segment_history.csv").decode()
+        assert history == "segmentId,name,joinedAt,joinReason,leftAt,leaveReason,active\r\n"
+        (profile,) = csv.DictReader(io.StringIO(z.read("profile.csv").decode()))
+    export_csv = http.get(
+        f"{CUSTOMERS}/export", params={"format": "csv", "email": customer["email"]}, headers=seen
+    ).text
+    header = export_csv.splitlines()[0]
+    assert list(profile) == header.split(",")
+    assert (
+        profile["location.city"] == "Madrid" and profile["preferences.marketingConsent"] == "false"
+    )
+
+
+def test_dev_tokens_need_the_services_secret_and_name_their_role(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUSTOMERS_JWT_SECRET"}
+    env["CUSTOMERS_DATA_DIR"] = str(tmp_path)
+    command = [sys.executable, "-m", "service.cli", "dev-token", "--role", "analyst"]
+    refused_token = subprocess.run(command, env=env, capture_output=True, check=False, timeout=60)
+    assert refused_token.returncode == 1 and not refused_token.stdout
+    assert b"start the service first" in refused_token.stderr
+    assert not (tmp_path / "secrets.env").exists()  # no new secret nobody accepts
+
+    env["CUSTOMERS_JWT_SECRET"] = os.environ["CUSTOMERS_JWT_SECRET"]
+    issued = subprocess.run(command, env=env, capture_output=True, check=True, timeout=60)
+    claims = jwt.decode(issued.stdout.strip(), options={"verify_signature": False})
+    assert (claims["sub"], claims["roles"]) == ("dev-analyst", ["analyst"])
