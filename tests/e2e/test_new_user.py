@@ -544,3 +544,44 @@ def test_dev_tokens_need_the_services_secret_and_name_their_role(tmp_path: Path)
     issued = subprocess.run(command, env=env, capture_output=True, check=True, timeout=60)
     claims = jwt.decode(issued.stdout.strip(), options={"verify_signature": False})
     assert (claims["sub"], claims["roles"]) == ("dev-analyst", ["analyst"])
+
+
+# --------------------------------------------------------------------------- the quick start
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def quick_start() -> str:
+    """The shell block of README's quick start that follows `make run`."""
+    text = README.read_text()
+    start = text.index("```sh\n", text.index("the eight everyday tasks")) + len("```sh\n")
+    return text[start : text.index("```\n", start)]
+
+
+def test_the_readme_quick_start_runs_as_written(service_url: str, tmp_path: Path) -> None:
+    """Every request of the eight tasks answers 2xx, and says what the comments promise."""
+    org = f"readme-{uuid.uuid4().hex[:8]}"
+    script = (
+        quick_start()
+        .replace("http://127.0.0.1:8080", service_url)
+        .replace(".venv/bin/customers", f"{sys.executable} -m service.cli")
+        .replace("--org acme", f"--org {org}")
+    )
+    # Any answer >= 400 stops the walk-through with the answer on stderr.
+    strict = 'set -euo pipefail\ncurl() { command curl --fail-with-body "$@"; }\n'
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    done = subprocess.run(
+        ["bash", "-c", strict + script + "\necho WALKED"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0 and out.rstrip().endswith("WALKED"), err[-2000:]
+    assert '"reason":"analytics_tracking_off"' in out
+    assert "1 would be created, 0 would be updated, 0 skipped, 1 rejected" in err
+    assert '"status":"ERASED"' in out
+    with zipfile.ZipFile(tmp_path / "john-doe.zip") as archive:
+        assert "profile.csv" in archive.namelist()
