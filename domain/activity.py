@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    Discriminator,
     Field,
     PlainSerializer,
     StringConstraints,
+    Tag,
     TypeAdapter,
+    field_validator,
+    model_validator,
 )
 
 from domain.consent import Purpose
-from domain.values import Currency, Model, ShortText
+from domain.values import Choice, Currency, Model, ShortText
 
 MAX_BATCH = 1000
 # Clocks of producers drift; an event from further in the future is a bug, not a fact.
@@ -39,7 +42,7 @@ Amount = Annotated[
 ]
 
 
-class EventType(StrEnum):
+class EventType(Choice):
     PAGE_VIEW = "PAGE_VIEW"
     PURCHASE = "PURCHASE"
     LOGIN = "LOGIN"
@@ -81,8 +84,17 @@ class Fact(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class DeviceType(Choice):
+    DESKTOP = "desktop"
+    MOBILE = "mobile"
+    TABLET = "tablet"
+    TV = "tv"
+    WEARABLE = "wearable"
+    OTHER = "other"
+
+
 class Device(Fact):
-    type: Literal["desktop", "mobile", "tablet", "tv", "wearable", "other"]
+    type: DeviceType
     os: ShortText = ""
     browser: ShortText = ""
     app_version: ShortText = ""
@@ -136,12 +148,25 @@ class ConsentUpdate(Fact):
 
 
 class _Event(Fact):
-    event_id: UUID | None = None
+    event_id: UUID | None = Field(
+        default=None, description="a UUID of the producer's choosing: retries with it count once"
+    )
     customer_id: UUID | None = None  # in a batch; the path names it for a single event
     timestamp: AwareDatetime | None = None  # when it happened; default: when received
     session_id: UUID | None = None
     channel: ShortText = ""
     device: Device | None = None
+
+    @field_validator("type", mode="before", check_fields=False)
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        # The union chose the class by the type in any case (_event_type); its Literal
+        # takes the declared member. An unknown type is left to the field's own check, whose
+        # message lists the allowed ones.
+        try:
+            return EventType(value)
+        except ValueError:
+            return value
 
 
 class PageViewEvent(_Event):
@@ -204,20 +229,48 @@ class ConsentUpdatedEvent(_Event):
     data: ConsentUpdate
 
 
+UNTYPED = "untyped"  # the union tag of an event without a known type
+
+
+class UntypedEvent(_Event):
+    """What an event without a known `type` is validated as, so that the error is about
+    `type` and lists the allowed values; it never validates (a known type picks its class)."""
+
+    type: EventType
+    data: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("a tracked event is a JSON object")  # not "an UntypedEvent"
+        return value
+
+
+def _event_type(value: Any) -> str:
+    """The union member a tracked event is, by its `type` in any case."""
+    tag: Any = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    try:
+        return EventType(tag).value
+    except ValueError:
+        return UNTYPED
+
+
 TrackedEvent = Annotated[
-    PageViewEvent
-    | PurchaseEvent
-    | LoginEvent
-    | LogoutEvent
-    | EmailOpenEvent
-    | EmailClickEvent
-    | SmsReceivedEvent
-    | PushReceivedEvent
-    | SegmentJoinedEvent
-    | SegmentLeftEvent
-    | PreferenceChangedEvent
-    | ConsentUpdatedEvent,
-    Field(discriminator="type"),
+    Annotated[PageViewEvent, Tag(EventType.PAGE_VIEW.value)]
+    | Annotated[PurchaseEvent, Tag(EventType.PURCHASE.value)]
+    | Annotated[LoginEvent, Tag(EventType.LOGIN.value)]
+    | Annotated[LogoutEvent, Tag(EventType.LOGOUT.value)]
+    | Annotated[EmailOpenEvent, Tag(EventType.EMAIL_OPEN.value)]
+    | Annotated[EmailClickEvent, Tag(EventType.EMAIL_CLICK.value)]
+    | Annotated[SmsReceivedEvent, Tag(EventType.SMS_RECEIVED.value)]
+    | Annotated[PushReceivedEvent, Tag(EventType.PUSH_RECEIVED.value)]
+    | Annotated[SegmentJoinedEvent, Tag(EventType.SEGMENT_JOINED.value)]
+    | Annotated[SegmentLeftEvent, Tag(EventType.SEGMENT_LEFT.value)]
+    | Annotated[PreferenceChangedEvent, Tag(EventType.PREFERENCE_CHANGED.value)]
+    | Annotated[ConsentUpdatedEvent, Tag(EventType.CONSENT_UPDATED.value)]
+    | Annotated[UntypedEvent, Tag(UNTYPED)],
+    Discriminator(_event_type),
 ]
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from domain.errors import invalid
 from domain.values import (
+    Choice,
     Currency,
     CustomerStatus,
     FreeForm,
@@ -27,6 +28,13 @@ from domain.values import (
 )
 
 Tags = Annotated[list[Tag], Field(max_length=100)]
+
+
+class Action(Choice):
+    """What a bulk segments job does with the selected customers."""
+
+    ADD = "add"
+    REMOVE = "remove"
 
 
 class TagChange(Model):

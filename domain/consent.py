@@ -3,15 +3,14 @@ and what a consent change asks for. Pure functions over the public preferences d
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field, IPvAnyAddress, StringConstraints
 
-from domain.values import Model
+from domain.values import Choice, Model
 
 
-class Purpose(StrEnum):
+class Purpose(Choice):
     MARKETING = "marketing"
     DATA_PROCESSING = "dataProcessing"
     ANALYTICS_TRACKING = "analyticsTracking"

@@ -66,7 +66,7 @@ from domain.segment_facts import (
     haversine_a,
     radius_threshold,
 )
-from domain.values import Currency, Gender, Model, lookup_country
+from domain.values import Choice, Currency, Gender, Model, lookup_country
 
 MAX_VALUES = 500  # items in any list of a criterion
 MAX_RULES = 50  # custom rules per segment
@@ -103,7 +103,7 @@ Amount = Annotated[
 ]
 
 
-class Period(StrEnum):
+class Period(Choice):
     DAILY = "DAILY"
     WEEKLY = "WEEKLY"
     MONTHLY = "MONTHLY"
@@ -219,7 +219,7 @@ class PurchaseCriteria(_Group):
 # --------------------------------------------------------------------------- custom rules
 
 
-class Operator(StrEnum):
+class Operator(Choice):
     EQUALS = "equals"
     NOT_EQUALS = "not_equals"
     GREATER_THAN = "greater_than"
@@ -235,7 +235,7 @@ class Operator(StrEnum):
     NOT_EXISTS = "not_exists"
 
 
-class FieldType(StrEnum):
+class FieldType(Choice):
     NUMBER = "number"
     TEXT = "text"
     BOOLEAN = "boolean"
@@ -888,6 +888,20 @@ def explain(
     verdicts = [("status", facts.status != DELETED_STATUS)]
     verdicts += [(path, evaluate(c, facts, as_of)) for path, c in lower(criteria)]
     return verdicts
+
+
+def measured(criteria: SegmentCriteria, facts: CustomerFacts) -> list[dict[str, Any]]:
+    """Criterion by criterion, in `explain`'s order (without its status entry): the
+    customer's values each reads, by fact name."""
+    return [{fact: getattr(facts, fact) for fact in _facts(c)} for _, c in lower(criteria)]
+
+
+def operand(criteria: SegmentCriteria, path: str) -> Any:
+    """The criterion at `path` (as `lower` names it) as the client wrote it, normalized."""
+    found: Any = criteria.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for part in path.split("."):
+        found = found[int(part)] if isinstance(found, list) else found[part]
+    return found
 
 
 def predicate(criteria: SegmentCriteria, as_of: datetime) -> Callable[[CustomerFacts], bool]:

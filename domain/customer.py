@@ -85,8 +85,11 @@ class Customer(Aggregate):
         if status is not None and status != self.status:
             self._check_transition(status, actor_is_admin)
         new = profile.dump()
-        if new["metadata"]["acquisitionDate"] is None:  # not given: keep the one we have
-            kept = self.profile["metadata"].get("acquisitionDate")
+        kept = self.profile["metadata"].get("acquisitionDate")
+        given = new["metadata"]["acquisitionDate"]
+        # Not given, or the creation time that answers show in place of a missing one (the
+        # answer sent back): keep the one we have.
+        if given is None or (kept is None and datetime.fromisoformat(given) == self.created_on):
             new["metadata"]["acquisitionDate"] = kept
         token = None
         if new["email"] != self.email:
@@ -131,6 +134,22 @@ class Customer(Aggregate):
                 f"customer has {self.active_orders} active order(s) and cannot be deleted",
             )
         self._delete(actor=actor)
+
+    def restore(self, *, actor: str, now: datetime, grace: timedelta) -> None:
+        """Undo a lifecycle deletion within the grace period (after it, retention erases the
+        customer). The status goes back to what it was; the caller re-claims the e-mail
+        address in the same transaction (409 if another customer took it meanwhile)."""
+        if self.status != CustomerStatus.DELETED:
+            raise DomainError(Code.CONFLICT, "only a deleted customer can be restored")
+        # A deleted customer refuses every change, so its last event is the deletion.
+        ends = self.modified_on + grace
+        if now > ends:
+            raise DomainError(
+                Code.CONFLICT,
+                f"the grace period for restoring ended at {utc_iso(ends)}; the customer is"
+                " being erased",
+            )
+        self._restore(status=self.status_before_deletion, actor=actor)
 
     def change_consent(self, change: ConsentChange, *, actor: str) -> None:
         """Record a consent choice per purpose (every submitted purpose, changed or
@@ -229,7 +248,12 @@ class Customer(Aggregate):
 
     @event("Deleted")
     def _delete(self, actor: str) -> None:
+        self.status_before_deletion = self.status
         self.status = CustomerStatus.DELETED
+
+    @event("Restored")
+    def _restore(self, status: CustomerStatus, actor: str) -> None:
+        self.status = CustomerStatus(status)
 
     @event("ConsentChanged")
     def _change_consent(

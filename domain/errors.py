@@ -15,6 +15,7 @@ class Code(StrEnum):
     UNAVAILABLE = "unavailable"  # 503: a dependency or consistency wait timed out
     RATE_LIMITED = "rate_limited"  # 429: retry after `retry_after` seconds
     TOO_LARGE = "too_large"  # 413: the request (an import's file) exceeds the caller's limit
+    UNSUPPORTED = "unsupported"  # 415: a body in a media type the endpoint does not take
 
 
 class DomainError(Exception):

@@ -347,7 +347,10 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdFit:
     xs, txs, Ts = _customers(xs, txs, Ts)
     n = xs.size
     if n < MIN_BGNBD_CUSTOMERS:
-        raise ValueError(f"BG/NBD needs at least {MIN_BGNBD_CUSTOMERS} customers, got {n}")
+        raise ValueError(
+            f"BG/NBD needs at least {MIN_BGNBD_CUSTOMERS} customers with a tracked purchase,"
+            f" got {n}"
+        )
     if not np.any(xs > 0):
         raise ValueError("BG/NBD needs some repeat purchases to estimate drop-out")
     if not np.any(Ts > 0):
@@ -470,7 +473,8 @@ def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> GammaGammaFit:
     n = xs.size
     if n < MIN_GAMMA_GAMMA_BUYERS:
         raise ValueError(
-            f"Gamma-Gamma needs at least {MIN_GAMMA_GAMMA_BUYERS} repeat buyers, got {n}"
+            f"Gamma-Gamma needs at least {MIN_GAMMA_GAMMA_BUYERS} repeat buyers (purchases on"
+            f" two days or more, with a positive amount), got {n}"
         )
 
     # Fitted in units of the geometric mean of m (gamma scales with money, p and q do not),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from eventsourcing.domain import Aggregate, event
@@ -10,22 +9,22 @@ from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from domain.criteria import CustomRule, Operator, SegmentCriteria
 from domain.errors import Code, DomainError
-from domain.values import Model, utc_iso
+from domain.values import Choice, Model, utc_iso
 
 
-class SegmentStatus(StrEnum):
+class SegmentStatus(Choice):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"
     CALCULATING = "CALCULATING"
     ERROR = "ERROR"
 
 
-class SegmentPurpose(StrEnum):
+class SegmentPurpose(Choice):
     GENERAL = "general"
     MARKETING = "marketing"  # members need marketing consent (withdrawal = leaving)
 
 
-class SegmentKind(StrEnum):
+class SegmentKind(Choice):
     DYNAMIC = "DYNAMIC"  # members are whoever matches the criteria
     STATIC = "STATIC"  # members are assigned explicitly
 
@@ -38,7 +37,9 @@ class SegmentDefinition(Model):
 
     name: SegmentName
     description: Annotated[str, StringConstraints(max_length=2000)] = ""
-    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    rule_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = Field(
+        default=None, description="checked against the rules engine when set"
+    )
     kind: SegmentKind = SegmentKind.DYNAMIC
     purpose: SegmentPurpose = SegmentPurpose.GENERAL
     criteria: SegmentCriteria | None = Field(default=None, validate_default=True)
@@ -152,7 +153,7 @@ class SegmentPublic(Model):
     id: str
     name: str
     description: str
-    rule_id: str
+    rule_id: str | None
     kind: SegmentKind
     purpose: SegmentPurpose
     criteria: dict[str, Any] | None
@@ -182,7 +183,7 @@ def representation(
         "id": segment_id,
         "name": definition["name"],
         "description": definition["description"],
-        "ruleId": definition["ruleId"],
+        "ruleId": definition.get("ruleId"),
         "kind": definition["kind"],
         "purpose": definition.get("purpose", SegmentPurpose.GENERAL),
         "criteria": definition["criteria"],

@@ -40,6 +40,7 @@ class CustomerFilters(Model):
 # The customer field (a dotted path of the customer JSON) each filter reads, by its key in
 # projections.customers.FILTERS: a caller who sees that field masked may not filter on it.
 FILTERED_FIELDS = {
+    "email": "email",
     "status": "status",
     "country": "location.countryCode",
     "city": "location.city",

@@ -28,7 +28,19 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 
-class CustomerStatus(StrEnum):
+class Choice(StrEnum):
+    """A closed set of values a client names in any case (`female`, `Female`), answered as
+    declared; a value outside it is a 422 that lists the allowed ones."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Choice | None:
+        if isinstance(value, str):
+            folded = value.casefold()
+            return next((m for m in cls if m.value.casefold() == folded), None)
+        return None
+
+
+class CustomerStatus(Choice):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"
     SUSPENDED = "SUSPENDED"
@@ -36,7 +48,7 @@ class CustomerStatus(StrEnum):
     ANONYMIZED = "ANONYMIZED"  # read-only, holds nothing that identifies the person
 
 
-class Gender(StrEnum):
+class Gender(Choice):
     MALE = "MALE"
     FEMALE = "FEMALE"
     OTHER = "OTHER"
@@ -338,6 +350,20 @@ class Profile(Model):
     def _dedupe_tags(self) -> Profile:
         object.__setattr__(self, "tags", sorted(set(self.tags)))
         return self
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON Merge Patch: `patch`'s members replace `target`'s, objects merge member
+    by member, null removes a member, anything but an object replaces the whole."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def utc_iso(moment: datetime) -> str:

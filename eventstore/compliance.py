@@ -14,7 +14,6 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -22,11 +21,13 @@ import orjson
 import psycopg
 from psycopg.rows import tuple_row
 
+from domain.values import Choice
+
 DEADLINE = timedelta(days=30)  # Art. 12(3): one month
 _AUDIT_LOCK = 7_401_134  # arbitrary constant: one appender of the chain at a time
 
 
-class RequestType(StrEnum):
+class RequestType(Choice):
     EXPORT = "EXPORT"
     ERASURE = "ERASURE"
     ANONYMIZATION = "ANONYMIZATION"

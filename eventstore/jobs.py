@@ -149,6 +149,13 @@ GET_CUSTOMER_JOB = (
     f"SELECT {CUSTOMER_JOB_COLUMNS} FROM customer_jobs"  # noqa: S608
     " WHERE id = %s AND org_id = %s AND (kind = 'import') = %s"
 )
+# The organization's imports (or bulk jobs), newest first, after a keyset cursor.
+LIST_CUSTOMER_JOBS = (
+    f"SELECT {CUSTOMER_JOB_COLUMNS} FROM customer_jobs"  # noqa: S608
+    " WHERE org_id = %(org)s AND (kind = 'import') = %(imported)s"
+    " AND (%(before_at)s::timestamptz IS NULL OR (created_at, id) < (%(before_at)s, %(before_id)s))"
+    " ORDER BY created_at DESC, id DESC LIMIT %(fetch)s"
+)
 JOB_REJECTIONS = (
     "SELECT line, customer_id, field, reason FROM job_rejections WHERE job_id = %s AND line > %s"
     " ORDER BY line LIMIT %s"

@@ -39,6 +39,16 @@ def keyed_hash(key: bytes, value: str) -> bytes:
     return hmac.new(key, value.encode(), hashlib.sha256).digest()
 
 
+CLAIM_KEY_PURPOSE = "unique-claims"
+EMAIL = "email"  # unique_claims scope of customer e-mail addresses
+
+
+def claim_hash(claim_key: bytes, scope: str, org_id: str, value: str) -> bytes:
+    """Keyed hash of a unique name (unique_claims.key_hash); equal inputs collide, the
+    plaintext is not stored. `claim_key` derives from the keyring (CLAIM_KEY_PURPOSE)."""
+    return keyed_hash(claim_key, f"{scope}\x00{org_id}\x00{value}")
+
+
 def fingerprint(master_key: bytes) -> bytes:
     """Names a master key in the rows it wrapped, revealing nothing about it."""
     return derive_key(master_key, "key-fingerprint")[:8]
@@ -152,7 +162,7 @@ class KeyStore:
 
     def __init__(self, keyring: Keyring, datastore: PostgresDatastore, cache_size: int = 200_000):
         self._master = keyring.master
-        self.claim_key = keyring.derive("unique-claims")
+        self.claim_key = keyring.derive(CLAIM_KEY_PURPOSE)
         self.request_key = keyring.derive("idempotency-request")
         self.audit_key = keyring.derive(AUDIT_KEY_PURPOSE)
         self._datastore = datastore
@@ -161,8 +171,7 @@ class KeyStore:
         self._lock = threading.Lock()
 
     def claim_hash(self, scope: str, org_id: str, value: str) -> bytes:
-        """Keyed hash of a unique name; equal inputs collide, the plaintext is not stored."""
-        return keyed_hash(self.claim_key, f"{scope}\x00{org_id}\x00{value}")
+        return claim_hash(self.claim_key, scope, org_id, value)
 
     def create(self, customer_id: UUID, org_id: str) -> WrappedKey:
         """A fresh key, usable at once; persisted by the recorder with the first event."""

@@ -29,6 +29,7 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "StatusChanged": ("StatusChanged", "customer.status_changed"),
     "ActiveOrdersChanged": ("ActiveOrdersChanged", "customer.active_orders_changed"),
     "Deleted": ("CustomerDeleted", "customer.deleted"),
+    "Restored": ("CustomerRestored", "customer.restored"),
     "ConsentChanged": ("ConsentChanged", "customer.consent_changed"),
     "Anonymized": ("CustomerAnonymized", "customer.anonymized"),
     "Erased": ("CustomerErased", "customer.erased"),
@@ -117,6 +118,8 @@ def public_event(event: object, org_id: str) -> dict[str, Any] | None:
     elif name == "StatusChanged":
         public["from"] = str(state["previous"])
         public["to"] = str(state["status"])
+    elif name == "Restored":
+        public["status"] = str(state["status"])
     elif name == "ActiveOrdersChanged":
         public["count"] = int(state["active_orders"])
     elif name == "ConsentChanged":  # purposes and choices; never the IP or user agent

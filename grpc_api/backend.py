@@ -14,7 +14,7 @@ from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from read_api import paging
 from read_api.consistency import PositionWatcher
-from read_api.customers import CursorCodec
+from read_api.customers import CursorCodec, EmailIndex
 from service.api_keys import ApiKeyStore
 from service.limits import RateLimiter
 from service.rules_engine import RulesEngine
@@ -33,6 +33,7 @@ class Backend:
     pool: AsyncConnectionPool[Any]
     positions: PositionWatcher
     cursors: CursorCodec
+    emails: EmailIndex
     api_keys: ApiKeyStore
     limiter: RateLimiter
     # Client addresses of connections that reach the server through the TLS front
@@ -61,6 +62,7 @@ async def opened(settings: Settings) -> AsyncIterator[Backend]:
             pool=pool,
             positions=positions,
             cursors=CursorCodec(keyring),
+            emails=EmailIndex(keyring),
             api_keys=api_keys,
             limiter=RateLimiter(settings),
         )

@@ -42,6 +42,7 @@ class CustomerService:
         page = await queries.customer_page(
             self.backend.pool,
             self.backend.cursors,
+            self.backend.emails,
             call.principal,
             limit=params.limit,
             cursor=params.cursor,
@@ -66,7 +67,7 @@ class CustomerService:
         if request.HasField("status"):
             profile_and_status["status"] = request.status
         update = validated(CustomerUpdate, profile_and_status)
-        profile = CustomerCreate.model_validate(update.model_dump(exclude={"status"}))
+        profile = update.profile()
         expected = request.expected_version if request.HasField("expected_version") else None
         commands = self.backend.customers
         outcome = await asyncio.to_thread(
@@ -84,6 +85,14 @@ class CustomerService:
         outcome = await asyncio.to_thread(commands.delete, call.principal, customer_id, expected)
         await call.answer_token(outcome.consistency_token)
         return pb.DeleteCustomerResponse(version=outcome.version)
+
+    @rpc(Permission.DELETE, RouteClass.WRITES)
+    async def RestoreCustomer(self, request: pb.RestoreCustomerRequest, call: Call) -> pb.Customer:
+        customer_id = validated(ID, request.id, "id")
+        expected = request.expected_version if request.HasField("expected_version") else None
+        commands = self.backend.customers
+        outcome = await asyncio.to_thread(commands.restore, call.principal, customer_id, expected)
+        return await _customer(call, outcome)
 
 
 async def _customer(call: Call, outcome: Outcome) -> pb.Customer:

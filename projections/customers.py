@@ -43,6 +43,9 @@ FACTS = segment_sql.TABLE
 # The list filters over VIEW (allow-list: the only SQL a request can select; values are
 # parameters), shared by the listing, reports and model fits.
 FILTERS = {
+    # Exact e-mail: the owner of its uniqueness claim (a keyed hash), never a read of addresses.
+    "email": "id = (SELECT owner_id FROM unique_claims"
+    " WHERE scope = 'email' AND org_id = %(org)s AND key_hash = %(email)s)",
     "status": "status = %(status)s",
     "country": "country_code = %(country)s",
     "city": "lower(city) = lower(%(city)s)",
@@ -86,6 +89,7 @@ STATUS_CHANGED = _PREFIX + "StatusChanged"
 ACTIVE_ORDERS_CHANGED = _PREFIX + "ActiveOrdersChanged"
 CONSENT_CHANGED = _PREFIX + "ConsentChanged"
 DELETED = _PREFIX + "Deleted"
+RESTORED = _PREFIX + "Restored"
 
 
 _PROFILE_KEYS = ("email", "name", "age", "gender", "location", "preferences", "tags", "metadata")
@@ -330,6 +334,8 @@ def _apply_event(state: _State, event: Any, topic: str) -> None:
         state.profile = {**state.profile, "preferences": preferences}
     elif topic == DELETED:
         state.status = CustomerStatus.DELETED.value
+    elif topic == RESTORED:
+        state.status = str(event.status)
     else:
         # Skipping it would leave version (hence ETag) and content silently behind.
         raise UnknownCustomerEvent(f"no projection rule for {topic}")

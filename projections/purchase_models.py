@@ -34,7 +34,14 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from domain.purchase_model import BgNbdFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma
+from domain.purchase_model import (
+    MIN_BGNBD_CUSTOMERS,
+    MIN_GAMMA_GAMMA_BUYERS,
+    BgNbdFit,
+    GammaGammaFit,
+    fit_bgnbd,
+    fit_gamma_gamma,
+)
 from domain.values import utc_iso
 from eventstore import dead_letters
 from projections.customers import selection_sql
@@ -58,6 +65,13 @@ ONE = f"SELECT {COLUMNS} FROM model_fits WHERE id = %s AND org_id = %s"  # noqa:
 LIST = (
     f"SELECT {COLUMNS} FROM model_fits WHERE org_id = %s"  # noqa: S608
     " ORDER BY requested_at DESC, id LIMIT %s"
+)
+# Why insights and reports have no model-based figures (docs/api.md "Model minimums").
+NO_MODEL = (
+    "no model is fitted for the organization yet: a fit needs at least"
+    f" {MIN_BGNBD_CUSTOMERS} customers with a tracked purchase, some buying on more than one"
+    f" day, and at least {MIN_GAMMA_GAMMA_BUYERS} of those repeat buyers (fits run daily;"
+    " request one now with POST /api/v1/customers/analytics/models)"
 )
 # The model insights and reports use: the organization's latest successful whole-base fit.
 LOAD = (

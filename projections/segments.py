@@ -56,7 +56,7 @@ class SegmentsView:
                         e.org_id,
                         d["name"],
                         d["kind"],
-                        d["ruleId"],
+                        d.get("ruleId"),
                         e.actor,
                         ts,
                         ts,
@@ -69,7 +69,7 @@ class SegmentsView:
                 merged = {**(row[0] if row else {}), **e.changes}
                 conn.execute(
                     REDEFINE,
-                    (Jsonb(e.changes), merged["name"], merged["ruleId"], ts, version, sid),
+                    (Jsonb(e.changes), merged["name"], merged.get("ruleId"), ts, version, sid),
                 )
             elif kind == "StatusChanged":
                 conn.execute(SET_STATUS, (SegmentStatus(e.status), ts, version, sid))

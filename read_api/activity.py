@@ -207,14 +207,19 @@ async def insights(
         habits = await (await conn.execute(HABITS, {"id": id})).fetchone()
         params = {"org": principal.org, "until": now, "customer": id}
         days = await (await conn.execute(OCCASIONS, params)).fetchone()
+        latest = None
+        if row is None:  # say why: the latest fit's error, if one failed
+            latest = await (await conn.execute(purchase_models.LIST, (principal.org, 1))).fetchone()
     assert habits is not None
     channel, category, recent, previous = habits
     model = purchase_models.load(row)
+    scores = rfm_scores(model, facts, now) if model is not None else None
+    predicted = predictions(model, days)
     return {
         "customerId": str(id),
         "asOf": utc_iso(now),
-        "rfm": model and rfm_scores(model, facts, now),
-        **predictions(model, days),
+        "rfm": scores,
+        **predicted,
         "preferredChannel": channel,
         "preferredCategory": category,
         "engagementTrend": {
@@ -223,7 +228,30 @@ async def insights(
             "previous30Days": previous,
         },
         "model": model and model.summary(),
+        "reason": reason(model, purchase_models.load(latest), days, scores, predicted),
     }
+
+
+def reason(
+    model: purchase_models.Model | None,
+    latest: purchase_models.Model | None,
+    days: tuple[Any, ...] | None,
+    scores: dict[str, Any] | None,
+    predicted: dict[str, Any],
+) -> str | None:
+    """Why model-based figures of the insights are null (None: none is)."""
+    if model is None:
+        if latest is not None and latest.state == "FAILED" and latest.error:
+            return f"{purchase_models.NO_MODEL}; the latest fit failed: {latest.error}"
+        return purchase_models.NO_MODEL
+    if days is None or scores is None:
+        return "the customer has no tracked purchase up to now: RFM and predictions need one"
+    if predicted["predictedValue12Months"] is None:
+        return (
+            "predictedValue12Months: the customer's purchases are not all in the model's"
+            f" currency ({model.currency})"
+        )
+    return None
 
 
 def rfm_scores(

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     keyring = LazyKeyring(settings)
     app.state.cursors = customers.CursorCodec(keyring)
+    app.state.emails = customers.EmailIndex(keyring)
     edge.install(app, settings)
     app.state.figures = figures.Figures(settings.metrics_cache_seconds)
     # First match wins: fixed paths (/customers/export, /customers/segments/export,

@@ -39,6 +39,18 @@ READ_PROBLEMS = problem_responses(
     }
 )
 _MAX_TOKEN = 2**63 - 1
+
+
+def not_found(kind: str, id: object) -> DomainError:
+    """A 404 of a read that may only be early: reads answer from read models a few
+    milliseconds behind the writes, so the text says how to read one's own write."""
+    return DomainError(
+        Code.NOT_FOUND,
+        f"{kind} {id} not found; if you have just created it, send the creation's"
+        f" {HEADER} with this read to wait until it is visible",
+    )
+
+
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _POLL = 1.0
 

@@ -15,7 +15,6 @@ import binascii
 import os
 import typing
 from datetime import datetime
-from enum import StrEnum
 from functools import cached_property, lru_cache
 from typing import Annotated, Any
 from uuid import UUID
@@ -32,18 +31,27 @@ from pydantic import AwareDatetime, StringConstraints
 from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.selection import FILTERED_FIELDS
-from domain.values import CustomerPublic, CustomerStatus, Gender, lookup_country, utc_iso
-from eventstore.keys import LazyKeyring
+from domain.values import (
+    Choice,
+    CustomerPublic,
+    CustomerStatus,
+    Gender,
+    lookup_country,
+    normalize_email,
+    utc_iso,
+)
+from eventstore.keys import CLAIM_KEY_PURPOSE, EMAIL, LazyKeyring, claim_hash
 from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
+from service import etags
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
 MAX_LIMIT = 500
 
 
-class Sort(StrEnum):
+class Sort(Choice):
     CREATED_AT = "createdAt"
     CREATED_AT_DESC = "-createdAt"
     UPDATED_AT = "updatedAt"
@@ -209,6 +217,24 @@ class CursorCodec:
             raise bad from None
 
 
+class EmailIndex:
+    """The `email` filter's parameter: the address's keyed hash as its uniqueness claim holds
+    it, so that the filter finds the customer through that index and no address is read."""
+
+    def __init__(self, keyring: LazyKeyring) -> None:
+        self._keyring = keyring
+
+    @cached_property
+    def _key(self) -> bytes:
+        return self._keyring.get().derive(CLAIM_KEY_PURPOSE)
+
+    def resolve(self, org: str, filters: dict[str, Any]) -> dict[str, Any]:
+        """customer_filters' result with the `email` filter's address replaced by its hash."""
+        if "email" not in filters:
+            return filters
+        return {**filters, "email": claim_hash(self._key, EMAIL, org, filters["email"])}
+
+
 def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
@@ -262,6 +288,14 @@ _PAGE_JSON: dict[int | str, dict[str, Any]] = {
 
 async def customer_filters(
     *,
+    email: Annotated[
+        str | None,
+        Query(
+            max_length=254,
+            description="exact e-mail address (any case); a lifecycle-deleted customer's"
+            " address is free and no longer finds it",
+        ),
+    ] = None,
     status: CustomerStatus | None = None,
     country: Annotated[
         str | None, Query(max_length=100, description="ISO 3166 code or English name")
@@ -270,7 +304,11 @@ async def customer_filters(
     gender: Gender | None = None,
     tags: Annotated[
         list[TagParam] | None,
-        Query(alias="tag", max_length=20, description="repeatable; the customer has all of them"),
+        Query(max_length=20, description="repeatable; the customer has all of them"),
+    ] = None,
+    tag: Annotated[
+        list[TagParam] | None,
+        Query(max_length=20, deprecated=True, description="the former name of `tags`"),
     ] = None,
     age_min: Annotated[int | None, Query(alias="ageMin", ge=0, le=150)] = None,
     age_max: Annotated[int | None, Query(alias="ageMax", ge=0, le=150)] = None,
@@ -284,6 +322,11 @@ async def customer_filters(
     """The filters of `GET /customers` (same parameters, same rules, same 422s) as the
     parameters of projections.customers.FILTERS: only those given."""
     params: dict[str, Any] = {}
+    if email is not None:
+        try:
+            params["email"] = normalize_email(email)
+        except ValueError as e:
+            raise invalid("email", str(e)) from None
     if status is not None:
         params["status"] = status.value
     if country is not None:
@@ -295,8 +338,8 @@ async def customer_filters(
         params["city"] = city.strip()
     if gender is not None:
         params["gender"] = gender.value
-    if tags:
-        params["tags"] = sorted(set(tags))
+    if tags or tag:
+        params["tags"] = sorted({*(tags or ()), *(tag or ())})
     if age_min is not None:
         params["age_min"] = age_min
     if age_max is not None:
@@ -317,6 +360,7 @@ def _query_names() -> dict[str, str]:
     parameter a client gives (its alias)."""
     hints = typing.get_type_hints(customer_filters, include_extras=True)
     hints.pop("return")
+    hints.pop("tag")  # sets the `tags` filter
     return {
         name: next(
             (m.alias for m in getattr(hint, "__metadata__", ()) if isinstance(m, QueryInfo)),
@@ -356,6 +400,7 @@ async def list_customers(
     page = await customer_page(
         paging.pool(request),
         request.app.state.cursors,
+        request.app.state.emails,
         principal,
         limit=limit,
         cursor=cursor,
@@ -369,6 +414,7 @@ async def list_customers(
 async def customer_page(
     pool: AsyncConnectionPool[Any],
     codec: CursorCodec,
+    emails: EmailIndex,
     principal: Principal,
     *,
     limit: int,
@@ -385,7 +431,7 @@ async def customer_page(
         "org": principal.org,
         "limit": limit,
         "fetch": limit + 1,
-        **filters,
+        **emails.resolve(principal.org, filters),
     }
     if q is not None:
         params["q"] = _escape_like(q) + "%"
@@ -430,10 +476,10 @@ async def get_customer(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     body, version = await customer(paging.pool(request), principal, id)
-    etag = f'"{version}"'
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers={"ETag": etag})
-    return _json(body, {"ETag": etag})
+    tag = etags.etag(version)
+    if etags.none_match(if_none_match, version):
+        return Response(status_code=304, headers={"ETag": tag})
+    return _json(body, {"ETag": tag})
 
 
 async def customer(
@@ -444,7 +490,7 @@ async def customer(
         cur = await conn.execute(GET_ONE, (id, principal.org), prepare=True)
         row = await cur.fetchone()
     if row is None:
-        raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+        raise not_found("customer", id)
     doc, version, segments, *tracked = row
     activity = tuple(tracked) if tracked[0] is not None else None
     return shown(doc, principal, segments, activity), version

@@ -21,7 +21,6 @@ import types
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -33,7 +32,7 @@ from pydantic import BaseModel
 
 from domain.errors import Code, DomainError, invalid
 from domain.segment import SegmentDefinition
-from domain.values import CustomerPublic, utc_iso
+from domain.values import Choice, CustomerPublic, utc_iso
 from projections.customers import DOCS, FILTERS, VIEW
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segments import VIEW as SEGMENTS
@@ -48,7 +47,7 @@ CHUNK = 2000  # rows per FETCH from the server-side cursor, rendered and sent to
 router = APIRouter(prefix="/api/v1/customers")
 
 
-class ExportFormat(StrEnum):
+class ExportFormat(Choice):
     NDJSON = "ndjson"
     CSV = "csv"
 
@@ -281,7 +280,7 @@ async def export_customers(
         params["segment"] = segment_id
         query = BY_SEGMENT
     else:
-        params |= filters
+        params |= request.app.state.emails.resolve(principal.org, filters)
         query = by_filters(tuple(f for f in FILTERS if f in filters))
     body = await _started(_chunks(request, principal, format, query, params))
     return StreamingResponse(

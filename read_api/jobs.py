@@ -1,5 +1,6 @@
-"""Import and bulk jobs as the query side shows them: `GET /api/v1/customers/import/{id}`
-and `GET /api/v1/customers/bulk/{id}` (progress, rate, ETA), and each one's `…/report`
+"""Import and bulk jobs as the query side shows them: the organization's lists (`GET
+/api/v1/customers/import`, `…/bulk`), each job (`GET /api/v1/customers/import/{id}`, `GET
+/api/v1/customers/bulk/{id}`: progress, rate, ETA), and each one's `…/report`
 (every rejected row or customer, streamed as JSON lines or CSV)."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,7 +16,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from domain.errors import Code, DomainError
-from eventstore.jobs import GET_CUSTOMER_JOB, JOB_REJECTIONS, render_customer_job
+from domain.values import Choice
+from eventstore.jobs import (
+    GET_CUSTOMER_JOB,
+    JOB_REJECTIONS,
+    LIST_CUSTOMER_JOBS,
+    render_customer_job,
+)
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
 from service.auth import CanRead, Principal
@@ -30,9 +36,59 @@ _ERRORS = {
 _PAGE = 5000
 
 
-class ReportFormat(StrEnum):
+class ReportFormat(Choice):
     NDJSON = "ndjson"
     CSV = "csv"
+
+
+_LIST = {
+    200: {"description": "{items: [job, …], nextCursor, limit}: the newest first"},
+    **READ_PROBLEMS,
+}
+
+
+@router.get("/import", responses=_LIST)
+async def list_imports(
+    request: Request,
+    principal: CanRead,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """The organization's imports, newest first."""
+    return await _jobs(request, principal, limit, cursor, imported=True)
+
+
+@router.get("/bulk", responses=_LIST)
+async def list_bulk_jobs(
+    request: Request,
+    principal: CanRead,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """The organization's bulk jobs, newest first."""
+    return await _jobs(request, principal, limit, cursor, imported=False)
+
+
+async def _jobs(
+    request: Request, principal: Principal, limit: int, cursor: str | None, *, imported: bool
+) -> dict[str, Any]:
+    before_at, before_id = paging.decode(cursor) if cursor else (None, None)
+    params = {
+        "org": principal.org,
+        "imported": imported,
+        "before_at": before_at,
+        "before_id": before_id,
+        "fetch": limit + 1,
+    }
+    async with paging.pool(request).connection() as conn:
+        rows = await (await conn.execute(LIST_CUSTOMER_JOBS, params)).fetchall()
+    page = rows[:limit]
+    last = page[-1] if len(rows) > limit else None
+    return {
+        "items": [render_customer_job(row) for row in page],
+        "nextCursor": paging.encode(last[7], last[0]) if last else None,
+        "limit": limit,
+    }
 
 
 @router.get("/import/{job_id}", responses=_ERRORS)

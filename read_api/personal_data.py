@@ -14,7 +14,6 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -23,11 +22,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from psycopg.rows import tuple_row
 from pydantic import AwareDatetime
+from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
 from domain.customer import Customer
 from domain.errors import Code, DomainError
-from domain.values import utc_iso
+from domain.values import Choice, utc_iso
 from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.compliance import AuditEntry, PrivacyRecord, RequestType
@@ -35,6 +35,7 @@ from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
 from projections.consent import origins
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
+from read_api.export import CSV_COLUMNS, cell, csv_row
 from service.auth import CanPrivacy, Principal
 from service.problems import problem_responses
 from service.settings import Settings
@@ -80,7 +81,7 @@ FACTS = {
 }
 
 
-class ExportFormat(StrEnum):
+class ExportFormat(Choice):
     JSON = "json"
     ZIP = "zip"
 
@@ -124,8 +125,9 @@ def customer_events(app: Customers, principal: Principal, customer_id: UUID) -> 
 
 
 def _render_event(event: Any) -> dict[str, Any]:
+    # Named like the rest of the API (camelCase); nested profile values already are.
     state = {
-        k: v
+        to_camel(k): v
         for k, v in vars(event).items()
         if k not in {"originator_id", "originator_version", "originator_topic", "timestamp"}
     }
@@ -257,31 +259,46 @@ def _export(app: Customers, principal: Principal, customer_id: UUID, fmt: Export
     return data
 
 
-def _csv(rows: list[dict[str, Any]]) -> bytes:
+# The columns of each section's CSV file: the same whether or not the section has rows.
+_SECTIONS = {
+    "consent_history.csv": (
+        "consentHistory",
+        ("at", "consents", "actor", "source", "policyVersion", "ipAddress", "userAgent"),
+    ),
+    "segment_history.csv": (
+        "segmentHistory",
+        ("segmentId", "name", "joinedAt", "joinReason", "leftAt", "leaveReason", "active"),
+    ),
+    "activity.csv": (
+        "activity",
+        ("eventId", "type", "occurredAt", "channel", "sessionId", "device", "data"),
+    ),
+    "privacy_requests.csv": (
+        "privacyRequests",
+        ("id", "type", "status", "receivedAt", "completedAt"),
+    ),
+    "events.csv": ("events", ("version", "type", "occurredAt", "data")),
+}
+
+
+def _csv(columns: tuple[str, ...], rows: list[list[str]]) -> bytes:
+    """RFC 4180 with a header, cells as the customer export writes them (`cell`)."""
     out = io.StringIO()
-    if rows:
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {
-                    k: v if isinstance(v, str | int | float | None) else orjson.dumps(v).decode()
-                    for k, v in r.items()
-                }
-            )
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
     return out.getvalue().encode()
 
 
 def _zip(export: dict[str, Any]) -> bytes:
-    profile = export["profile"] or {}
+    profile = export["profile"]
     files = {
-        "profile.csv": _csv([{"field": k, "value": v} for k, v in profile.items()]),
-        "consent_history.csv": _csv(export["consentHistory"]),
-        "segment_history.csv": _csv(export["segmentHistory"]),
-        "activity.csv": _csv(export["activity"]),
-        "privacy_requests.csv": _csv(export["privacyRequests"]),
-        "events.csv": _csv(export["events"]),
+        # The profile as GET /customers/export?format=csv writes a customer: one row.
+        "profile.csv": _csv(CSV_COLUMNS, [csv_row(profile)] if profile else []),
+        **{
+            name: _csv(columns, [[cell(row.get(c)) for c in columns] for row in export[key]])
+            for name, (key, columns) in _SECTIONS.items()
+        },
         "processing.json": orjson.dumps(export["processing"], option=orjson.OPT_INDENT_2),
     }
     buffer = io.BytesIO()

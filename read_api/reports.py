@@ -39,6 +39,7 @@ from domain.values import CustomerStatus, Model, utc_iso
 from projections import purchase_models
 from projections.customers import FILTERS, VIEW
 from projections.membership import VIEW as MEMBERSHIP
+from projections.purchase_models import NO_MODEL
 from projections.segments import EXISTS as SEGMENT_EXISTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
@@ -372,12 +373,6 @@ def value_section(
 def _rfm_base(model: purchase_models.Model) -> tuple[list[float], list[float]] | None:
     recency, frequency = model.rfm_base.get("recency"), model.rfm_base.get("frequency")
     return (recency, frequency) if recency and frequency else None
-
-
-NO_MODEL = (
-    "no model is fitted for the organization yet"
-    " (request a whole-base fit: POST /api/v1/customers/analytics/models)"
-)
 
 
 def _floats(packed: bytes, width: int) -> Any:

@@ -13,20 +13,31 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
+from pydantic.alias_generators import to_camel
 
-from domain.criteria import SegmentCriteria, criteria_reads, explain
+from domain.criteria import criteria_reads, explain, measured, operand
 from domain.errors import Code, DomainError, invalid
-from domain.segment import SegmentPublic, SegmentStatus, effective_criteria, representation
-from domain.values import Model, utc_iso
+from domain.masking import MASK, hidden
+from domain.segment import (
+    SegmentDefinition,
+    SegmentKind,
+    SegmentName,
+    SegmentPublic,
+    SegmentStatus,
+    effective_criteria,
+    representation,
+)
+from domain.segment_facts import FACT_SOURCES
+from domain.values import utc_iso
 from eventstore.jobs import GET_JOB, render_job
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
 from read_api.customers import MASKED_FIELD_PROBLEMS, shown
-from service.auth import CanRead, Principal
+from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
 # The shown status: CALCULATING while a job is open, ERROR when the last finished job failed,
@@ -170,7 +181,7 @@ async def segment(
     async with pool.connection() as conn:
         row = await (await conn.execute(GET, {"org": principal.org, "id": segment_id})).fetchone()
     if row is None:
-        raise DomainError(Code.NOT_FOUND, f"segment {segment_id} not found")
+        raise not_found("segment", segment_id)
     return _render(row)
 
 
@@ -284,6 +295,26 @@ async def explain_membership(
     now = datetime.now(UTC)
     criteria = effective_criteria(definition)
     verdicts = explain(criteria, facts, now) if criteria is not None else []
+    shown_criteria: list[dict[str, Any]] = []
+    if criteria is not None:
+        (status_path, status_holds), *rest = verdicts
+        shown_criteria.append(
+            {
+                "criterion": status_path,
+                "holds": status_holds,
+                "operand": "not DELETED",
+                "values": _values({"status": facts.status}, principal),
+            }
+        )
+        for (path, holds), values in zip(rest, measured(criteria, facts), strict=True):
+            shown_criteria.append(
+                {
+                    "criterion": path,
+                    "holds": holds,
+                    "operand": operand(criteria, path),
+                    "values": _values(values, principal),
+                }
+            )
     return {
         "segmentId": str(segment_id),
         "customerId": str(customer_id),
@@ -292,13 +323,47 @@ async def explain_membership(
         "matches": all(holds for _, holds in verdicts) if criteria is not None else None,
         "member": member is not None,
         "memberSince": utc_iso(member[0]) if member else None,
-        "criteria": [{"criterion": path, "holds": holds} for path, holds in verdicts],
+        "criteria": shown_criteria,
     }
 
 
-class Preview(Model):
-    criteria: SegmentCriteria
+def _values(facts: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """The customer's values a criterion read, by camelCase fact name, as JSON values; masked
+    where the caller sees the customer field masked."""
+    personal = principal.can(Permission.PERSONAL_DATA)
+    out: dict[str, Any] = {}
+    for fact, value in facts.items():
+        shown = value
+        if not personal and hidden(FACT_SOURCES[fact]):
+            shown = MASK if value is not None else None
+        elif isinstance(value, datetime):
+            shown = utc_iso(value)
+        elif isinstance(value, frozenset):
+            shown = sorted(value)
+        out[to_camel(fact)] = shown
+    return out
+
+
+class Preview(SegmentDefinition):
+    """The body of `POST /customers/segments` (name optional: nothing is saved), and how many
+    matching customers to show. Matches what creating it would calculate, `purpose` included."""
+
+    name: SegmentName | None = None  # type: ignore[assignment]
     sample_size: Annotated[int, Field(ge=0, le=100)] = 10
+
+    @model_validator(mode="after")
+    def _dynamic(self) -> Preview:
+        if self.kind is not SegmentKind.DYNAMIC:
+            raise ValueError("only a DYNAMIC segment has criteria to preview")
+        return self
+
+
+def preview_where(body: Preview, as_of: datetime) -> tuple[sql.Composed, list[Any]]:
+    """The condition over `customer_facts f` a calculation of the segment `body` defines
+    would apply (its criteria, and marketing consent for a `purpose: marketing` segment)."""
+    criteria = effective_criteria(body.dump())
+    assert criteria is not None  # a DYNAMIC segment has criteria
+    return compile_where(criteria, as_of)
 
 
 @router.post(
@@ -312,11 +377,13 @@ class Preview(Model):
     },
 )
 async def preview(request: Request, body: Preview, principal: CanRead) -> Response:
-    """How many of the organization's customers match `criteria` now, and a sample of them
-    (in id order), evaluated by the same SQL a calculation runs."""
+    """How many of the organization's customers the segment this body would create holds now
+    (`purpose: marketing` included), and a sample of them (in id order), evaluated by the
+    same SQL a calculation runs."""
+    assert body.criteria is not None
     principal.require_visible(criteria_reads(body.criteria, "criteria"))
     now = datetime.now(UTC)
-    where, params = compile_where(body.criteria, now)
+    where, params = preview_where(body, now)
     count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
     sample_sql = sql.SQL(PREVIEW_SAMPLE).format(where=where)
     # Never prepared: after a few runs PostgreSQL would switch a prepared statement to a

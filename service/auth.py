@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from domain.errors import Code, DomainError
 from domain.masking import hidden
+from domain.values import Choice
 from service.api_keys import ApiKeyStore
 from service.limits import RateLimiter
 from service.settings import Settings, get_settings
@@ -27,6 +28,9 @@ class Permission(StrEnum):
     READ = "customers:read"
     PERSONAL_DATA = "customers:personal"  # unmasked e-mail, name, address, devices
     WRITE = "customers:write"
+    # A consent statement is a write every writer may record, and a DPO too: withdrawals
+    # reach the data-protection office, which must be able to record them.
+    CONSENT = "consent:record"
     DELETE = "customers:delete"
     ORDERS = "customers:orders"
     SUSPEND = "customers:suspend"
@@ -36,7 +40,7 @@ class Permission(StrEnum):
     API_KEYS = "apikeys:manage"
 
 
-class Role(StrEnum):
+class Role(Choice):
     ADMIN = "admin"
     MANAGER = "manager"
     ANALYST = "analyst"
@@ -52,21 +56,31 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.READ,
             Permission.PERSONAL_DATA,
             Permission.WRITE,
+            Permission.CONSENT,
             Permission.DELETE,
             Permission.SEGMENTS,
             Permission.TRACK,
         }
     ),
     Role.ANALYST: frozenset({Permission.READ}),
-    Role.SUPPORT: frozenset({Permission.READ, Permission.PERSONAL_DATA, Permission.WRITE}),
+    Role.SUPPORT: frozenset(
+        {Permission.READ, Permission.PERSONAL_DATA, Permission.WRITE, Permission.CONSENT}
+    ),
     Role.DPO: frozenset(
-        {Permission.READ, Permission.PERSONAL_DATA, Permission.DELETE, Permission.PRIVACY}
+        {
+            Permission.READ,
+            Permission.PERSONAL_DATA,
+            Permission.CONSENT,
+            Permission.DELETE,
+            Permission.PRIVACY,
+        }
     ),
     Role.SERVICE: frozenset(
         {
             Permission.READ,
             Permission.PERSONAL_DATA,
             Permission.WRITE,
+            Permission.CONSENT,
             Permission.ORDERS,
             Permission.TRACK,
         }
@@ -360,6 +374,7 @@ def allowed(permission: Permission) -> Any:
 
 CanRead = Annotated[Principal, allowed(Permission.READ)]
 CanWrite = Annotated[Principal, allowed(Permission.WRITE)]
+CanConsent = Annotated[Principal, allowed(Permission.CONSENT)]
 CanDelete = Annotated[Principal, allowed(Permission.DELETE)]
 CanOrders = Annotated[Principal, allowed(Permission.ORDERS)]
 CanSegments = Annotated[Principal, allowed(Permission.SEGMENTS)]

@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p_token = sub.add_parser("dev-token", help="print a JWT the running service accepts")
     p_token.add_argument("--role", action="append", required=True, dest="roles")
     p_token.add_argument("--org", default="acme")
-    p_token.add_argument("--sub", default="dev")
+    p_token.add_argument("--sub", help="the token's subject (default: dev-<roles>)")
     p_token.add_argument("--ttl", type=int, default=3600, help="seconds")
 
     p_proj = sub.add_parser("projections", help="projection maintenance")
@@ -433,47 +433,67 @@ def _client_parsers(sub: Any) -> None:
     p_bulk.add_argument("--dry-run", action="store_true")
 
 
+def _dev_token(args: argparse.Namespace) -> int:
+    """A token signed with the running service's secret: CUSTOMERS_JWT_SECRET, or the one
+    `customers serve` generated into the data directory. Without either there is no service
+    to accept it, and a new secret would only make a token nobody accepts."""
+    from service.auth import issue_token
+    from service.embedded import JWT_SECRET_ENV, stored_secret
+
+    settings = get_settings()
+    secret = settings.jwt_secret or stored_secret(settings.data_dir, JWT_SECRET_ENV)
+    if not secret:
+        print(
+            f"customers dev-token: no {JWT_SECRET_ENV} in the environment and none generated in"
+            f" {settings.data_dir}: start the service first (`make run`), or set the service's"
+            f" {JWT_SECRET_ENV} (and CUSTOMERS_DATA_DIR if it uses another directory)",
+            file=sys.stderr,
+        )
+        return 1
+    # One subject per role set by default, so that the audit trail tells dev callers apart.
+    sub = args.sub or "dev-" + "-".join(sorted(set(args.roles)))
+    signing = settings.model_copy(update={"jwt_secret": secret})
+    print(issue_token(signing, sub=sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl))
+    return 0
+
+
+def _transfer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`import`, `export`, `bulk`: a client of a running service, whose stderr is for the
+    progress and the outcome (log lines only from WARNING on, unless asked for)."""
+    from service import transfer
+
+    logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "WARNING"))
+    if not args.url or not args.token:
+        parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
+    url, token = args.url, args.token
+    if args.command == "bulk":
+        return transfer.usable(lambda: transfer.bulk(url, token, args), url)
+    if args.command == "import":
+        return transfer.usable(
+            lambda: transfer.import_file(
+                url, token, args.file, fmt=args.format, mode=args.mode, dry_run=args.dry_run
+            ),
+            url,
+        )
+    out = sys.stdout.buffer
+    return transfer.usable(lambda: transfer.export(url, token, args.format, args.segment, out), url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in {"import", "export", "bulk"}:
+        return _transfer(parser, args)
     logs.configure(os.environ.get("CUSTOMERS_LOG_LEVEL", "INFO"))
 
     if args.command == "dev-token":
-        from service.auth import issue_token
-        from service.embedded import ensure_secrets
-
-        os.environ.update(ensure_secrets(get_settings().data_dir))
-        get_settings.cache_clear()
-        print(
-            issue_token(
-                get_settings(), sub=args.sub, org=args.org, roles=args.roles, ttl_seconds=args.ttl
-            )
-        )
-        return 0
+        return _dev_token(args)
 
     if args.command == "openapi":
         from service.gateway import published_openapi
 
         sys.stdout.write(published_openapi())
         return 0
-
-    if args.command in {"import", "export", "bulk"}:
-        from service import transfer
-
-        if not args.url or not args.token:
-            parser.error("--url and --token (or CUSTOMERS_API_URL / CUSTOMERS_API_TOKEN) needed")
-        if args.command == "bulk":
-            return transfer.bulk(args.url, args.token, args)
-        if args.command == "import":
-            return transfer.import_file(
-                args.url,
-                args.token,
-                args.file,
-                fmt=args.format,
-                mode=args.mode,
-                dry_run=args.dry_run,
-            )
-        return transfer.export(args.url, args.token, args.format, args.segment, sys.stdout.buffer)
 
     settings = _settings(embedded=args.command == "serve" and args.kind == "all")
     if args.command == "serve":

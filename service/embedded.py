@@ -304,6 +304,11 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def stored_secret(data_dir: Path, name: str) -> str | None:
+    """A secret `ensure_secrets` generated into `data_dir` before, without generating one."""
+    return _read_env_file(data_dir / SECRETS_FILE).get(name) or None
+
+
 def ensure_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets for env vars that are unset, read from (or generated once into)
     `data_dir`/secrets.env (mode 0600). Returns {ENV_NAME: value} for the caller to put

@@ -15,10 +15,12 @@ from eventsourcing import persistence
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from domain.activity import EventType
+from domain.activity import UNTYPED, EventType
 from domain.errors import Code, DomainError, invalid
 from domain.values import storable_json, unstorable_field
 
@@ -34,6 +36,7 @@ STATUS = {
     Code.UNAVAILABLE: 503,
     Code.RATE_LIMITED: 429,
     Code.TOO_LARGE: 413,
+    Code.UNSUPPORTED: 415,
 }
 # The same codes as gRPC status codes (grpc_api answers with these, HTTP with STATUS).
 GRPC_STATUS = {
@@ -46,6 +49,7 @@ GRPC_STATUS = {
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.UNSUPPORTED: grpc.StatusCode.INVALID_ARGUMENT,
 }
 # A conflict over a value that another customer or segment holds (the fields with
 # organization-wide uniqueness claims) is ALREADY_EXISTS; any other conflict is about the
@@ -135,7 +139,7 @@ def problem(
     )
 
 
-_UNION_TAGS = frozenset(EventType)
+_UNION_TAGS = frozenset({*EventType, UNTYPED})
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -177,8 +181,11 @@ def invalid_input(
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    detail, errors = invalid_input(exc.errors())
+    """A request that did not validate, and a body a use case validates itself (a customer
+    merge-patched into shape): 422 naming the fields, as gRPC answers both."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    found = exc.errors(include_input=False) if isinstance(exc, ValidationError) else exc.errors()
+    detail, errors = invalid_input(found)
     return problem(422, detail, errors=errors, instance=request.url.path)
 
 
@@ -216,9 +223,38 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem(500, "internal error; it has been logged", instance=request.url.path)
 
 
-async def _storable_query(request: Request) -> None:
-    """PostgreSQL text cannot hold NUL: a query parameter with one is a 422 naming it."""
-    for name, value in request.query_params.multi_items():
+def _accepted(route: APIRoute) -> frozenset[str]:
+    """The query parameters `route` takes (its own and its dependencies'), as clients name
+    them; remembered on the route."""
+    accepted: frozenset[str] | None = getattr(route, "_accepted_query", None)
+    if accepted is None:
+        names: set[str] = set()
+        dependants = [route.dependant]
+        while dependants:
+            dependant = dependants.pop()
+            names.update(p.alias for p in dependant.query_params)
+            dependants.extend(dependant.dependencies)
+        accepted = frozenset(names)
+        route._accepted_query = accepted  # type: ignore[attr-defined]
+    return accepted
+
+
+async def _checked_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it (a misspelt filter must
+    not answer as if there were none: `?tags=vip` listing everyone); PostgreSQL text cannot
+    hold NUL, so a parameter with one is a 422 naming it too."""
+    route = request.scope.get("route")
+    items = request.query_params.multi_items()
+    if items and isinstance(route, APIRoute):
+        accepted = _accepted(route)
+        unknown = sorted({name for name, _ in items if name not in accepted})
+        if unknown:
+            takes = ", ".join(sorted(accepted)) or "none"
+            message = f"unknown query parameter; this endpoint takes: {takes}"
+            raise RequestValidationError(
+                [{"loc": ("query", name), "msg": message} for name in unknown]
+            )
+    for name, value in items:
         if "\x00" in value:
             raise invalid(name, "must not contain NUL characters")
 
@@ -239,9 +275,10 @@ async def storable_body(request: Request) -> None:
 
 def install(app: FastAPI) -> None:
     """Problem answers for every error; call before adding routes (adds a check to each)."""
-    app.router.dependencies.append(Depends(_storable_query))
+    app.router.dependencies.append(Depends(_checked_query))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)

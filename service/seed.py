@@ -13,9 +13,9 @@ from faker import Faker
 from domain.customer import Customer
 from domain.values import Profile
 from eventstore.application import Customers
+from eventstore.keys import EMAIL
 from eventstore.recorder import Claim
 from service.settings import Settings
-from write_api.customers import EMAIL
 
 log = logging.getLogger(__name__)
 

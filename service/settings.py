@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     model_fit_hours: float = 24.0
 
     # A lifecycle-deleted customer (DELETE /customers/{id}) is erased (Art. 17) this long
-    # after its deletion; 0 = at once (within seconds). Set it to keep a recovery window.
-    erasure_grace_hours: float = 0.0
+    # after its deletion, and can be restored until then (POST /customers/{id}/restore);
+    # 0 = erased at once (within seconds), no recovery window.
+    erasure_grace_hours: float = 720.0
     # Tracked events older than this many whole months are dropped (partition by partition);
     # 0 = kept. Running totals (order count, total spent, logins) keep counting them.
     activity_retention_months: int = 0

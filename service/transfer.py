@@ -6,9 +6,10 @@ lines every few seconds otherwise."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,15 +37,50 @@ class Progress:
             self._last = now
 
 
+class Unusable(Exception):
+    """What the command line was given cannot be used (no such file, no service at the URL):
+    said in one line, exit status 1."""
+
+
+API_PREFIX = "/api/v1"
+
+
+def base_url(url: str) -> str:
+    """The service's address, also when given as its API's (`…/api/v1`, as in docs/api.md)."""
+    return url.rstrip("/").removesuffix(API_PREFIX).rstrip("/")
+
+
 def _client(url: str, token: str) -> httpx.Client:
     return httpx.Client(
-        base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60
+        base_url=base_url(url), headers={"Authorization": f"Bearer {token}"}, timeout=60
     )
 
 
-def _chunks(path: Path, progress: Progress) -> Iterator[bytes]:
-    size, sent = path.stat().st_size, 0
-    with path.open("rb") as f:
+def usable(command: Callable[[], int], url: str) -> int:
+    """`command`'s exit status, or 1 with one line on stderr when the file or the service
+    cannot be used (instead of a traceback)."""
+    try:
+        return command()
+    except Unusable as e:
+        print(f"customers: {e}", file=sys.stderr)
+    except httpx.TransportError as e:
+        reason = str(e) or type(e).__name__
+        print(f"customers: cannot reach the service at {url}: {reason}", file=sys.stderr)
+    except httpx.InvalidURL:
+        print(f"customers: not a URL: {url}", file=sys.stderr)
+    return 1
+
+
+def _opened(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise Unusable(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+
+
+def _chunks(file: IO[bytes], size: int, progress: Progress) -> Iterator[bytes]:
+    sent = 0
+    with file as f:
         while piece := f.read(CHUNK):
             sent += len(piece)
             progress.show(f"uploading {sent:,} of {size:,} bytes ({sent * 100 // max(size, 1)} %)")
@@ -59,11 +95,13 @@ def import_file(
     progress = Progress(sys.stderr)
     kind = "application/x-ndjson" if fmt == "ndjson" else "text/csv"
     params = {"format": fmt, "mode": mode, "dryRun": str(dry_run).lower()}
+    file = _opened(path)  # before anything is sent: a missing file is one line, not a trace
+    content = _chunks(file, os.fstat(file.fileno()).st_size, progress)
     with _client(url, token) as client:
         started = client.post(
-            "/api/v1/customers/import",
+            f"{API_PREFIX}/customers/import",
             params=params,
-            content=_chunks(path, progress),
+            content=content,
             headers={"Content-Type": kind},
         )
         return _follow(client, started, progress, poll)
@@ -73,15 +111,18 @@ def bulk(url: str, token: str, args: argparse.Namespace, *, poll: float = 0.5) -
     """Queue a bulk job from the command line's arguments and follow it like an import."""
     progress = Progress(sys.stderr)
     with _client(url, token) as client:
-        started = client.post(f"/api/v1/customers/bulk/{args.kind}", json=bulk_body(args))
+        started = client.post(f"{API_PREFIX}/customers/bulk/{args.kind}", json=bulk_body(args))
         return _follow(client, started, progress, poll)
 
 
 def bulk_body(args: argparse.Namespace) -> dict[str, Any]:
     selection: dict[str, Any] = {}
     if args.ids:
-        with sys.stdin if str(args.ids) == "-" else args.ids.open() as f:
-            selection["ids"] = [line.strip() for line in f if line.strip()]
+        try:
+            with sys.stdin if str(args.ids) == "-" else args.ids.open() as f:
+                selection["ids"] = [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise Unusable(f"cannot read {args.ids}: {e.strerror or type(e).__name__}") from None
     if args.filter:
         filters = dict(item.split("=", 1) for item in args.filter)
         if "tags" in filters:
@@ -109,6 +150,8 @@ def _follow(client: httpx.Client, started: httpx.Response, progress: Progress, p
         progress.show(f"refused: {started.status_code} {_detail(started)}", final=True)
         return 1
     location = started.headers["Location"]
+    job_id = started.json()["id"]
+    print(f"job {job_id}: {client.base_url}{location}", file=sys.stderr)
     while True:
         job: dict[str, Any] = client.get(location).json()
         progress.show(_line(job), final=job["state"] in {"SUCCEEDED", "FAILED"})
@@ -123,13 +166,16 @@ def _follow(client: httpx.Client, started: httpx.Response, progress: Progress, p
 def _line(job: dict[str, Any]) -> str:
     rate = job["rowsPerSecond"]
     eta = job["etaSeconds"]
+    # A dry run changes nothing: its counts are what a real run would do.
+    would = "would be " if job["dryRun"] else ""
     if job["kind"] == "import":
-        done = f"{job['rowsRead']:,} rows, {job['created']:,} created"
+        done = f"{job['rowsRead']:,} rows, {job['created']:,} {would}created"
     else:
         done = f"{job['processed']:,} of {job['total'] if job['total'] is not None else '?'}"
     return (
-        f"{job['state'].lower()}: {done}, {job['updated']:,} updated,"
-        f" {job['skipped']:,} skipped, {job['failed']:,} rejected"
+        f"{job['state'].lower()}{' (dry run)' if job['dryRun'] else ''}: {done},"
+        f" {job['updated']:,} {would}updated, {job['skipped']:,} skipped,"
+        f" {job['failed']:,} rejected"
         + (f", {rate:,.0f} rows/s" if rate else "")
         + (f", ETA {eta:.0f} s" if eta is not None else "")
     )
@@ -142,7 +188,7 @@ def export(url: str, token: str, fmt: str, segment: str | None, out: IO[bytes]) 
     rows = 0
     with (
         _client(url, token) as client,
-        client.stream("GET", "/api/v1/customers/export", params=params) as answer,
+        client.stream("GET", f"{API_PREFIX}/customers/export", params=params) as answer,
     ):
         if answer.status_code != 200:
             answer.read()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
@@ -25,9 +24,10 @@ from eventstore.application import Customers
 from eventstore.keys import LazyKeyring
 from projections import purchase_models
 from projections import segments as segments_view
-from service import edge, problems, tracing
+from service import edge, etags, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.auth import (
+    CanConsent,
     CanDelete,
     CanManageKeys,
     CanOrders,
@@ -63,7 +63,6 @@ from write_api.segments import SegmentCommands, check_assignable
 
 PREFIX = "/api/v1/customers"
 SEGMENTS = PREFIX + "/segments"
-_ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,9})"?$')
 _ERRORS = problems.problem_responses(
     {
         401: "Missing or invalid bearer token",
@@ -96,12 +95,7 @@ Segments = Annotated[SegmentCommands, Depends(_segment_commands)]
 
 
 async def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
-    if if_match is None or if_match.strip() == "*":
-        return None
-    m = _ETAG.match(if_match.strip())
-    if not m:
-        raise invalid("If-Match", 'expected an entity tag such as "3"')
-    return int(m.group(1))
+    return etags.if_match(if_match)
 
 
 IfMatch = Annotated[int | None, Depends(_if_match)]
@@ -168,12 +162,14 @@ def import_segments(
     body: SegmentImport,
     principal: CanSegments,
     segments: Segments,
-    mode: Annotated[Literal["create", "upsert"], Query()] = "create",
+    mode: imports.Mode = imports.Mode.CREATE,
 ) -> dict[str, Any]:
     """Recreate segment definitions exported from another organization or installation
     (`GET /customers/segments/export`); STATIC segments come without members. A name the
     organization already uses: skipped (`mode=create`) or redefined (`mode=upsert`)."""
-    results = segments.import_definitions(principal, body.segments, upsert=mode == "upsert")
+    results = segments.import_definitions(
+        principal, body.segments, upsert=mode is imports.Mode.UPSERT
+    )
     counts = {o: sum(r["outcome"] == o for r in results) for o in _IMPORT_OUTCOMES}
     return {**counts, "segments": results}
 
@@ -270,6 +266,59 @@ def revoke_api_key(key_id: UUID, principal: CanManageKeys, request: Request) -> 
     return Response(status_code=204)
 
 
+customer_routes = APIRouter()
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@customer_routes.patch(
+    PREFIX + "/{customer_id}",
+    response_model=None,
+    dependencies=[Depends(problems.storable_body)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {MERGE_PATCH: {"schema": {"type": "object"}}},
+            "description": "RFC 7396: members to set, objects merged, null removes",
+        }
+    },
+    responses={200: {"model": CustomerPublic}, **_ERRORS},
+)
+async def patch_customer(
+    customer_id: UUID,
+    request: Request,
+    principal: CanWrite,
+    commands: Commands,
+    if_match: IfMatch,
+) -> Response:
+    """Partial update by JSON Merge Patch (`Content-Type: application/merge-patch+json`,
+    RFC 7396) of the customer as GET shows it; the result is checked like a PUT body."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media not in {MERGE_PATCH, "application/json"}:
+        raise DomainError(Code.UNSUPPORTED, f"send the patch as {MERGE_PATCH}")
+    try:
+        patch = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise invalid("body", "not JSON") from None
+    if not isinstance(patch, dict):
+        raise invalid("body", "a merge patch of a customer is a JSON object")
+    outcome = await run_in_threadpool(commands.patch, principal, customer_id, patch, if_match)
+    return _answer(outcome)
+
+
+@customer_routes.post(
+    PREFIX + "/{customer_id}/restore",
+    response_model=None,
+    responses={200: {"model": CustomerPublic}, **_ERRORS},
+)
+def restore_customer(
+    customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
+) -> Response:
+    """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS (30 days by
+    default): the customer gets back the status it had and its e-mail address. 409 when
+    it is not deleted, the grace period is over, or the address was registered meanwhile."""
+    return _answer(commands.restore(principal, customer_id, if_match))
+
+
 tracking_routes = APIRouter(tags=["tracking"])
 import_routes = APIRouter(tags=["import"])
 
@@ -364,7 +413,7 @@ def bulk_segments(
 ) -> Response:
     """Add the selected customers to a STATIC segment, or remove them, as a job."""
     check_assignable(segments.load(principal, body.segment_id))
-    details = {"segmentId": str(body.segment_id), "action": body.action}
+    details = {"segmentId": str(body.segment_id), "action": body.action.value}
     return _bulk(request, principal, bulk.Kind.SEGMENTS, body, details)
 
 
@@ -530,8 +579,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         commands: Commands,
         if_match: IfMatch,
     ) -> Response:
-        profile = CustomerCreate.model_validate(body.model_dump(exclude={"status"}))
-        return _answer(commands.update(principal, customer_id, profile, body.status, if_match))
+        expected = if_match if if_match is not None else body.version
+        return _answer(
+            commands.update(
+                principal,
+                customer_id,
+                body.profile(),
+                body.status,
+                expected,
+                echoed=body.echoed(),
+            )
+        )
 
     @app.delete(PREFIX + "/{customer_id}", status_code=204, response_model=None, responses=_ERRORS)
     def delete_customer(
@@ -548,7 +606,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     def change_consent(
-        customer_id: UUID, body: ConsentChange, principal: CanWrite, commands: Commands
+        customer_id: UUID, body: ConsentChange, principal: CanConsent, commands: Commands
     ) -> Response:
         """Grant or withdraw consent per purpose (GDPR Art. 7), recorded with source, policy
         version, IP address and user agent; effective immediately."""
@@ -599,11 +657,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
-    app.include_router(segment_routes)
-    app.include_router(tracking_routes)
-    app.include_router(import_routes)
-    app.include_router(bulk_routes)
-    app.include_router(key_routes)
+    for routes in (
+        customer_routes,
+        segment_routes,
+        tracking_routes,
+        import_routes,
+        bulk_routes,
+        key_routes,
+    ):
+        app.include_router(routes)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -21,7 +21,7 @@ from eventsourcing.persistence import IntegrityError
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from domain.bulk import ProfilePatch, patched
+from domain.bulk import Action, ProfilePatch, patched
 from domain.customer import Customer
 from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, events
@@ -44,11 +44,6 @@ class Kind(StrEnum):
     UPDATE = "bulk_update"
     DELETE = "bulk_delete"
     SEGMENTS = "bulk_segments"
-
-
-class Action(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
 
 
 QUEUE = (

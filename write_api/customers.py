@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,10 +14,10 @@ from eventsourcing.persistence import IntegrityError
 from domain.consent import ConsentChange, consents
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
-from domain.values import CustomerStatus, Profile
+from domain.values import CustomerStatus, Profile, merge_patch
 from eventstore import compliance
 from eventstore.compliance import PrivacyRecord, RequestType
-from eventstore.keys import keyed_hash
+from eventstore.keys import EMAIL, keyed_hash
 from eventstore.recorder import (
     IDEMPOTENCY_CONSTRAINT,
     Claim,
@@ -27,9 +27,16 @@ from eventstore.recorder import (
 )
 from service.auth import Permission, Principal
 from write_api.commands import Commands, Outcome
+from write_api.schemas import CustomerUpdate
 
-EMAIL = "email"  # unique_claims scope of customer e-mail addresses
 MAX_IDEMPOTENCY_KEY = 255
+# Why a server-made field of an update body must be what the customer has.
+_READ_ONLY = {
+    "id": "is the customer's id, which cannot change",
+    "createdAt": "is read-only: when the customer was created",
+    "activeOrders": "is read-only here: the orders system sets it (PUT …/active-orders)",
+    "pendingEmail": "is read-only: send the new address as email, then verify it",
+}
 
 
 class CustomerCommands(Commands[Customer]):
@@ -87,23 +94,63 @@ class CustomerCommands(Commands[Customer]):
         profile: Profile,
         status: CustomerStatus | None,
         if_match: int | None,
+        *,
+        echoed: Mapping[str, Any] | None = None,
     ) -> Outcome:
+        """Full replacement. `echoed`: server-made fields the body carried (the answer sent
+        back), which must say what the customer is."""
         principal.require(Permission.WRITE)
-        now = datetime.now(UTC)
-        ttl = timedelta(hours=self.settings.email_verification_ttl_hours)
 
         def decide(customer: Customer) -> dict[str, Any]:
-            customer.update(
-                profile,
-                status=status,
-                actor=principal.sub,
-                actor_is_admin=principal.can(Permission.SUSPEND),
-                now=now,
-                verification_ttl=ttl,
-            )
+            self._replace(principal, customer, profile, status, echoed or {})
             return {}
 
         return self.command(principal, customer_id, if_match, decide)
+
+    def patch(
+        self, principal: Principal, customer_id: UUID, patch: dict[str, Any], if_match: int | None
+    ) -> Outcome:
+        """RFC 7396 merge patch of the customer as answers show it, then a full replacement by
+        the same rules (an invalid result is a 422 naming its fields)."""
+        principal.require(Permission.WRITE)
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            body = CustomerUpdate.model_validate(merge_patch(customer.public(), patch))
+            if body.version not in (None, customer.version):  # the patch set it: an If-Match
+                raise DomainError(
+                    Code.PRECONDITION_FAILED,
+                    f"version {body.version} is stale; current version is {customer.version}",
+                )
+            self._replace(principal, customer, body.profile(), body.status, body.echoed())
+            return {}
+
+        return self.command(principal, customer_id, if_match, decide)
+
+    def _replace(
+        self,
+        principal: Principal,
+        customer: Customer,
+        profile: Profile,
+        status: CustomerStatus | None,
+        echoed: Mapping[str, Any],
+    ) -> None:
+        current = {
+            "id": customer.id,
+            "createdAt": customer.created_on,
+            "activeOrders": customer.active_orders,
+            "pendingEmail": customer.pending_email,
+        }
+        for name, value in echoed.items():
+            if value != current[name]:
+                raise invalid(name, _READ_ONLY[name])
+        customer.update(
+            profile,
+            status=status,
+            actor=principal.sub,
+            actor_is_admin=principal.can(Permission.SUSPEND),
+            now=datetime.now(UTC),
+            verification_ttl=timedelta(hours=self.settings.email_verification_ttl_hours),
+        )
 
     def verify_email(self, principal: Principal, customer_id: UUID, token: str) -> Outcome:
         principal.require(Permission.WRITE)
@@ -137,12 +184,24 @@ class CustomerCommands(Commands[Customer]):
 
         return self.command(principal, customer_id, if_match, decide)
 
+    def restore(self, principal: Principal, customer_id: UUID, if_match: int | None) -> Outcome:
+        """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS: the status it had,
+        and its e-mail address claimed again (409 when another customer registered it)."""
+        principal.require(Permission.DELETE)
+        grace = timedelta(hours=self.settings.erasure_grace_hours)
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            customer.restore(actor=principal.sub, now=datetime.now(UTC), grace=grace)
+            return {"claims": [self.email_claim(principal.org, customer.email, customer.id)]}
+
+        return self.command(principal, customer_id, if_match, decide)
+
     def change_consent(
         self, principal: Principal, customer_id: UUID, change: ConsentChange
     ) -> Outcome:
         """Grant or withdraw purposes; recorded in the ledger and effective at once (the
         profile, segment facts and memberships follow)."""
-        principal.require(Permission.WRITE)
+        principal.require(Permission.CONSENT)
         request = PrivacyRecord(
             uuid4(), principal.org, customer_id, RequestType.CONSENT_CHANGE, principal.sub
         )

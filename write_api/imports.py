@@ -26,7 +26,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -37,14 +36,14 @@ from pydantic import ValidationError
 
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
-from domain.values import Profile
+from domain.values import Choice, Profile
 from eventstore.application import Customers
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
+from eventstore.keys import EMAIL
 from eventstore.recorder import OWNERS, Claim
 from service.auth import Principal
 from service.problems import field_path
 from service.settings import Settings
-from write_api.customers import EMAIL
 from write_api.jobs import Job, JobFailed, JobRunner, connect, drop_input
 
 log = logging.getLogger(__name__)
@@ -72,12 +71,12 @@ _RETRIES = 5
 _FORMULA_GUARDED = frozenset({"=", "+", "-", "@", "\t", "\r", "'"})
 
 
-class Format(StrEnum):
+class Format(Choice):
     CSV = "csv"
     NDJSON = "ndjson"
 
 
-class Mode(StrEnum):
+class Mode(Choice):
     CREATE = "create"
     UPSERT = "upsert"
 
@@ -98,16 +97,35 @@ CHUNK = "SELECT data FROM import_chunks WHERE job_id = %s AND seq = %s"
 # --------------------------------------------------------------------------- upload
 
 
+# Spreadsheets write CSV with the separator of their locale; the header's is the file's.
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def delimiter(header_line: str) -> str:
+    """The separator of a CSV file, told by its header line: the candidate it holds most of
+    (column names hold none of them); a comma when it holds none."""
+    counts = {d: header_line.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
 def check_header(first: bytes, fmt: Format) -> None:
-    """422 for what can be told from the file's start: nothing in it, unknown columns."""
+    """422 for what can be told from the file's start: nothing in it, unknown columns (all
+    of them named), no e-mail column."""
     if not first.strip():
         raise invalid("body", "the file is empty")
     if fmt is Format.CSV:
         text = first.decode("utf-8-sig", errors="surrogateescape")
-        header = next(csv.reader(io.StringIO(text)), [])
+        line = text.splitlines()[0] if text else ""
+        header = next(csv.reader(io.StringIO(text), delimiter=delimiter(line)), [])
         unknown = [c for c in header if c not in IGNORED and not known_column(c)]
         if unknown:
-            raise invalid("columns", f"unknown column {unknown[0]!r}")
+            names = ", ".join(repr(c) for c in unknown)
+            raise invalid(
+                "columns",
+                f"unknown column{'s' if len(unknown) > 1 else ''} {names}: the columns are the"
+                " export's (GET /customers/export?format=csv), dotted for nested fields",
+            )
         if "email" not in header:
             raise invalid("columns", "the header has no 'email' column")
 
@@ -230,11 +248,13 @@ class Record:
     field: str | None = None
 
 
-def records(file: _File, fmt: Format, header: list[str] | None = None) -> Iterator[Record | None]:
+def records(
+    file: _File, fmt: Format, header: tuple[list[str], str] | None = None
+) -> Iterator[Record | None]:
     """The file's records from where `file` stands, with the line each starts on (1 = the
     first line); None for a blank one, which is no record, so that the caller sees the file
-    go by even when it is nothing but blank lines. A CSV's header is its first record, unless
-    given (resuming mid-file)."""
+    go by even when it is nothing but blank lines. A CSV's header (columns and separator) is
+    its first line, unless given (resuming mid-file)."""
     lines = file.lines()
     if fmt is Format.NDJSON:
         for text in lines:
@@ -252,10 +272,13 @@ def records(file: _File, fmt: Format, header: list[str] | None = None) -> Iterat
             else:
                 yield Record(number, None, "not a JSON object")
         return
-    reader = csv.reader(lines, strict=True)
-    header = header or next(reader, None)
     if header is None:
-        return
+        first = next(lines, None)
+        if first is None:
+            return
+        header = parse_header(first)
+    columns, separator = header
+    reader = csv.reader(lines, delimiter=separator, strict=True)
     while True:
         start = file.line
         try:
@@ -268,15 +291,21 @@ def records(file: _File, fmt: Format, header: list[str] | None = None) -> Iterat
         if not any(cell.strip() for cell in row):
             yield None
             continue
-        if len(row) != len(header):
-            reason = f"expected {len(header)} columns, found {len(row)}"
+        if len(row) != len(columns):
+            reason = f"expected {len(columns)} columns, found {len(row)}"
             yield Record(start, None, reason)
             continue
-        yield Record(start, nested(header, row))
+        yield Record(start, nested(columns, row))
 
 
-def csv_header(conn: Connection, job_id: UUID) -> list[str]:
-    return next(csv.reader(_File(conn, job_id).lines(), strict=True), [])
+def parse_header(line: str) -> tuple[list[str], str]:
+    """A CSV file's columns and separator, from its first line."""
+    separator = delimiter(line)
+    return next(csv.reader([line], delimiter=separator, strict=True), []), separator
+
+
+def csv_header(conn: Connection, job_id: UUID) -> tuple[list[str], str]:
+    return parse_header(next(_File(conn, job_id).lines(), ""))
 
 
 def nested(header: list[str], row: list[str]) -> dict[str, Any]:
@@ -373,9 +402,11 @@ def _admit(app: Customers, job: Job, record: Record, batch: Batch, seen: dict[by
     try:
         profile = Profile.model_validate(record.data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = field_path(tuple(first.get("loc", ())))
-        batch.reject(record.line, where, str(first.get("msg", "invalid")))
+        # Every error of the row at once: fixing one must not reveal the next.
+        found = [(field_path(tuple(err.get("loc", ()))), str(err.get("msg"))) for err in e.errors()]
+        fields = ", ".join(dict.fromkeys(where for where, _ in found))
+        reasons = "; ".join(f"{where}: {message}" for where, message in found)
+        batch.reject(record.line, fields, reasons if len(found) > 1 else found[0][1])
         return
     key = app.keys.claim_hash(EMAIL, job.org_id, profile.email)
     if key in seen:

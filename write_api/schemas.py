@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
-from domain.bulk import ProfilePatch
+from domain.bulk import Action, ProfilePatch
 from domain.segment import SegmentDefinition, SegmentStatus
 from domain.selection import CustomerFilters, CustomerSelection
 from domain.values import CustomerStatus, Model, Profile
@@ -19,7 +19,36 @@ class CustomerCreate(Profile):
 
 
 class CustomerUpdate(Profile):
+    """The body of `PUT /customers/{id}` (and a merge-patched customer): the profile, a status,
+    and the answer's server-made fields, so that the body GET returned can be sent back. They
+    are accepted when they say what the customer is (`id`, `createdAt`, `activeOrders`,
+    `pendingEmail`; `version` is an If-Match); `segments`, `updatedAt` and `lastActivity`, which
+    move without the customer changing, are ignored."""
+
     status: CustomerStatus | None = None
+    id: UUID | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+    created_at: AwareDatetime | None = None
+    active_orders: Annotated[int, Field(ge=0)] | None = None
+    pending_email: str | None = None
+    segments: Annotated[list[UUID], Field(max_length=10_000)] | None = None
+    updated_at: AwareDatetime | None = None
+    last_activity: AwareDatetime | None = None
+
+    def profile(self) -> CustomerCreate:
+        return CustomerCreate.model_validate(self.model_dump(include=_PROFILE_FIELDS))
+
+    def echoed(self) -> dict[str, Any]:
+        """The server-made fields given that must match the customer, by their JSON names."""
+        return {
+            type(self).model_fields[name].alias or name: getattr(self, name)
+            for name in _COMPARED
+            if name in self.model_fields_set
+        }
+
+
+_PROFILE_FIELDS = set(Profile.model_fields)
+_COMPARED = ("id", "created_at", "active_orders", "pending_email")
 
 
 class EmailVerification(Model):
@@ -74,7 +103,7 @@ class BulkUpdate(BulkDelete):
 
 class BulkSegments(BulkDelete):
     segment_id: UUID = Field(description="a STATIC segment")
-    action: Literal["add", "remove"]
+    action: Action
 
 
 class SegmentImport(Model):

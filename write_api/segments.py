@@ -57,7 +57,8 @@ class SegmentCommands(Commands[Segment]):
     def create(self, principal: Principal, definition: SegmentDefinition) -> Outcome:
         principal.require(Permission.SEGMENTS)
         _require_visible(principal, definition, "criteria")
-        self.rules.check_rule(definition.rule_id)
+        if definition.rule_id is not None:
+            self.rules.check_rule(definition.rule_id)
         segment = Segment.define(principal.org, definition, principal.sub)
         jobs = self._recalculation(principal, segment)
         token = self.save(
@@ -83,7 +84,7 @@ class SegmentCommands(Commands[Segment]):
         def decide(segment: Segment) -> dict[str, Any]:
             previous = segment.name
             before = _membership_inputs(segment)
-            if definition.rule_id != segment.definition["ruleId"]:
+            if definition.rule_id not in (None, segment.definition.get("ruleId")):
                 self.rules.check_rule(definition.rule_id)
             segment.redefine(definition, principal.sub)
             if status is not None:
@@ -116,7 +117,7 @@ class SegmentCommands(Commands[Segment]):
         checked: set[str] = set()
         for i, definition in enumerate(definitions):
             _require_visible(principal, definition, f"segments.{i}.criteria")
-            if definition.rule_id in checked:
+            if definition.rule_id is None or definition.rule_id in checked:
                 continue
             try:
                 self.rules.check_rule(definition.rule_id)

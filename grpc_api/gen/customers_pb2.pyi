@@ -223,7 +223,7 @@ class GetCustomerRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListCustomersRequest(_message.Message):
-    __slots__ = ("limit", "cursor", "sort", "status", "country", "city", "gender", "tag", "age_min", "age_max", "created_from", "created_to", "q")
+    __slots__ = ("limit", "cursor", "sort", "status", "country", "city", "gender", "tags", "age_min", "age_max", "created_from", "created_to", "q", "email")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SORT_FIELD_NUMBER: _ClassVar[int]
@@ -231,12 +231,13 @@ class ListCustomersRequest(_message.Message):
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     CITY_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
-    TAG_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     AGE_MIN_FIELD_NUMBER: _ClassVar[int]
     AGE_MAX_FIELD_NUMBER: _ClassVar[int]
     CREATED_FROM_FIELD_NUMBER: _ClassVar[int]
     CREATED_TO_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
     limit: int
     cursor: str
     sort: str
@@ -244,13 +245,14 @@ class ListCustomersRequest(_message.Message):
     country: str
     city: str
     gender: str
-    tag: _containers.RepeatedScalarFieldContainer[str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
     age_min: int
     age_max: int
     created_from: _timestamp_pb2.Timestamp
     created_to: _timestamp_pb2.Timestamp
     q: str
-    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[str] = ..., sort: _Optional[str] = ..., status: _Optional[str] = ..., country: _Optional[str] = ..., city: _Optional[str] = ..., gender: _Optional[str] = ..., tag: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., created_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., q: _Optional[str] = ...) -> None: ...
+    email: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[str] = ..., sort: _Optional[str] = ..., status: _Optional[str] = ..., country: _Optional[str] = ..., city: _Optional[str] = ..., gender: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., created_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., q: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
 class ListCustomersResponse(_message.Message):
     __slots__ = ("items", "next_cursor", "limit")
@@ -295,6 +297,14 @@ class DeleteCustomerResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class RestoreCustomerRequest(_message.Message):
+    __slots__ = ("id", "expected_version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    expected_version: int
+    def __init__(self, id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class SegmentDefinition(_message.Message):
     __slots__ = ("name", "description", "rule_id", "kind", "purpose", "criteria")
@@ -649,7 +659,7 @@ class ModelSummary(_message.Message):
     def __init__(self, id: _Optional[str] = ..., calibration_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customers: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class CustomerInsights(_message.Message):
-    __slots__ = ("customer_id", "as_of", "rfm", "probability_alive", "expected_purchases_90_days", "predicted_value_12_months", "preferred_channel", "preferred_category", "engagement_trend", "model")
+    __slots__ = ("customer_id", "as_of", "rfm", "probability_alive", "expected_purchases_90_days", "predicted_value_12_months", "preferred_channel", "preferred_category", "engagement_trend", "model", "reason")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     RFM_FIELD_NUMBER: _ClassVar[int]
@@ -660,6 +670,7 @@ class CustomerInsights(_message.Message):
     PREFERRED_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENT_TREND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     as_of: _timestamp_pb2.Timestamp
     rfm: RfmScores
@@ -670,4 +681,5 @@ class CustomerInsights(_message.Message):
     preferred_category: str
     engagement_trend: EngagementTrend
     model: ModelSummary
-    def __init__(self, customer_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rfm: _Optional[_Union[RfmScores, _Mapping]] = ..., probability_alive: _Optional[float] = ..., expected_purchases_90_days: _Optional[float] = ..., predicted_value_12_months: _Optional[_Union[Money, _Mapping]] = ..., preferred_channel: _Optional[str] = ..., preferred_category: _Optional[str] = ..., engagement_trend: _Optional[_Union[EngagementTrend, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, customer_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rfm: _Optional[_Union[RfmScores, _Mapping]] = ..., probability_alive: _Optional[float] = ..., expected_purchases_90_days: _Optional[float] = ..., predicted_value_12_months: _Optional[_Union[Money, _Mapping]] = ..., preferred_channel: _Optional[str] = ..., preferred_category: _Optional[str] = ..., engagement_trend: _Optional[_Union[EngagementTrend, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...

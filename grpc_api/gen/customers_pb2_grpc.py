@@ -61,6 +61,11 @@ class CustomerServiceStub:
                 request_serializer=grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerRequest.SerializeToString,
                 response_deserializer=grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerResponse.FromString,
                 _registered_method=True)
+        self.RestoreCustomer = channel.unary_unary(
+                '/customers.v1.CustomerService/RestoreCustomer',
+                request_serializer=grpc__api_dot_gen_dot_customers__pb2.RestoreCustomerRequest.SerializeToString,
+                response_deserializer=grpc__api_dot_gen_dot_customers__pb2.Customer.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
@@ -104,6 +109,13 @@ class CustomerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreCustomer(self, request, context):
+        """Permission customers:delete: undo a lifecycle deletion within the grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +143,11 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     servicer.DeleteCustomer,
                     request_deserializer=grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerRequest.FromString,
                     response_serializer=grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerResponse.SerializeToString,
+            ),
+            'RestoreCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreCustomer,
+                    request_deserializer=grpc__api_dot_gen_dot_customers__pb2.RestoreCustomerRequest.FromString,
+                    response_serializer=grpc__api_dot_gen_dot_customers__pb2.Customer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +287,33 @@ class CustomerService:
             '/customers.v1.CustomerService/DeleteCustomer',
             grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerRequest.SerializeToString,
             grpc__api_dot_gen_dot_customers__pb2.DeleteCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/customers.v1.CustomerService/RestoreCustomer',
+            grpc__api_dot_gen_dot_customers__pb2.RestoreCustomerRequest.SerializeToString,
+            grpc__api_dot_gen_dot_customers__pb2.Customer.FromString,
             options,
             channel_credentials,
             insecure,

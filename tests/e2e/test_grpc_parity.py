@@ -163,9 +163,9 @@ def test_customer_lifecycle_matches_rest(
         assert rest.headers["ETag"] == f'"{answer.version}"'
 
     # Listing: same pages, and the cursors work across transports.
-    query = {"limit": 1, "sort": "email", "tag": ["vip"], "country": "ES"}
+    query = {"limit": 1, "sort": "email", "tags": ["vip"], "country": "ES"}
     rest_page = http.get(CUSTOMERS, params=query, headers=h).json()
-    request = pb.ListCustomersRequest(limit=1, sort="email", tag=["vip"], country="ES")
+    request = pb.ListCustomersRequest(limit=1, sort="email", tags=["vip"], country="ES")
     grpc_page = stub.ListCustomers(request, metadata=metadata(h))
     same(rest_page["items"], [as_json(c) for c in grpc_page.items])
     assert grpc_page.limit == 1 and rest_page["nextCursor"]
@@ -175,6 +175,13 @@ def test_customer_lifecycle_matches_rest(
     )
     assert {second.items[0].id, grpc_page.items[0].id} == {rest_id, grpc_id}
     assert not second.HasField("next_cursor")
+
+    # An exact e-mail finds one customer on both transports (any case).
+    email = as_json(by_grpc)["email"].upper()
+    by_email = http.get(CUSTOMERS, params={"email": email}, headers=h).json()["items"]
+    grpc_by_email = stub.ListCustomers(pb.ListCustomersRequest(email=email), metadata=metadata(h))
+    assert [c["id"] for c in by_email] == [grpc_id]
+    same(by_email, [as_json(c) for c in grpc_by_email.items])
 
     # Update with the expected version; a stale one fails on both transports alike.
     changed = profile({**twin, "name": "Rename", "tags": ["gold"]})
@@ -210,6 +217,20 @@ def test_customer_lifecycle_matches_rest(
     again = rpc_error(stub.DeleteCustomer, pb.DeleteCustomerRequest(id=grpc_id), metadata(h))
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION  # REST: 409
     assert http.delete(f"{CUSTOMERS}/{grpc_id}", headers=h).status_code == 409
+
+    # Restore within the grace period, on either transport; restoring twice is a conflict.
+    restored, call = stub.RestoreCustomer.with_call(
+        pb.RestoreCustomerRequest(id=grpc_id, expected_version=deleted.version),
+        metadata=metadata(h),
+    )
+    assert (restored.status, restored.version) == ("INACTIVE", deleted.version + 1)
+    rest = http.get(
+        f"{CUSTOMERS}/{grpc_id}", headers={**h, "X-Consistency-Token": token_of(call)}
+    ).json()
+    same(rest, restored, "updatedAt", "lastActivity")
+    again = rpc_error(stub.RestoreCustomer, pb.RestoreCustomerRequest(id=grpc_id), metadata(h))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert http.post(f"{CUSTOMERS}/{grpc_id}/restore", headers=h).status_code == 409
 
 
 def test_masking_by_role_is_the_same(
@@ -254,6 +275,7 @@ def test_masked_fields_steer_no_listing_on_either_transport(
         (pb.ListCustomersRequest(limit=1, sort="email"), {"sort": "email"}, "sort"),
         (pb.ListCustomersRequest(limit=1, sort="-name"), {"sort": "-name"}, "sort"),
         (pb.ListCustomersRequest(limit=1, city="Madrid"), {"city": "Madrid"}, "city"),
+        (pb.ListCustomersRequest(limit=1, email=body["email"]), {"email": body["email"]}, "email"),
     ):
         error = rpc_error(stub.ListCustomers, request, metadata(analyst, token))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, field
@@ -535,4 +557,5 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         "CreateCustomer",
         "UpdateCustomer",
         "DeleteCustomer",
+        "RestoreCustomer",
     }

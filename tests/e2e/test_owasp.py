@@ -59,7 +59,7 @@ def test_another_organizations_objects_are_not_found(
         url = path
         for name, value in ids.items():
             url = url.replace("{" + name + "}", value)
-        body = BODIES.get(path, {}) if method in {"POST", "PUT"} else None
+        body = BODIES.get(path, {}) if method in {"POST", "PUT", "PATCH"} else None
         response = http.request(method, url, json=body, headers=intruder)
         assert response.status_code == 404, (method, path, response.status_code, response.text)
         checked += 1
@@ -82,9 +82,15 @@ def test_server_owned_properties_cannot_be_assigned(http: httpx.Client, auth: To
             http.post(CUSTOMERS, json={**new_customer(), field: value}, headers=h), 422, field
         )
     cid = add_customer(http, h)["id"]
-    for field in ("id", "version", "createdAt", "segments"):
+    # An update takes them back as GET showed them, never to change them: another id or
+    # creation time is refused, another version is a stale If-Match, segments are ignored.
+    for field in ("id", "createdAt", "segments"):
         body = {**new_customer(), field: 1}
         assert_problem(http.put(f"{CUSTOMERS}/{cid}", json=body, headers=h), 422, field)
+    stale = {**new_customer(), "version": 99}
+    assert_problem(http.put(f"{CUSTOMERS}/{cid}", json=stale, headers=h), 412)
+    joined = {**new_customer(), "segments": [str(uuid.uuid4())]}
+    assert http.put(f"{CUSTOMERS}/{cid}", json=joined, headers=h).json()["segments"] == []
     bad = {**segment(), "customerCount": 10**6}
     assert_problem(http.post(f"{CUSTOMERS}/segments", json=bad, headers=h), 422, "customerCount")
 

@@ -149,6 +149,8 @@ def test_no_command_leaves_a_write_unattributed(settings: Settings, app: Custome
         caller, kept, ConsentChange.model_validate({"consents": {"marketing": False}})
     )
     customers.delete(caller, kept, None)
+    customers.restore(caller, kept, None)
+    customers.delete(caller, kept, None)
     shredded = [create(), create()]
     auditor = WriteAuditor(app)
     auditor.run_once()  # before their earlier events become unreadable

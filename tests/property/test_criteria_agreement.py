@@ -23,8 +23,10 @@ import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg import sql
 
 from domain.criteria import FIELDS, OPERATORS, FieldType, Operator, SegmentCriteria, predicate
+from domain.segment import effective_criteria
 from domain.segment_facts import (
     EARTH_RADIUS_KM,
     CustomerFacts,
@@ -34,7 +36,9 @@ from domain.segment_facts import (
 )
 from domain.values import Gender, Profile
 from projections import segment_sql
+from read_api.segments import PREVIEW_COUNT, Preview, preview_where
 from service.settings import Settings
+from write_api.schemas import SegmentCreate
 
 AS_OF = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -472,3 +476,35 @@ def test_sql_and_python_agree(conn: psycopg.Connection[Any], data: st.DataObject
             holds = predicate(c, AS_OF)
             expected = {cid for cid, facts in rows.items() if holds(facts)}
             assert got == expected, c.dump()
+
+
+@given(data=st.data())
+def test_a_preview_selects_what_a_calculation_of_the_same_body_selects(
+    conn: psycopg.Connection[Any], data: st.DataObject
+) -> None:
+    """`POST /customers/segments/preview` with a create body (purpose included) counts the
+    customers a calculation of the segment that body creates would make members."""
+    size = data.draw(st.integers(0, 20), label="customers")
+    people = data.draw(st.tuples(*(customers(i) for i in range(size))), label="people")
+    many = data.draw(st.lists(criteria(people), min_size=4, max_size=12), label="criteria")
+    org = f"prop-{uuid.uuid4()}"
+    rows = {uuid.uuid4(): facts for facts in people}
+    with conn.transaction(force_rollback=True):
+        insert(conn, org, rows)
+        for c in many:
+            purpose = data.draw(st.sampled_from(["general", "marketing"]), label="purpose")
+            body = {"name": "previewed", "purpose": purpose, "criteria": c.dump()}
+            where, params = preview_where(Preview.model_validate(body), AS_OF)
+            count_sql = sql.SQL(PREVIEW_COUNT).format(where=where)
+            ids_sql = sql.SQL("SELECT f.id FROM customer_facts f WHERE f.org_id = %s AND {}")
+            previewed = {r[0] for r in conn.execute(ids_sql.format(where), [org, *params])}
+            counted = conn.execute(count_sql, [org, *params]).fetchone()
+            # What the calculation of the created segment evaluates (write_api.calculation).
+            calculated = effective_criteria(SegmentCreate.model_validate(body).dump())
+            assert calculated is not None
+            query, calc_params = segment_sql.compile_criteria(calculated, org, AS_OF)
+            members = {r[0] for r in conn.execute(query, calc_params)}
+            holds = predicate(calculated, AS_OF)
+            expected = {cid for cid, facts in rows.items() if holds(facts)}
+            assert previewed == members == expected, body
+            assert counted == (len(expected),)

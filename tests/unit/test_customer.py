@@ -158,6 +158,21 @@ def test_deletion_refused_with_active_orders_then_allowed() -> None:
     assert c.status == CustomerStatus.DELETED
 
 
+def test_a_restore_gives_back_the_status_before_deletion_within_the_grace_period() -> None:
+    c = Customer.register("acme", profile(), "u")
+    update(c, profile(), status=CustomerStatus.INACTIVE)
+    with pytest.raises(DomainError) as err:
+        c.restore(actor="u", now=NOW, grace=TTL)
+    assert err.value.code == Code.CONFLICT  # not deleted
+    c.delete(actor="u")
+    deleted_at = c.modified_on
+    with pytest.raises(DomainError) as err:
+        c.restore(actor="u", now=deleted_at + TTL + timedelta(seconds=1), grace=TTL)
+    assert err.value.code == Code.CONFLICT and "grace period" in err.value.detail
+    c.restore(actor="u", now=deleted_at + TTL, grace=TTL)
+    assert c.status == CustomerStatus.INACTIVE
+
+
 def test_deleted_customer_cannot_be_modified() -> None:
     c = Customer.register("acme", profile(), "u")
     c.delete(actor="u")

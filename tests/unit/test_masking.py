@@ -137,7 +137,7 @@ def test_filters_name_their_parameter_on_every_surface() -> None:
     assert refused(ANALYST, filter_reads(unmasked, "filters")) is None
     query = {"tags": ["vip"], "age_min": 20, "created_from": NOW, "city": "madrid"}
     assert listing_reads(query) == [
-        ("tag", "tags"),
+        ("tags", "tags"),
         ("ageMin", "age"),
         ("createdFrom", "createdAt"),
         ("city", "location.city"),
