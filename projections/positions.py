@@ -81,6 +81,86 @@ class Follower:
             self._conn = None
 
 
+class Listener:
+    """One LISTEN connection per process and database, shared by the process's followers:
+    each subscribes to a channel (and the payloads it cares about) and gets an Event that a
+    matching NOTIFY sets. A lost connection is made again, and every subscriber is woken then
+    (what was notified meanwhile is caught up by their next round)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._changed = threading.Condition()
+        self._subscribers: list[tuple[str, Callable[[str], bool], threading.Event]] = []
+        self._wanted = 0  # subscriptions made
+        self._listened = 0  # subscriptions the connection LISTENs for
+        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
+        self._thread.start()
+
+    def subscribe(
+        self, channel: str, wakes: Callable[[str], bool] = lambda _payload: True
+    ) -> threading.Event:
+        """An Event set by every NOTIFY on `channel` whose payload `wakes`. Returns once the
+        channel is listened to, so nothing committed afterwards is missed (or after a few
+        seconds without a database: the subscriber's poll covers the gap)."""
+        event = threading.Event()
+        with self._changed:
+            self._subscribers.append((channel, wakes, event))
+            self._wanted += 1
+            wanted = self._wanted
+            self._changed.wait_for(lambda: self._listened >= wanted, timeout=5.0)
+        return event
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                with psycopg.connect(self._url, autocommit=True) as conn:
+                    listening: set[str] = set()
+                    self._wake_all()  # whatever came while nobody listened
+                    backoff = 0.1
+                    while True:
+                        self._listen(conn, listening)
+                        for note in conn.notifies(timeout=0.1):
+                            with self._changed:
+                                subscribers = list(self._subscribers)
+                            for channel, wakes, event in subscribers:
+                                if note.channel == channel and wakes(note.payload):
+                                    event.set()
+            except Exception:
+                log.warning("listener lost its connection; reconnecting", exc_info=True)
+                self._wake_all()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _listen(self, conn: Connection, listening: set[str]) -> None:
+        with self._changed:
+            wanted, channels = self._wanted, {c for c, _, _ in self._subscribers}
+        for channel in channels - listening:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            listening.add(channel)
+        with self._changed:
+            self._listened = wanted
+            self._changed.notify_all()
+
+    def _wake_all(self) -> None:
+        with self._changed:
+            for _, _, event in self._subscribers:
+                event.set()
+
+
+_listeners: dict[str, Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+def listener(database_url: str) -> Listener:
+    """This process's listener of `database_url` (started on first use)."""
+    with _listeners_lock:
+        found = _listeners.get(database_url)
+        if found is None:
+            found = _listeners[database_url] = Listener(database_url)
+        return found
+
+
 def follow(
     name: str,
     database_url: str,
@@ -94,21 +174,19 @@ def follow(
     wakes: Callable[[str], bool] = lambda _payload: True,
 ) -> None:
     """Run `step` until `stop`: again whenever a NOTIFY on `channel` whose payload `wakes`
-    arrives, at the latest every `poll_interval`. Survives outages and failing steps: logs,
-    `close`s, backs off, reconnects and retries (a failing step is never skipped).
+    arrives (through the process's one listener), at the latest every `poll_interval`.
+    Survives outages and failing steps: logs, `close`s, backs off and retries (a failing step
+    is never skipped).
 
     A step that did something (returned a true value) is followed by `gather` seconds of
     letting new work pile up: under load every round's fixed cost (reads, a transaction, a
     position, NOTIFYs) is paid once for many events instead of once per commit, while a lone
     event is still handled at once."""
-    listener: Connection | None = None
+    wake = listener(database_url).subscribe(channel, wakes)
     backoff = 0.1
     while not stop.is_set():
         try:
-            if listener is None or listener.closed or listener.broken:
-                listener = psycopg.connect(database_url, autocommit=True)
-                # LISTEN before the step, so no commit falls between step and wait.
-                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            wake.clear()  # before the step: a commit during it wakes the next round
             did = step()
             backoff = 0.1
             if did and gather > 0:
@@ -116,16 +194,10 @@ def follow(
                 continue
             deadline = time.monotonic() + poll_interval
             while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-                notes = listener.notifies(timeout=min(0.1, remaining), stop_after=1)
-                if any(wakes(n.payload) for n in notes):
+                if wake.wait(min(0.1, remaining)):
                     break
         except Exception:
             log.exception("%s error; retrying", name)
             close()
-            if listener is not None:
-                listener.close()
-                listener = None
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
-    if listener is not None:
-        listener.close()
