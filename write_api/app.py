@@ -108,11 +108,11 @@ def _answer(outcome: Outcome, *, location: str | None = None) -> Response:
     }
     if location:
         headers["Location"] = location
-    if outcome.body is None or outcome.status == 204:
+    if outcome.body is None:
         return Response(status_code=204, headers=headers)
     return Response(
         orjson.dumps(outcome.body),
-        status_code=outcome.status,
+        status_code=201 if outcome.created else 200,
         media_type="application/json",
         headers=headers,
     )
@@ -200,7 +200,7 @@ def delete_segment(
     segment_id: UUID, principal: CanSegments, segments: Segments, if_match: IfMatch
 ) -> Response:
     outcome = segments.delete(principal, segment_id, if_match)
-    return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+    return _answer(Outcome(None, outcome.version, outcome.consistency_token))
 
 
 @segment_routes.post(
@@ -596,7 +596,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
     ) -> Response:
         outcome = commands.delete(principal, customer_id, if_match)
-        return _answer(Outcome(None, outcome.version, outcome.consistency_token, 204))
+        return _answer(Outcome(None, outcome.version, outcome.consistency_token))
 
     @app.put(
         PREFIX + "/{customer_id}/consent",

@@ -40,10 +40,14 @@ A = TypeVar("A", bound=OrgAggregate)
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a command did: the aggregate as it is now (None: gone from view), its version
+    (the ETag), the log position that shows it (the consistency token), and whether the
+    command created it. The transports decide what that looks like on their wire."""
+
     body: dict[str, Any] | None
     version: int
     consistency_token: int
-    status: int = 200
+    created: bool = False
 
 
 class Commands(Generic[A]):

@@ -85,7 +85,7 @@ class CustomerCommands(Commands[Customer]):
                 assert replay is not None
                 return replay
             raise
-        return Outcome(customer.public(), customer.version, token, status=201)
+        return Outcome(customer.public(), customer.version, token, created=True)
 
     def update(
         self,
@@ -278,7 +278,7 @@ class CustomerCommands(Commands[Customer]):
         customer: object = self.app.repository.get(record.customer_id, version=record.version)
         assert isinstance(customer, Customer)
         token = self.app.recorder.notification_id(record.customer_id, record.version)
-        return Outcome(customer.public(), record.version, token, status=record.status)
+        return Outcome(customer.public(), record.version, token, created=record.status == 201)
 
     def email_claim(self, org: str, email: str, customer_id: UUID) -> Claim:
         return Claim(EMAIL, org, self.app.keys.claim_hash(EMAIL, org, email), customer_id)

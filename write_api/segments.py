@@ -66,7 +66,7 @@ class SegmentCommands(Commands[Segment]):
             claims=[self._claim(principal.org, segment.name, segment.id)],
             jobs=jobs,
         )
-        return Outcome(self._shown(segment, jobs), segment.version, token, status=201)
+        return Outcome(self._shown(segment, jobs), segment.version, token, created=True)
 
     def update(
         self,

@@ -104,7 +104,7 @@ def test_saves_that_queue_together_commit_in_one_transaction(
         for i in range(12)
     ]
     outcomes = run_queued(commands, migrated, calls)
-    assert all(o.status == 201 for o in outcomes), outcomes
+    assert all(o.created for o in outcomes), outcomes
     ids = [uuid.UUID(o.body["id"]) for o in outcomes]
     xmins = transactions(migrated, ids)
     assert len(xmins) == 12
@@ -148,8 +148,8 @@ def test_a_conflicting_command_in_a_group_fails_alone_while_the_others_commit(
         (Code.PRECONDITION_FAILED, None),
     ], outcomes
     done = [o for o in outcomes if not isinstance(o, Exception)]
-    assert sorted(o.status for o in done) == [200] + [201] * 9
-    created = [uuid.UUID(o.body["id"]) for o in done if o.status == 201]
+    assert sorted(o.created for o in done) == [False] + [True] * 9
+    created = [uuid.UUID(o.body["id"]) for o in done if o.created]
     assert len(transactions(migrated, created)) == 9  # every other command is stored
     holders = [o for o in (outcomes[7], outcomes[9]) if not isinstance(o, Exception)]
     assert len(holders) == 1  # the address went to exactly one of its two registrations
