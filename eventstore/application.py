@@ -11,8 +11,9 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import get_topic
 from psycopg.conninfo import conninfo_to_dict
 
-from eventstore.keys import Keyring, KeyStore
+from eventstore.keys import Keyring, KeyStore, StoredKey
 from eventstore.mapper import CustomerMapper
+from eventstore.memory import MemoryRecorder
 from eventstore.recorder import CustomerRecorder, GroupCommitter
 from service.settings import Settings
 
@@ -43,12 +44,19 @@ class Customers(Application[UUID]):
         pool_size: int = 8,
         create_table: bool = False,
         group_commit: bool = False,
+        in_memory: bool = False,
     ):
         """`group_commit`: for processes serving commands from many threads at once (the
-        APIs), whose small saves are then committed together (eventstore.recorder)."""
+        APIs), whose small saves are then committed together (eventstore.recorder).
+        `in_memory`: no database at all (eventstore.memory), for the use cases' unit tests."""
+        self.settings = settings
+        self.in_memory = in_memory
+        if in_memory:
+            super().__init__({"PERSISTENCE_MODULE": "eventsourcing.popo"})
+            self.recorder.audit_key = self.keys.audit_key
+            return
         if not settings.database_url:
             raise RuntimeError("DATABASE_URL is not set")
-        self.settings = settings
         env: dict[str, Any] = {
             **postgres_env(settings.database_url),
             "APPLICATION_RECORDER_TOPIC": get_topic(CustomerRecorder),
@@ -75,16 +83,26 @@ class Customers(Application[UUID]):
         super().close()
 
     def construct_recorder(self) -> CustomerRecorder:
+        if self.in_memory:
+            # It answers what the use cases ask of the PostgreSQL one.
+            return MemoryRecorder()  # type: ignore[return-value]
         recorder = super().construct_recorder()
         assert isinstance(recorder, CustomerRecorder)
         return recorder
 
     def construct_mapper(self) -> Mapper[UUID]:
-        assert isinstance(self.factory, PostgresFactory)
-        datastore = self.factory.datastore
-        with datastore.get_connection() as conn:
-            keyring = Keyring.load(conn, self.settings)
-        self.keys = KeyStore(keyring, datastore)
+        if self.in_memory:
+            keyring = Keyring.unstored(self.settings)
+        else:
+            assert isinstance(self.factory, PostgresFactory)
+            with self.factory.datastore.get_connection() as conn:
+                keyring = Keyring.load(conn, self.settings)
+
+        # The recorder is made after the mapper: keys are looked up in it when needed.
+        def lookup(customer_ids: list[UUID]) -> list[StoredKey]:
+            return self.recorder.stored_keys(customer_ids)
+
+        self.keys = KeyStore(keyring, lookup)
         return CustomerMapper(self.keys)
 
     @property

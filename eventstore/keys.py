@@ -8,7 +8,7 @@ import hmac
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -18,7 +18,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eventsourcing.postgres import PostgresDatastore
 from psycopg.rows import tuple_row
 
 if TYPE_CHECKING:
@@ -123,6 +122,12 @@ class Keyring:
             kek_id, wrapped = cur.execute(SELECT_ROOT, (_ROOT,)).fetchone()
         return cls(master, master.unwrap(kek_id, bytes(wrapped), _ROOT.encode()))
 
+    @classmethod
+    def unstored(cls, settings: Settings) -> Keyring:
+        """The keyring of a store that starts empty (in memory): the master key is the root,
+        as it is for a database's first master key."""
+        return cls(MasterKeys.of(settings), settings.master_key_bytes())
+
     def derive(self, purpose: str) -> bytes:
         return derive_key(self.root, purpose)
 
@@ -152,20 +157,20 @@ class WrappedKey:
     wrapped: bytes
 
 
+# Stored keys of the given customers: (customer id, master-key fingerprint, wrapped key);
+# a shredded key has no wrapped key. The application's recorder answers it.
+StoredKey = tuple[UUID, bytes | None, bytes | None]
+KeyLookup = Callable[[list[UUID]], list[StoredKey]]
+
 class KeyStore:
     """Loads and caches unwrapped data keys; a shredded key is remembered as None."""
 
-    SELECT = "SELECT kek_id, wrapped_key FROM customer_keys WHERE customer_id = %s"
-    PRELOAD = (
-        "SELECT customer_id, kek_id, wrapped_key FROM customer_keys WHERE customer_id = ANY(%s)"
-    )
-
-    def __init__(self, keyring: Keyring, datastore: PostgresDatastore, cache_size: int = 200_000):
+    def __init__(self, keyring: Keyring, lookup: KeyLookup, cache_size: int = 200_000):
         self._master = keyring.master
         self.claim_key = keyring.derive(CLAIM_KEY_PURPOSE)
         self.request_key = keyring.derive("idempotency-request")
         self.audit_key = keyring.derive(AUDIT_KEY_PURPOSE)
-        self._datastore = datastore
+        self._lookup = lookup
         self._cache: OrderedDict[UUID, AESGCM | None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -185,33 +190,29 @@ class KeyStore:
             if customer_id in self._cache:
                 self._cache.move_to_end(customer_id)
                 return self._cache[customer_id]
-        with self._datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.SELECT, (customer_id,), prepare=True)
-            row = curs.fetchone()
-        cipher = None if row is None else self._unwrap(customer_id, row)
+        rows = self._lookup([customer_id])
         # Not caching a miss: the key may be committed a moment later by another process.
-        if row is not None:
-            self._remember(customer_id, cipher)
+        if not rows:
+            return None
+        cipher = self._unwrap(rows[0])
+        self._remember(customer_id, cipher)
         return cipher
 
     def preload(self, customer_ids: Iterable[UUID]) -> None:
-        """Load the keys of many customers with one SELECT (projectors decoding a batch)."""
+        """Load the keys of many customers at once (projectors decoding a batch)."""
         with self._lock:
             missing = [c for c in set(customer_ids) if c not in self._cache]
         if not missing:
             return
-        with self._datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.PRELOAD, (missing,))
-            rows = curs.fetchall()
-        for row in rows:
-            self._remember(row["customer_id"], self._unwrap(row["customer_id"], row))
+        for row in self._lookup(missing):
+            self._remember(row[0], self._unwrap(row))
 
-    def _unwrap(self, customer_id: UUID, row: Any) -> AESGCM | None:
+    def _unwrap(self, row: StoredKey) -> AESGCM | None:
         """None for a shredded key."""
-        if row["wrapped_key"] is None:
+        customer_id, kek_id, wrapped = row
+        if wrapped is None:
             return None
-        wrapped = bytes(row["wrapped_key"])
-        return AESGCM(self._master.unwrap(row["kek_id"], wrapped, customer_id.bytes))
+        return AESGCM(self._master.unwrap(kek_id, bytes(wrapped), customer_id.bytes))
 
     def forget(self, customer_id: UUID) -> None:
         self._remember(customer_id, None)

@@ -20,13 +20,13 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import Connection, Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Identifier
 
 from domain.membership import Change
 from eventstore import compliance
 from eventstore.compliance import PrivacyRecord, RequestType
-from eventstore.keys import WrappedKey
+from eventstore.keys import StoredKey, WrappedKey
 from service import logs
 
 
@@ -132,6 +132,11 @@ IDEMPOTENCY_CONSTRAINT = "idempotency_keys_pkey"
 
 
 def violated_constraint(error: IntegrityError) -> str | None:
+    """The unique constraint a save violated: PostgreSQL's diagnostics, or the name the
+    in-memory recorder gives."""
+    named: str | None = getattr(error, "constraint", None)
+    if named is not None:
+        return named
     diag = getattr(error.__cause__, "diag", None)
     return getattr(diag, "constraint_name", None)
 
@@ -334,6 +339,11 @@ class CustomerRecorder(PostgresApplicationRecorder):
             row["version"],
             row["status"],
         )
+
+    def stored_keys(self, customer_ids: list[UUID]) -> list[StoredKey]:
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(SELECT_KEYS, (customer_ids,), prepare=True)
+            return [(r[0], r[1], r[2]) for r in curs.fetchall()]
 
     def notification_id(self, originator_id: UUID, version: int) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -557,6 +567,9 @@ def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+SELECT_KEYS = (
+    "SELECT customer_id, kek_id, wrapped_key FROM customer_keys WHERE customer_id = ANY(%s)"
+)
 FIND_IDEMPOTENCY = (
     "SELECT request_hash, customer_id, version, status,"
     " created_at < now() - make_interval(hours => %s) AS expired"

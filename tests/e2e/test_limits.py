@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -185,6 +185,10 @@ def test_import_size_limit_by_role(import_limits: str, auth: TokenFactory) -> No
         assert_problem(streamed, 413)
 
 
+def _in_flight() -> float:
+    return REGISTRY.get_sample_value("customers_http_requests_in_flight") or 0.0
+
+
 def test_requests_beyond_the_admission_cap_are_refused_at_once(
     migrated: Settings, auth: TokenFactory
 ) -> None:
@@ -197,10 +201,16 @@ def test_requests_beyond_the_admission_cap_are_refused_at_once(
     waiting = {**auth(), "X-Consistency-Token": "999999999"}
     for url in serve_in_thread(Gateway(settings), settings):
         with httpx.Client(base_url=url, timeout=10) as http, ThreadPoolExecutor(2) as pool:
-            held = [pool.submit(http.get, CUSTOMERS, headers=waiting) for _ in range(2)]
+            # One at a time, each seen in flight before the next: two sent together can race
+            # a third and be the one refused.
+            held: list[Future[httpx.Response]] = []
             deadline = time.monotonic() + 10
-            while (refused := http.get(CUSTOMERS, headers=auth())).status_code != 503:
-                assert time.monotonic() < deadline, "the held requests never filled the cap"
+            for _ in range(2):
+                before = _in_flight()
+                held.append(pool.submit(http.get, CUSTOMERS, headers=waiting))
+                while _in_flight() <= before:
+                    assert time.monotonic() < deadline, "a held request never arrived"
+            refused = http.get(CUSTOMERS, headers=auth())
             assert not any(h.done() for h in held), "refused only while both were held"
             assert_problem(refused, 503)
             assert "capacity" in refused.json()["detail"]
