@@ -162,6 +162,7 @@ class WrappedKey:
 StoredKey = tuple[UUID, bytes | None, bytes | None]
 KeyLookup = Callable[[list[UUID]], list[StoredKey]]
 
+
 class KeyStore:
     """Loads and caches unwrapped data keys; a shredded key is remembered as None."""
 

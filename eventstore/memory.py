@@ -100,6 +100,5 @@ class MemoryRecorder(POPOApplicationRecorder):
         with self._database_lock:
             found = [(c, self.keys[c]) for c in customer_ids if c in self.keys]
         return [
-            (c, key.kek_id, key.wrapped) if key is not None else (c, None, None)
-            for c, key in found
+            (c, key.kek_id, key.wrapped) if key is not None else (c, None, None) for c, key in found
         ]
