@@ -381,7 +381,8 @@ def _bulk(
     body: BulkDelete,
     details: dict[str, Any],
 ) -> Response:
-    with jobs.connect(request.app.state.settings) as conn:
+    commands: CustomerCommands = request.app.state.commands
+    with commands.app.datastore.get_connection() as conn:
         job = bulk.queue(conn, principal, kind, body.selection, details, dry_run=body.dry_run)
     return Response(
         orjson.dumps(job),
