@@ -295,6 +295,7 @@ async def customer_filters(
             max_length=254,
             description="exact e-mail address (any case); a lifecycle-deleted customer's"
             " address is free and no longer finds it",
+            json_schema_extra={"format": "email"},
         ),
     ] = None,
     status: CustomerStatus | None = None,

@@ -98,6 +98,8 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
     If-Match is taken) and the headers of its answers."""
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            for parameter in operation.get("parameters", ()):
+                parameter["schema"] = _not_null(parameter.get("schema", {}))
             responses = operation.setdefault("responses", {})
             if path not in UNAUTHENTICATED:
                 for status, answer in _INVALID.items():
@@ -115,6 +117,19 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.pop("412", None)
             _headers(path, method, responses)
     return schema
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter's schema without its `null` branch: a parameter is omitted, not
+    null (a client sending the text `null` sends a value the server refuses)."""
+    branches = schema.get("anyOf")
+    if not branches:
+        return schema
+    kept = [b for b in branches if b.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    if len(kept) == 1:
+        return {**kept[0], **rest}
+    return {**rest, "anyOf": kept}
 
 
 def _headers(path: str, method: str, responses: dict[str, Any]) -> None:
