@@ -46,8 +46,8 @@ ConsistencyTokenHeader = Annotated[
     Header(
         alias=CONSISTENCY_HEADER,
         description="The X-Consistency-Token of a write response: the read waits (a few"
-        " seconds at most, then 503) until it reflects that write. A number the service has"
-        " not issued yet is a 422.",
+        " seconds at most, then 503) until it reflects that write (a number beyond the last"
+        " write: until it reflects every write so far).",
         json_schema_extra={"pattern": CONSISTENCY_PATTERN, "examples": ["1"]},
     ),
 ]
@@ -102,8 +102,10 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 parameter["schema"] = _not_null(parameter.get("schema", {}))
             responses = operation.setdefault("responses", {})
             if path not in UNAUTHENTICATED:
+                # Replaces FastAPI's own 422 (application/json): errors are problem+json.
                 for status, answer in _INVALID.items():
-                    responses.setdefault(str(status), copy.deepcopy(answer))
+                    given = _described(responses, status)
+                    responses[str(status)] = {**copy.deepcopy(answer), **given}
             if "requestBody" in operation:
                 for status, answer in _BODY_PROBLEMS.items():
                     responses.setdefault(str(status), copy.deepcopy(answer))
@@ -117,6 +119,14 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.pop("412", None)
             _headers(path, method, responses)
     return schema
+
+
+def _described(responses: dict[str, Any], status: int) -> dict[str, Any]:
+    """The description an operation gave its answer `status`, unless it is FastAPI's."""
+    description = responses.get(str(status), {}).get("description")
+    if description and description != "Validation Error":
+        return {"description": description}
+    return {}
 
 
 def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
