@@ -477,6 +477,10 @@ async def get_customer(
     id: UUID,
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
+    """The customer; a lifecycle-deleted one answers 200 with `status: DELETED` during the
+    grace period (CUSTOMERS_ERASURE_GRACE_HOURS), then 404. A customer just created is
+    answered once the read model shows it (the read waits for it, within the consistency
+    bound), so following a creation's Location works without its token."""
     pool = paging.pool(request)
     body, version = await once_settled(request, VIEW, id, lambda: customer(pool, principal, id))
     tag = etags.etag(version)

@@ -121,7 +121,7 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _described(responses: dict[str, Any], status: int) -> dict[str, Any]:
+def _described(responses: dict[str, Any], status: int | str) -> dict[str, Any]:
     """The description an operation gave its answer `status`, unless it is FastAPI's."""
     description = responses.get(str(status), {}).get("description")
     if description and description != "Validation Error":

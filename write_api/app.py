@@ -595,6 +595,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def delete_customer(
         customer_id: CustomerId, principal: CanDelete, commands: Commands, if_match: IfMatch
     ) -> Response:
+        """Lifecycle (soft) deletion, not erasure (`DELETE /customers/{id}/data`): the
+        customer leaves listings, segments and exports. For CUSTOMERS_ERASURE_GRACE_HOURS
+        (30 days by default) `GET /customers/{id}` still answers 200 with `status: DELETED`
+        and `POST /customers/{id}/restore` undoes the deletion; then the customer is erased
+        and reads answer 404."""
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token))
 
