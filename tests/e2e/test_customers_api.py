@@ -265,9 +265,7 @@ def test_other_organizations_customers_are_invisible(
 
 def test_unknown_and_malformed_ids(http: httpx.Client, auth: TokenFactory) -> None:
     assert_problem(http.put(f"{API}/{uuid.uuid4()}", json=new_customer(), headers=auth()), 404)
-    assert_problem(
-        http.put(f"{API}/not-a-uuid", json=new_customer(), headers=auth()), 422, "id"
-    )
+    assert_problem(http.put(f"{API}/not-a-uuid", json=new_customer(), headers=auth()), 422, "id")
 
 
 def test_roles_are_enforced(http: httpx.Client, auth: TokenFactory) -> None:
