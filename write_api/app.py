@@ -38,6 +38,7 @@ from service.auth import (
     Permission,
     Principal,
 )
+from service.limits import RouteClass, limited_as
 from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
@@ -476,6 +477,7 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
 @tracking_routes.post(
     PREFIX + "/{customer_id}/track",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
 )
@@ -499,6 +501,7 @@ async def track_event(
 @tracking_routes.post(
     PREFIX + "/track/batch",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
 )
@@ -547,6 +550,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings or get_settings()
+    app.state.route_class = RouteClass.WRITES
     edge.install(app, app.state.settings)
 
     @app.post(
