@@ -38,6 +38,7 @@ from read_api.customers import STINTS_ALL, render_stint
 from read_api.export import CSV_COLUMNS, cell, csv_row
 from service.auth import CanPrivacy, Principal
 from service.contract import CustomerId
+from service.limits import RouteClass, limited_as
 from service.problems import problem_responses
 from service.settings import Settings
 
@@ -317,6 +318,7 @@ def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
 @router.get(
     "/{id}/data",
     response_class=Response,
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     responses={200: {"description": "The export (JSON, or a ZIP of CSV files)"}, **_ERRORS},
 )
 async def export_data(
@@ -343,6 +345,7 @@ async def export_data(
 @router.get(
     "/{id}/history",
     response_class=Response,
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     responses={
         200: {
             "description": "The decrypted events, or the customer as of `asOf`",

@@ -39,6 +39,7 @@ from service.auth import (
     Principal,
 )
 from service.contract import CustomerId, IfMatchHeader
+from service.limits import RouteClass, limited_as
 from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
@@ -477,6 +478,7 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
 @tracking_routes.post(
     PREFIX + "/{id}/track",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
 )
@@ -500,6 +502,7 @@ async def track_event(
 @tracking_routes.post(
     PREFIX + "/track/batch",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
 )
@@ -548,6 +551,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings or get_settings()
+    app.state.route_class = RouteClass.WRITES
     edge.install(app, app.state.settings)
 
     @app.post(

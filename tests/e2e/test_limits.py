@@ -28,6 +28,7 @@ def limited(migrated: Settings) -> Iterator[str]:
             "rate_limit_reads_per_minute": 6,
             "rate_limit_writes_per_minute": 3,
             "rate_limit_exports_per_minute": 2,
+            "rate_limit_tracking_per_minute": 2,
             "max_body_bytes": 20_000,
         }
     )
@@ -44,11 +45,17 @@ def test_rate_limits(limited: str, auth: TokenFactory) -> None:
         limited_answer = http.get(CUSTOMERS, headers=two)
         assert_problem(limited_answer, 429)
         assert int(limited_answer.headers["Retry-After"]) >= 1
+        # A query sent as a POST is a read, as its route declares (the read app's class).
+        assert_problem(http.post(f"{CUSTOMERS}/reports", json={}, headers=one), 429)
         # Other classes have buckets of their own.
         writes = [
             http.post(CUSTOMERS, json=new_customer(), headers=one).status_code for _ in range(4)
         ]
         assert writes == [201, 201, 201, 429]
+        # Tracking too (the budget is spent before the body is read).
+        track = f"{CUSTOMERS}/track/batch"
+        tracked = [http.post(track, json={}, headers=one).status_code for _ in range(3)]
+        assert tracked == [422, 422, 429]
         export = f"{CUSTOMERS}/00000000-0000-0000-0000-000000000000/data"
         exports = [http.get(export, headers=auth("dpo")).status_code for _ in range(3)]
         assert exports == [404, 404, 429]
