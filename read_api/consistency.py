@@ -206,19 +206,17 @@ ConsistentCustomers = Annotated[None, consistent_with("customers_view")]
 
 async def settled(request: Request, views: tuple[str, ...], aggregate_id: object) -> bool:
     """For a read that did not find `aggregate_id` in `views`: True once they have projected
-    every event the log holds of it (the caller reads again), False when the log has none or
-    they have projected it all already (a 404 is the answer: no such id, or another
-    organization's). So following the Location of a write works without its token: the read
-    waits, within the consistency bound, for the projector; a 503 if it does not catch up in
-    time, as a token's wait."""
+    every event the log holds of it (the caller reads again: its first read may have come
+    just before the projector's commit), False when the log has none (a 404: no such id).
+    So following the Location of a write works without its token: the read waits, within
+    the consistency bound, for the projector; a 503 if it does not catch up in time, as a
+    token's wait."""
     state = request.app.state
     async with state.pool.connection() as conn:
         row = await (await conn.execute(LAST_OF, (aggregate_id,))).fetchone()
     if row is None or row[0] is None:
         return False
     watcher: PositionWatcher = state.positions
-    if all(watcher.known(view) >= row[0] for view in views):
-        return False
     timeout: float = state.settings.consistency_wait_seconds
     for view in views:
         if not await watcher.wait(view, row[0], timeout):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -24,9 +25,8 @@ from grpc_api.calls import RETRY_AFTER
 from grpc_api.gen import customers_pb2 as pb
 from grpc_api.gen import customers_pb2_grpc as rpc
 from service.embedded import free_port
-from service.gateway import Gateway
 from service.settings import Settings
-from tests.e2e.conftest import TokenFactory, new_customer, serve_in_thread
+from tests.e2e.conftest import TokenFactory, unprojected_write
 from tests.e2e.test_grpc_parity import metadata, rpc_error, serve_grpc
 from tests.e2e.test_tls import self_signed
 
@@ -127,7 +127,7 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with ExitStack() as stack, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 30
             while True:
@@ -137,16 +137,10 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
                 except grpc.RpcError:
                     assert time.monotonic() < deadline and server.poll() is None, "no server"
                     time.sleep(0.2)
-            # A read waiting for a write no projector here projects (this process serves gRPC
-            # alone): busy for the 2 s consistency wait.
-            for writes in serve_in_thread(Gateway(migrated)):
-                created = httpx.post(
-                    f"{writes}/api/v1/customers", json=new_customer(), headers=auth()
-                )
-                assert created.status_code == 201, created.text
-            token = created.headers["X-Consistency-Token"]
+            # A read waiting for a write no projector makes visible: busy for the 2 s wait.
+            written = stack.enter_context(unprojected_write(migrated, auth()))
             waiting = rpc.CustomerServiceStub(channel).ListCustomers.future(
-                pb.ListCustomersRequest(), metadata=metadata(auth(), token=token)
+                pb.ListCustomersRequest(), metadata=metadata(auth(), token=written)
             )
             # SIGTERM once the server holds the call (its in-flight gauge says so).
             deadline = time.monotonic() + 10
