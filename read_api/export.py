@@ -31,6 +31,7 @@ from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
 
 from domain.errors import Code, DomainError, invalid
+from domain.masking import EMPTIED, LOCATION_SHOWN, MASK, REPLACED
 from domain.segment import SegmentDefinition
 from domain.values import Choice, CustomerPublic, utc_iso
 from projections.customers import DOCS, FILTERS, VIEW
@@ -39,7 +40,7 @@ from projections.segments import VIEW as SEGMENTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import MASKED_FIELD_PROBLEMS, customer_filters, listing_reads, shown
-from service.auth import CanRead, Principal
+from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
 CHUNK = 2000  # rows per FETCH from the server-side cursor, rendered and sent together
@@ -125,59 +126,186 @@ def _csv(rows: list[list[str]]) -> bytes:
     return out.getvalue().encode()
 
 
+# --------------------------------------------------------------------------- CSV in SQL
+#
+# The doc is `json` (the bytes representation() wrote): json_to_record with json-typed columns
+# parses each object once and gives every member's text exactly as stored, so numbers, lists
+# and maps come out as the JSON text `cell` writes (orjson's: compact, keys in order), and
+# strings are unescaped once (`#>> '{}'`). The server does the per-row work in C; Python only
+# quotes the cells into CSV.
+
+_FORMULA_FIRST = ", ".join(f"'{c}'" for c in ("=", "+", "-", "@", "''"))
+
+
+def _utc_iso(moment: str) -> str:
+    """SQL for utc_iso() of a timestamptz: microseconds only when there are some."""
+    utc = f"{moment} AT TIME ZONE 'UTC'"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        f" || CASE WHEN mod(extract(microseconds FROM {moment})::bigint, 1000000) <> 0"
+        f" THEN to_char({utc}, '.US') ELSE '' END || 'Z'"
+    )
+
+
+def _cell_sql(value: str) -> str:
+    """SQL for `cell` of a json value: null -> NULL (an empty cell); a string unescaped,
+    formula-escaped when its JSON text starts (after the quote) with one of _ESCAPED_START
+    (tab and CR as JSON escapes); anything else as its JSON text."""
+    text = f"{value} #>> '{{}}'"
+    escaped = (
+        f"substr({value}::text, 2, 1) IN ({_FORMULA_FIRST})"
+        f" OR substr({value}::text, 2, 2) IN ('\\t', '\\r')"
+    )
+    return (
+        f"CASE json_typeof({value}) WHEN 'null' THEN NULL"
+        f" WHEN 'string' THEN CASE WHEN {escaped} THEN '''' || ({text}) ELSE {text} END"
+        f" ELSE {value}::text END"
+    )
+
+
+def _later_sql(value: str, tracked: str) -> str:
+    """SQL for `_later`: the stored time when it is not before the tracked one."""
+    kept = f"json_typeof({value}) = 'string' AND ({value} #>> '{{}}')::timestamptz >= {tracked}"
+    return f"CASE WHEN {kept} THEN {_cell_sql(value)} ELSE {_utc_iso(tracked)} END"
+
+
+def csv_cells(personal: bool) -> tuple[str, str]:
+    """The CSV cells in SQL (CSV_COLUMNS order) and the LATERAL joins they read, over `d`
+    (customers_docs), `a` (customer_activity, left joined) and `s.segments` (the current
+    segments' ids, ordered): `cell` of each leaf of what `shown` gives, masked unless
+    `personal`."""
+    joins: list[str] = []
+    aliases: dict[tuple[str, ...], str] = {}
+
+    def members(path: tuple[str, ...]) -> str:
+        """The alias whose columns are the members of the object at `path`."""
+        if path not in aliases:
+            source = "d.doc" if not path else f'{members(path[:-1])}."{path[-1]}"'
+            alias = aliases[path] = f"j{len(aliases)}"
+            names = dict.fromkeys(p[len(path)] for p in _PATHS if p[: len(path)] == path)
+            typed = ", ".join(f'"{n}" json' for n in names)
+            joins.append(f"CROSS JOIN LATERAL json_to_record({source}) AS {alias}({typed})")
+        return aliases[path]
+
+    tracked = "a.last_activity_at IS NOT NULL"
+    cells = []
+    for path in _PATHS:
+        value = f'{members(path[:-1])}."{path[-1]}"'
+        cell_sql = _cell_sql(value)
+        column = ".".join(path)
+        if column == "segments":
+            current = "array_to_json(s.segments)::text"
+            cell_sql = f"CASE WHEN cardinality(s.segments) > 0 THEN {current} ELSE {cell_sql} END"
+        elif column == "lastActivity":
+            later = _later_sql(value, "a.last_activity_at")
+            cell_sql = f"CASE WHEN {tracked} THEN {later} ELSE {cell_sql} END"
+        elif column == "metadata.loginCount":
+            stored = (
+                f"CASE json_typeof({value}) WHEN 'number' THEN {value}::text::bigint ELSE 0 END"
+            )
+            cell_sql = (
+                f"CASE WHEN {tracked} THEN ({stored} + a.login_count)::text ELSE {cell_sql} END"
+            )
+        elif column == "metadata.lastLogin":
+            later = _later_sql(value, "a.last_login_at")
+            logged = f"{tracked} AND a.last_login_at IS NOT NULL"
+            cell_sql = f"CASE WHEN {logged} THEN {later} ELSE {cell_sql} END"
+        if not personal:
+            cell_sql = _masked_sql(column, value, cell_sql, f'{members(())}."metadata"', tracked)
+        cells.append(cell_sql)
+    return ", ".join(cells), " ".join(joins)
+
+
+def _masked_sql(column: str, value: str, cell_sql: str, metadata: str, tracked: str) -> str:
+    """SQL for a cell of `masked(customer)` (domain.masking): replaced fields as MASK when
+    they hold something, location below the country left out, device details emptied."""
+    head, _, rest = column.partition(".")
+    if head in REPLACED:
+        held = f"json_typeof({value}) = 'string' AND {value}::text <> '\"\"'"
+        return f"CASE WHEN {held} THEN '{MASK}' END"
+    if head == "location" and rest not in LOCATION_SHOWN:
+        return "NULL"
+    if column == ".".join(EMPTIED):
+        # `masked` empties the list of a metadata holding anything (tracked activity adds some).
+        held = f"json_typeof({metadata}) = 'object' AND {metadata}::text <> '{{}}'"
+        return f"CASE WHEN {held} OR {tracked} THEN '[]' END"
+    return cell_sql
+
+
 # --------------------------------------------------------------------------- selection
 
 
 # What GET /customers/{id} reads besides the doc (read_api.customers.GET_ONE): the current
 # segments and the tracked activity.
-_SHOWN = (
-    "SELECT d.doc, ARRAY(SELECT s.segment_id::text FROM segment_membership s"
-    " WHERE s.customer_id = d.id AND s.left_at IS NULL ORDER BY 1),"
-    " a.last_activity_at, a.login_count, a.last_login_at"
+_SEGMENTS = (
+    "ARRAY(SELECT s.segment_id::text FROM segment_membership s"
+    " WHERE s.customer_id = d.id AND s.left_at IS NULL ORDER BY 1)"
 )
+_SHOWN = f"SELECT d.doc, {_SEGMENTS}, a.last_activity_at, a.login_count, a.last_login_at"
 # Creation order, (created_at, id): every filter's index ends with (created_at, id), so the
 # cursor walks an index from its first row instead of sorting the selection.
-_BY_FILTERS = sql.SQL(
+_BY_FILTERS = (
     "{shown} FROM (SELECT id, created_at FROM {view} WHERE {where}) v"
     " JOIN {docs} d ON d.id = v.id LEFT JOIN customer_activity a ON a.customer_id = v.id"
-    " ORDER BY v.created_at, v.id"
+    " {flattened} ORDER BY v.created_at, v.id"
 )
 # Customer id order, as GET /customers/segments/{id}/customers (segment_membership's index).
-BY_SEGMENT = sql.SQL(
+_BY_SEGMENT = (
     "{shown} FROM segment_membership m JOIN {view} v ON v.id = m.customer_id"
     " JOIN {docs} d ON d.id = m.customer_id LEFT JOIN customer_activity a"
-    " ON a.customer_id = m.customer_id"
+    " ON a.customer_id = m.customer_id {flattened}"
     " WHERE m.segment_id = %(segment)s AND m.org_id = %(org)s AND m.left_at IS NULL"
     " AND v.status <> 'DELETED' ORDER BY m.customer_id"
-).format(shown=sql.SQL(_SHOWN), view=sql.Identifier(VIEW), docs=sql.Identifier(DOCS))
+)
 SEGMENT_EXISTS = "SELECT 1 FROM segments_view WHERE org_id = %s AND id = %s"
 NOT_DELETED = "status <> 'DELETED'"
 
 
-def by_filters(filters: tuple[str, ...]) -> sql.Composed:
+def _select(
+    template: str, fmt: ExportFormat, personal: bool, **parts: sql.Composable
+) -> sql.Composed:
+    """The export statement: NDJSON reads the docs to show; CSV their cells (csv_cells)."""
+    if fmt == ExportFormat.CSV:
+        cells, joins = csv_cells(personal)
+        shown_sql = sql.SQL("SELECT " + cells)
+        flattened = sql.SQL(joins + f" CROSS JOIN LATERAL (SELECT {_SEGMENTS} AS segments) s")
+    else:
+        shown_sql, flattened = sql.SQL(_SHOWN), sql.SQL("")
+    return sql.SQL(template).format(
+        shown=shown_sql,
+        flattened=flattened,
+        view=sql.Identifier(VIEW),
+        docs=sql.Identifier(DOCS),
+        **parts,
+    )
+
+
+def by_segment(fmt: ExportFormat = ExportFormat.NDJSON, personal: bool = True) -> sql.Composed:
+    """The export statement for a segment's current members."""
+    return _select(_BY_SEGMENT, fmt, personal)
+
+
+def by_filters(
+    filters: tuple[str, ...], fmt: ExportFormat = ExportFormat.NDJSON, personal: bool = True
+) -> sql.Composed:
     """The export statement for the given FILTERS keys; DELETED customers only when `status`
     asks for them."""
     where = [sql.SQL("org_id = %(org)s"), *(sql.SQL(FILTERS[f]) for f in filters)]
     if "status" not in filters:
         where.append(sql.SQL(NOT_DELETED))
-    return _BY_FILTERS.format(
-        shown=sql.SQL(_SHOWN),
-        view=sql.Identifier(VIEW),
-        docs=sql.Identifier(DOCS),
-        where=sql.SQL(" AND ").join(where),
-    )
+    return _select(_BY_FILTERS, fmt, personal, where=sql.SQL(" AND ").join(where))
 
 
 # --------------------------------------------------------------------------- streaming
 
 
 def _render(rows: list[Any], principal: Principal, fmt: ExportFormat) -> bytes:
+    if fmt == ExportFormat.CSV:
+        return _csv(rows)  # the cells, made by the server (csv_cells)
     docs = (
         shown(doc, principal, segments, (last, logins, login) if last is not None else None)
         for doc, segments, last, logins, login in rows
     )
-    if fmt == ExportFormat.CSV:
-        return _csv([csv_row(orjson.loads(d)) for d in docs])
     # A stored doc is compact JSON (orjson); re-encoded should one ever hold a line break.
     return b"".join((d if b"\n" not in d else orjson.dumps(orjson.loads(d))) + b"\n" for d in docs)
 
@@ -273,15 +401,16 @@ async def export_customers(
     /customers/{id}` shows it (masked without the personal-data permission). Filters: in
     creation order (createdAt, id); a segment: in customer id order."""
     principal.require_visible(listing_reads(filters))
+    personal = principal.can(Permission.PERSONAL_DATA)
     params: dict[str, Any] = {"org": principal.org}
     if segment_id is not None:
         if filters:
             raise invalid("segmentId", "cannot be combined with filters")
         params["segment"] = segment_id
-        query = BY_SEGMENT
+        query = by_segment(format, personal)
     else:
         params |= request.app.state.emails.resolve(principal.org, filters)
-        query = by_filters(tuple(f for f in FILTERS if f in filters))
+        query = by_filters(tuple(f for f in FILTERS if f in filters), format, personal)
     body = await _started(_chunks(request, principal, format, query, params))
     return StreamingResponse(
         body,
