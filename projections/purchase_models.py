@@ -4,8 +4,8 @@ samples the insights score against.
 
 Purchase occasions are calendar days (UTC): several purchases on one day are one occasion worth
 their sum, the convention of the published models; the first occasion is not a repeat. As of
-the calibration end c, a customer whose first occasion is on day f and last on day l, with x +
-1 occasions, has x repeat purchases, t_x = l - f and T = c - f, both in whole days (c is the
+the calibration end c, a customer whose first occasion is on day f and last on day l, with
+x + 1 occasions, has x repeat purchases, t_x = l - f and T = c - f, both in whole days (c is the
 calibration end's day: the time of day of a purchase, or of the end, moves no fit;
 tests/integration/test_purchase_days.py). Spend is fitted on the mean value of the repeat
 occasions, in the organization's main currency (the most common among purchases; customers who

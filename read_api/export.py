@@ -14,6 +14,8 @@ flattened with dotted names, in CSV_COLUMNS order; see `cell` for how values are
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import re
@@ -21,6 +23,7 @@ import types
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -29,6 +32,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from domain.errors import Code, DomainError, invalid
 from domain.masking import EMPTIED, LOCATION_SHOWN, MASK, REPLACED
@@ -128,13 +132,48 @@ def _csv(rows: list[list[str]]) -> bytes:
 
 # --------------------------------------------------------------------------- CSV in SQL
 #
-# The doc is `json` (the bytes representation() wrote): json_to_record with json-typed columns
-# parses each object once and gives every member's text exactly as stored, so numbers, lists
-# and maps come out as the JSON text `cell` writes (orjson's: compact, keys in order), and
-# strings are unescaped once (`#>> '{}'`). The server does the per-row work in C; Python only
-# quotes the cells into CSV.
+# The doc is `json` (the bytes representation() wrote). json_to_record parses each object of it
+# once: into text columns for the leaves (a string unescaped; a number, boolean, list or map
+# as its JSON text exactly as stored, i.e. as `cell` writes it: orjson's, compact, keys in
+# order) and json columns for the nested objects it reads next. The server does the per-row
+# work in C; Python only quotes the cells into CSV.
 
-_FORMULA_FIRST = ", ".join(f"'{c}'" for c in ("=", "+", "-", "@", "''"))
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a leaf of the schema holds a JSON string (text, enums, timestamps): those are
+    the cells `cell` formula-escapes; numbers, booleans, lists and maps are written as JSON."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    union = typing.get_origin(annotation) in {typing.Union, types.UnionType}
+    inner = options[0] if union and len(options) == 1 else annotation
+    if typing.get_origin(inner) is typing.Annotated:
+        inner = typing.get_args(inner)[0]
+    if typing.get_origin(inner) in {list, dict} or inner in {list, dict}:
+        return False
+    return not (isinstance(inner, type) and issubclass(inner, int | float | Decimal))
+
+
+def _leaf_annotations(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        nested = _model_of(field.annotation)
+        if nested is None:
+            yield path, field.annotation
+        else:
+            yield from _leaf_annotations(nested, path)
+
+
+_TEXT = frozenset(
+    path for path, annotation in _leaf_annotations(CustomerPublic) if _is_text(annotation)
+)
+# The code points of _ESCAPED_START: a cell's `ascii()` is one integer comparison away.
+_ESCAPED_CODES = ", ".join(str(ord(c)) for c in sorted(_ESCAPED_START))
+
+
+def _escaped(value: str) -> str:
+    """SQL for `cell` of a text leaf: formula-escaped (see _ESCAPED_START)."""
+    return f"CASE WHEN ascii({value}) IN ({_ESCAPED_CODES}) THEN '''' || {value} ELSE {value} END"
 
 
 def _utc_iso(moment: str) -> str:
@@ -147,26 +186,10 @@ def _utc_iso(moment: str) -> str:
     )
 
 
-def _cell_sql(value: str) -> str:
-    """SQL for `cell` of a json value: null -> NULL (an empty cell); a string unescaped,
-    formula-escaped when its JSON text starts (after the quote) with one of _ESCAPED_START
-    (tab and CR as JSON escapes); anything else as its JSON text."""
-    text = f"{value} #>> '{{}}'"
-    escaped = (
-        f"substr({value}::text, 2, 1) IN ({_FORMULA_FIRST})"
-        f" OR substr({value}::text, 2, 2) IN ('\\t', '\\r')"
-    )
-    return (
-        f"CASE json_typeof({value}) WHEN 'null' THEN NULL"
-        f" WHEN 'string' THEN CASE WHEN {escaped} THEN '''' || ({text}) ELSE {text} END"
-        f" ELSE {value}::text END"
-    )
-
-
 def _later_sql(value: str, tracked: str) -> str:
     """SQL for `_later`: the stored time when it is not before the tracked one."""
-    kept = f"json_typeof({value}) = 'string' AND ({value} #>> '{{}}')::timestamptz >= {tracked}"
-    return f"CASE WHEN {kept} THEN {_cell_sql(value)} ELSE {_utc_iso(tracked)} END"
+    later = f"CASE WHEN {value}::timestamptz >= {tracked} THEN {value} ELSE {_utc_iso(tracked)} END"
+    return _escaped(later)
 
 
 def csv_cells(personal: bool) -> tuple[str, str]:
@@ -182,36 +205,35 @@ def csv_cells(personal: bool) -> tuple[str, str]:
         if path not in aliases:
             source = "d.doc" if not path else f'{members(path[:-1])}."{path[-1]}"'
             alias = aliases[path] = f"j{len(aliases)}"
-            names = dict.fromkeys(p[len(path)] for p in _PATHS if p[: len(path)] == path)
-            typed = ", ".join(f'"{n}" json' for n in names)
+            below = [p for p in _PATHS if p[: len(path)] == path]
+            names = dict.fromkeys(p[len(path)] for p in below)
+            objects = {p[len(path)] for p in below if len(p) > len(path) + 1}
+            typed = ", ".join(f'"{n}" {"json" if n in objects else "text"}' for n in names)
             joins.append(f"CROSS JOIN LATERAL json_to_record({source}) AS {alias}({typed})")
         return aliases[path]
 
     tracked = "a.last_activity_at IS NOT NULL"
+    metadata = f'{members(())}."metadata"'
     cells = []
     for path in _PATHS:
         value = f'{members(path[:-1])}."{path[-1]}"'
-        cell_sql = _cell_sql(value)
+        cell_sql = _escaped(value) if path in _TEXT else value
         column = ".".join(path)
         if column == "segments":
             current = "array_to_json(s.segments)::text"
-            cell_sql = f"CASE WHEN cardinality(s.segments) > 0 THEN {current} ELSE {cell_sql} END"
+            cell_sql = f"CASE WHEN cardinality(s.segments) > 0 THEN {current} ELSE {value} END"
         elif column == "lastActivity":
             later = _later_sql(value, "a.last_activity_at")
             cell_sql = f"CASE WHEN {tracked} THEN {later} ELSE {cell_sql} END"
         elif column == "metadata.loginCount":
-            stored = (
-                f"CASE json_typeof({value}) WHEN 'number' THEN {value}::text::bigint ELSE 0 END"
-            )
-            cell_sql = (
-                f"CASE WHEN {tracked} THEN ({stored} + a.login_count)::text ELSE {cell_sql} END"
-            )
+            added = f"(coalesce({value}::bigint, 0) + a.login_count)::text"
+            cell_sql = f"CASE WHEN {tracked} THEN {added} ELSE {cell_sql} END"
         elif column == "metadata.lastLogin":
             later = _later_sql(value, "a.last_login_at")
             logged = f"{tracked} AND a.last_login_at IS NOT NULL"
             cell_sql = f"CASE WHEN {logged} THEN {later} ELSE {cell_sql} END"
         if not personal:
-            cell_sql = _masked_sql(column, value, cell_sql, f'{members(())}."metadata"', tracked)
+            cell_sql = _masked_sql(column, value, cell_sql, metadata, tracked)
         cells.append(cell_sql)
     return ", ".join(cells), " ".join(joins)
 
@@ -221,8 +243,7 @@ def _masked_sql(column: str, value: str, cell_sql: str, metadata: str, tracked: 
     they hold something, location below the country left out, device details emptied."""
     head, _, rest = column.partition(".")
     if head in REPLACED:
-        held = f"json_typeof({value}) = 'string' AND {value}::text <> '\"\"'"
-        return f"CASE WHEN {held} THEN '{MASK}' END"
+        return f"CASE WHEN {value} <> '' THEN '{MASK}' END"
     if head == "location" and rest not in LOCATION_SHOWN:
         return "NULL"
     if column == ".".join(EMPTIED):
@@ -319,7 +340,10 @@ async def _chunks(
 ) -> AsyncGenerator[bytes, None]:
     """The export's bytes, a chunk per FETCH; the first one (CSV: with the header) is yielded
     even when nothing is selected. A server-side cursor inside the pool connection's
-    transaction; leaving early (client gone) rolls back and gives the connection back."""
+    transaction; leaving early (client gone) rolls back and gives the connection back.
+
+    The server makes the next chunk while this process renders the last one (in a worker
+    thread, off the event loop): the two run on two cores instead of taking turns."""
     async with paging.pool(request).connection() as conn, conn.transaction():
         if "segment" in params:
             await _segment_exists(conn, principal, params["segment"])
@@ -328,11 +352,25 @@ async def _chunks(
             await cur.execute(query, params)
             rows = await cur.fetchmany(CHUNK)
             head = _csv([list(CSV_COLUMNS)]) if fmt == ExportFormat.CSV else b""
-            yield head + _render(rows, principal, fmt)
-            while len(rows) == CHUNK:
-                rows = await cur.fetchmany(CHUNK)
-                if rows:
-                    yield _render(rows, principal, fmt)
+            following: asyncio.Future[list[Any]] | None = None
+            first = True
+            try:
+                while True:
+                    if len(rows) == CHUNK:
+                        following = asyncio.ensure_future(cur.fetchmany(CHUNK))
+                    chunk = await run_in_threadpool(_render, rows, principal, fmt)
+                    if first or chunk:  # the first even when empty: _started waits for it
+                        yield head + chunk
+                    first, head = False, b""
+                    if following is None:
+                        return
+                    rows, following = await following, None
+                    if not rows:
+                        return
+            finally:
+                if following is not None:  # left early: the fetch ends before the cursor
+                    with contextlib.suppress(Exception):
+                        await following
 
 
 async def _segment_exists(conn: AsyncConnection[Any], principal: Principal, segment: Any) -> None:
