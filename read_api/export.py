@@ -45,6 +45,7 @@ from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import MASKED_FIELD_PROBLEMS, customer_filters, listing_reads, shown
 from service.auth import CanRead, Permission, Principal
+from service.limits import RouteClass, limited_as
 from service.problems import problem_responses
 
 CHUNK = 2000  # rows per FETCH from the server-side cursor, rendered and sent together
@@ -424,6 +425,7 @@ _CUSTOMERS_EXPORT: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/export",
     tags=["customers"],
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     response_class=Response,
     responses=_CUSTOMERS_EXPORT,
     dependencies=[consistent_with(VIEW, MEMBERSHIP)],
@@ -477,6 +479,7 @@ DEFINITION_FIELDS = tuple(f.alias or n for n, f in SegmentDefinition.model_field
 @router.get(
     "/segments/export",
     tags=["segments"],
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     response_class=Response,
     responses={
         200: {

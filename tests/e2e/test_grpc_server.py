@@ -24,8 +24,9 @@ from grpc_api.calls import RETRY_AFTER
 from grpc_api.gen import customers_pb2 as pb
 from grpc_api.gen import customers_pb2_grpc as rpc
 from service.embedded import free_port
+from service.gateway import Gateway
 from service.settings import Settings
-from tests.e2e.conftest import TokenFactory
+from tests.e2e.conftest import TokenFactory, new_customer, serve_in_thread
 from tests.e2e.test_grpc_parity import metadata, rpc_error, serve_grpc
 from tests.e2e.test_tls import self_signed
 
@@ -136,9 +137,16 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
                 except grpc.RpcError:
                     assert time.monotonic() < deadline and server.poll() is None, "no server"
                     time.sleep(0.2)
-            # A read waiting for a write that never comes: busy for the 2 s consistency wait.
+            # A read waiting for a write no projector here projects (this process serves gRPC
+            # alone): busy for the 2 s consistency wait.
+            for writes in serve_in_thread(Gateway(migrated)):
+                created = httpx.post(
+                    f"{writes}/api/v1/customers", json=new_customer(), headers=auth()
+                )
+                assert created.status_code == 201, created.text
+            token = created.headers["X-Consistency-Token"]
             waiting = rpc.CustomerServiceStub(channel).ListCustomers.future(
-                pb.ListCustomersRequest(), metadata=metadata(auth(), token=str(10**15))
+                pb.ListCustomersRequest(), metadata=metadata(auth(), token=token)
             )
             # SIGTERM once the server holds the call (its in-flight gauge says so).
             deadline = time.monotonic() + 10

@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from service.auth import issue_token
 from service.embedded import free_port
+from service.gateway import Gateway
 from service.settings import Settings
+from tests.e2e.conftest import new_customer, serve_in_thread
 
 HEALTH = {"method": "GET", "route": "/health", "status": "200"}
 
@@ -98,11 +100,15 @@ def test_workers_share_metrics_and_drain_on_sigterm(
     assert sum(shares) == 40 and all(shares), shares
 
     token = issue_token(migrated, sub="tester", org="org-shutdown", roles=["admin"])
-    slow_headers = {"Authorization": f"Bearer {token}", "X-Consistency-Token": "999999999"}
+    # A read waiting for a write that no projector here will project (this server runs the
+    # read API alone): it waits the whole consistency wait (3 s), then 503.
+    headers = {"Authorization": f"Bearer {token}"}
+    for writes in serve_in_thread(Gateway(migrated)):
+        created = httpx.post(f"{writes}/api/v1/customers", json=new_customer(), headers=headers)
+        assert created.status_code == 201, created.text
+    slow_headers = {**headers, "X-Consistency-Token": created.headers["X-Consistency-Token"]}
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(
-            httpx.get, f"{url}/api/v1/customers", headers=slow_headers, timeout=30
-        )  # waits the whole consistency wait (3 s), then 503
+        slow = pool.submit(httpx.get, f"{url}/api/v1/customers", headers=slow_headers, timeout=30)
         # SIGTERM once the server holds it: in flight besides the scrape asking.
         in_flight = re.compile(r"^customers_http_requests_in_flight (\S+)$", re.MULTILINE)
         deadline = time.monotonic() + 10
