@@ -43,7 +43,7 @@ from service.limits import RouteClass, limited_as
 from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
-from write_api import bulk, imports, jobs, tracking
+from write_api import bulk, columns, forms, imports, jobs, tracking
 from write_api.commands import Outcome
 from write_api.customers import MAX_IDEMPOTENCY_KEY, CustomerCommands
 from write_api.schemas import (
@@ -329,8 +329,24 @@ import_routes = APIRouter(tags=["import"])
     status_code=202,
     openapi_extra={
         "requestBody": {
-            "content": {"text/csv": {}, "application/x-ndjson": {}},
-            "description": "the file, streamed",
+            "content": {
+                "text/csv": {},
+                "application/x-ndjson": {},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "mapping": {
+                                "type": "string",
+                                "description": "as the query parameter; before the file",
+                            },
+                            "file": {"type": "string", "format": "binary"},
+                        },
+                    }
+                },
+            },
+            "description": "the file, streamed: the body itself, or a form's `file` field",
         }
     },
     responses={202: {"description": "The queued job; poll the Location"}, **_ERRORS},
@@ -338,22 +354,45 @@ import_routes = APIRouter(tags=["import"])
 async def start_import(
     request: Request,
     principal: CanWrite,
+    *,
     format: imports.Format = imports.Format.CSV,
     mode: imports.Mode = imports.Mode.CREATE,
     dry_run: Annotated[bool, Query(alias="dryRun")] = False,
+    mapping: Annotated[
+        str | None,
+        Query(
+            description='CSV: which field each column fills, a JSON object {"column": "field"}'
+            ' ("-" or null skips a column); other columns by their names or aliases'
+        ),
+    ] = None,
 ) -> Response:
-    """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import")."""
+    """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import"): the body
+    is the file, or a multipart/form-data form with the file as its `file` field."""
     settings: Settings = request.app.state.settings
     limit = imports.size_limit(settings, principal)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    form_boundary = forms.boundary(request.headers.get("content-type", ""))
+    # A form's envelope is a few hundred bytes beyond its file: the file is what is limited.
+    slack = forms.FIELD_BYTES * 2 if form_boundary else 0
+    if declared.isdigit() and int(declared) > limit + slack:
         raise imports.too_large(limit)
+    explicit = columns.parse_explicit(mapping)
     job = imports.new_job(principal.org, format, mode, dry_run, principal.sub)
     conn = await run_in_threadpool(jobs.connect, settings)
-    upload = imports.Upload(conn, job, limit)
+    upload = imports.Upload(conn, job, limit, explicit)
+
+    def form_field(name: str, text: str) -> None:
+        if mapping is not None:
+            raise invalid(name, "the mapping is given twice (query and form): give it once")
+        upload.explicit = columns.parse_explicit(text)
+
+    form = forms.FormReader(form_boundary, upload.feed, form_field) if form_boundary else None
+    feed = form.feed if form else upload.feed
     try:
         async for piece in request.stream():
-            await run_in_threadpool(upload.feed, piece)
+            await run_in_threadpool(feed, piece)
+        if form:
+            form.finish()
         answer = await run_in_threadpool(upload.finish)
     except BaseException as e:
         reason = e.detail if isinstance(e, DomainError) else "upload interrupted"
