@@ -311,9 +311,13 @@ class Bench:
         )
         self.cpu_line("update", update, cpu)
 
-    def cleanup(self) -> None:
+    def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+        self.children.clear()
+
+    def cleanup(self) -> None:
+        self.stop()
         if not self.args.keep:
             with contextlib.suppress(Exception):
                 env.drop_database(env=self.env)
@@ -364,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()
     finally:
+        bench.stop()  # its connections first: the machine facts need one
         machine = env.machine(bench.env)
         bench.cleanup()
     table = bench.out.markdown(machine, command, cut)
