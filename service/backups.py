@@ -340,6 +340,16 @@ class WalReceiver:
                 process.wait()
 
 
+def archived(database_url: str) -> bool:
+    """Whether pg_receivewal has flushed every WAL the server has written so far."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT bool_or(flush_lsn >= pg_current_wal_lsn()) FROM pg_stat_replication"
+            " WHERE application_name = 'pg_receivewal'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 class BackupAgent:
     """In `customers serve` when backups are enabled: keeps pg_receivewal running, takes a
     base backup when the epoch has none or the last is `backup_interval_hours` old, prunes."""
