@@ -5,8 +5,12 @@ relay announces the restore and does not take new events for old ones."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +29,15 @@ from eventstore.application import Customers
 from eventstore.relay import MSG_ID_HEADER, RESTORED_KIND, Relay
 from service import embedded
 from service.auth import Principal
-from service.backups import Archive, WalReceiver, archived, listing, prune, take_backup
+from service.backups import (
+    Archive,
+    BackupAgent,
+    WalReceiver,
+    archived,
+    listing,
+    prune,
+    take_backup,
+)
 from service.cli import migrate
 from service.restore import RestoreError, parse_target, restore_embedded
 from service.settings import Settings
@@ -203,3 +215,79 @@ def test_backups_list_their_ranges_keep_the_newest_and_refuse_other_targets(
         with pytest.raises(RestoreError, match="--target-time"):
             parse_target(bad)
     assert (private.data_dir / "pg" / "PG_VERSION").exists()  # left alone
+
+
+def test_serve_keeps_streaming_and_takes_the_first_backup_of_an_epoch(private: Settings) -> None:
+    assert private.database_url
+    agent = BackupAgent(private, private.database_url)
+    agent.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not Archive(private.backup_path).backups():
+            assert time.monotonic() < deadline, "no base backup taken"
+            time.sleep(0.1)
+        assert agent.receiver.running()
+        wait_archived(private)
+        process = agent.receiver.process
+    finally:
+        agent.stop()
+    assert process is not None and process.poll() is not None  # stopped with the agent
+    assert not agent._due()  # the next one is an interval away
+
+
+def test_cli_backup_list_and_restore_the_embedded_server(private: Settings) -> None:
+    """`customers backup`, `customers backups`, `customers restore` as an operator runs them
+    (DATABASE_URL unset: the embedded server of the data dir)."""
+    assert private.database_url and private.master_key and private.nats_url
+    environ = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CUSTOMERS_DATA_DIR"}
+    }
+    environ.update(
+        {
+            "CUSTOMERS_DATA_DIR": str(private.data_dir),
+            "CUSTOMERS_BACKUP_ENABLED": "1",
+            "CUSTOMERS_HTTP_PORT": str(private.http_port),
+            "CUSTOMERS_MASTER_KEY": private.master_key,
+            "NATS_URL": private.nats_url,
+            "CUSTOMERS_LOG_LEVEL": "WARNING",
+        }
+    )
+
+    def customers(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    receiver = WalReceiver(private, private.database_url)
+    receiver.start()
+    try:
+        taken = customers("backup")
+        assert taken.returncode == 0, taken.stderr
+        label = json.loads(taken.stdout)["label"]
+        with psycopg.connect(private.database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE drill_marks (n int)")
+            conn.execute("INSERT INTO drill_marks VALUES (1)")
+            wait_archived(private)
+            target = datetime.now(UTC)
+            time.sleep(0.01)
+            conn.execute("INSERT INTO drill_marks VALUES (2)")
+        wait_archived(private)
+    finally:
+        receiver.stop()
+    listed = customers("backups")
+    assert [json.loads(line)["label"] for line in listed.stdout.splitlines()] == [label]
+
+    refused = customers("restore", "--target-time", "2026-13-45")
+    assert refused.returncode == 2 and "--target-time" in refused.stderr
+
+    done = customers("restore", "--target-time", target.isoformat())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["reached"] == "target"
+    url = embedded.start_postgres(private.data_dir)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT n FROM drill_marks").fetchall() == [(1,)]
