@@ -6,7 +6,9 @@ publishes it with `Nats-Msg-Id` = the public event id (`<customerId>:<version>`)
 every message of the batch up to some notification has its PubAck, records that
 notification id as the new position. A crash anywhere re-publishes from the recorded
 position; JetStream drops the repeats by `Nats-Msg-Id` within the stream's duplicate window,
-so the stream holds each event exactly once. See docs/events.md.
+so the stream holds each event exactly once. After a point-in-time restore the relay first
+publishes a `store.restored` control event, and events written after it carry the restore's
+epoch in their Nats-Msg-Id (docs/events.md "After a restore").
 
 Connection handling: nats-py's own reconnect is OFF on purpose. After a reconnect nats-py
 flushes its buffered (not yet written) publishes, which would land in the stream AHEAD of
