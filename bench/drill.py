@@ -49,6 +49,10 @@ from service.settings import Settings
 ORG = "drill"
 
 
+def step(what: str) -> None:
+    print(f"drill {datetime.now(UTC):%H:%M:%S}: {what}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Write:
     customer_id: UUID | None
@@ -125,6 +129,9 @@ class Service:
             "CUSTOMERS_WORKERS": "1",
             "CUSTOMERS_DB_POOL_SIZE": "4",
             "CUSTOMERS_LOG_LEVEL": "WARNING",
+            # The load comes from one address and one principal: no rate limits.
+            "CUSTOMERS_RATE_LIMIT_WRITES_PER_MINUTE": "0",
+            "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
             "NATS_URL": nats_url,
         }
         self.env.pop("DATABASE_URL", None)
@@ -138,6 +145,7 @@ class Service:
             capture_output=True,
             text=True,
             check=False,
+            timeout=1800,
         )
         if done.returncode != 0:
             raise SystemExit(f"customers {' '.join(args)} failed:\n{done.stderr[-3000:]}")
@@ -159,7 +167,10 @@ class Service:
                 raise SystemExit(f"customers serve exited; see {self.root / 'serve.log'}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return time.monotonic() - started
+                    took = time.monotonic() - started
+                    for name in (embedded.MASTER_KEY_ENV, embedded.JWT_SECRET_ENV):
+                        self.env[name] = embedded.stored_secret(self.root, name) or ""
+                    return took
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
@@ -180,6 +191,10 @@ class Service:
         return issue_token(settings, sub="drill", org=ORG, roles=["admin"])
 
     def database_url(self) -> str:
+        """Started (or attached to); a handle cached while `serve` stopped it is dropped."""
+        pgdata = (self.root / "pg").resolve()
+        if not (pgdata / "postmaster.pid").exists():
+            embedded._import_pgserver().PostgresServer._instances.pop(pgdata, None)
         return embedded.start_postgres(self.root)
 
 
@@ -193,13 +208,27 @@ def wait(what: str, check: Any, timeout: float = 120.0) -> float:
 
 
 def seed(service: Service, count: int) -> float:
+    """`customers seed` in batches of 50: larger ones were seen to hang the pipelined insert
+    over the embedded server's unix socket (not over TCP)."""
     started = time.monotonic()
     env = {**service.env, "DATABASE_URL": service.database_url()}
     subprocess.run(
-        [sys.executable, "-m", "service.cli", "seed", "--count", str(count), "--org", ORG],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "seed",
+            "--count",
+            str(count),
+            "--org",
+            ORG,
+            "--batch",
+            "50",
+        ],
         env=env,
         check=True,
         capture_output=True,
+        timeout=3600,
     )
     return time.monotonic() - started
 
@@ -267,9 +296,12 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
     service = Service(root, nats_server.url)
     report: dict[str, Any] = {"customers": customers}
     try:
+        step("starting the service")
         service.start()  # migrates; generates the secrets; the agent takes a first backup
         url = service.database_url()
+        step(f"seeding {customers} customers")
         report["seed_seconds"] = round(seed(service, customers), 1)
+        step("load on")
         load = Load(service.url, service.token())
         load.start()
         time.sleep(phase_seconds)
@@ -282,12 +314,14 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
         time.sleep(phase_seconds)
 
         started = time.monotonic()
+        step("base backup")
         backup = json.loads(service.cli("backup").stdout)
         report["backup_seconds"] = round(time.monotonic() - started, 1)
         report["backup_bytes"] = backup["size"]
         time.sleep(phase_seconds)
         target = datetime.now(UTC)
         time.sleep(phase_seconds)
+        step("erasure")
         erased = httpx.delete(
             f"{service.url}/api/v1/customers/{victim['id']}/data",
             headers={"Authorization": f"Bearer {service.token()}"},
@@ -295,6 +329,7 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
         assert erased.status_code == 200, erased.text
         time.sleep(phase_seconds)
         load.finish()
+        step(f"load off: {len(load.writes)} writes")
         last_ack = max(w.acked for w in load.writes if w.acked)
         report["archive_lag_seconds"] = round(
             wait("the WAL archive", lambda: archived(url)) + 0.0, 3
@@ -308,6 +343,7 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
             report["database_bytes"] = row[0] if row else 0
         service.stop()
+        step("restore")
 
         started = time.monotonic()
         restored = json.loads(
@@ -319,6 +355,7 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
         report["recovery_time_seconds"] = round(
             report["restore_seconds"] + report["serve_start_seconds"], 1
         )
+        step("verifying")
         url = service.database_url()
         report.update(verify(service, url, load, target, victim, root))
         report.update(verify_relay(service, url, nats_server.url, before_restore))
