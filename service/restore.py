@@ -104,8 +104,11 @@ def prepare(archive: Archive, chosen: Restorable, target: datetime | None, into:
     if into.exists():
         into.rmdir()
     shutil.copytree(archive.base / chosen.backup.label, into, symlinks=True)
-    for leftover in (".handle_pids.json", "log", "backup_manifest"):  # pgserver's, the copy's
-        path = into / leftover
+    # pgserver's handle list and log, the copy's manifest, and the lock file of a socket in
+    # the data dir (pgserver puts it there; its PID, reused by another process, would make
+    # the restored server refuse to start).
+    leftovers = [into / ".handle_pids.json", into / "log", into / "backup_manifest"]
+    for path in [*leftovers, *into.glob(".s.PGSQL.*.lock")]:
         if path.is_file():
             path.unlink()
     (into / "recovery.signal").touch()
