@@ -320,6 +320,11 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
         report["backup_bytes"] = backup["size"]
         time.sleep(phase_seconds)
         target = datetime.now(UTC)
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (_start_lsn(root, backup),)
+            ).fetchone()
+            report["wal_bytes_backup_to_target"] = int(row[0]) if row else 0
         time.sleep(phase_seconds)
         step("erasure")
         erased = httpx.delete(
@@ -351,6 +356,8 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
         )
         report["restore_seconds"] = round(time.monotonic() - started, 1)
         report["reached"] = restored["reached"]
+        report["restore_copy_seconds"] = restored["copySeconds"]
+        report["restore_replay_seconds"] = restored["replaySeconds"]
         report["serve_start_seconds"] = round(service.start(), 1)
         report["recovery_time_seconds"] = round(
             report["restore_seconds"] + report["serve_start_seconds"], 1
@@ -369,6 +376,11 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
             print(f"drill: kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_lsn(root: Path, backup: dict[str, Any]) -> str:
+    label = (root / "backups" / "base" / backup["label"] / "backup_label").read_text()
+    return label.split("START WAL LOCATION: ", 1)[1].split()[0]
 
 
 def verify(

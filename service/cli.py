@@ -545,6 +545,8 @@ def _restore(args: argparse.Namespace) -> int:
                 "reached": done.reached,
                 "previousDataDir": str(done.aside) if done.aside else None,
                 "seconds": round(time.monotonic() - started, 1),
+                "copySeconds": round(done.copy_seconds, 1),
+                "replaySeconds": round(done.replay_seconds, 1),
             }
         )
     )

@@ -130,6 +130,8 @@ class Outcome:
     reached: str  # "target" or "end of archive" (no commit after the target was archived)
     aside: Path | None
     seconds: float
+    copy_seconds: float = 0.0  # the base backup into place
+    replay_seconds: float = 0.0  # recovery: WAL replayed to the target, promoted, stopped
 
 
 def restore_into(settings: Settings, target: datetime, into: Path) -> Outcome:
@@ -160,15 +162,19 @@ def restore_embedded(settings: Settings, target: datetime) -> Outcome:
     if pgdata.exists():
         pgdata.rename(aside)
     try:
+        copying = time.monotonic()
         prepare(archive, chosen, target, pgdata)
+        replaying = time.monotonic()
         reached = _recover(archive, pgdata, target)
+        timings = (replaying - copying, time.monotonic() - replaying)
     except BaseException:
         shutil.rmtree(pgdata, ignore_errors=True)
         if aside.exists():
             aside.rename(pgdata)
         raise
     epoch = _record(archive, chosen, target, reached)
-    return Outcome(epoch, chosen.backup.label, target, reached, aside, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return Outcome(epoch, chosen.backup.label, target, reached, aside, seconds, *timings)
 
 
 def _record(archive: Archive, chosen: Restorable, target: datetime, reached: str) -> int:
