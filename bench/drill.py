@@ -380,7 +380,7 @@ def drill(customers: int, phase_seconds: float, keep: bool) -> dict[str, Any]:
 
 def _start_lsn(root: Path, backup: dict[str, Any]) -> str:
     label = (root / "backups" / "base" / backup["label"] / "backup_label").read_text()
-    return label.split("START WAL LOCATION: ", 1)[1].split()[0]
+    return str(label.split("START WAL LOCATION: ", 1)[1].split()[0])
 
 
 def verify(
