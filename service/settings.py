@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     backup_enabled: bool = False
     backup_dir: Path | None = None
     backup_interval_hours: float = Field(default=1.0, gt=0)
-    backup_retention_count: int = Field(default=24, ge=1)
+    backup_retention_count: int = Field(default=6, ge=1)
     backup_retention_hours: float = Field(default=0.0, ge=0)
     backup_pg_bin_dir: Path | None = None
 
