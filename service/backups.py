@@ -119,7 +119,7 @@ class BaseBackup:
 @dataclass(frozen=True)
 class Restorable:
     backup: BaseBackup
-    until: datetime | None  # the last WAL of its epoch received; None: none yet
+    until: datetime | None  # the last WAL of its epoch received; None: none after it yet
 
 
 class Archive:
@@ -166,7 +166,9 @@ class Archive:
         for b in self.backups():
             first = self.first_segment(b.epoch)
             covered = first is not None and first[8:] <= self.start_segment(b)[8:]
-            found.append(Restorable(b, self.wal_until(b.epoch) if covered else None))
+            until = self.wal_until(b.epoch) if covered else None
+            # Nothing archived since it finished (a quiet moment): restorable once WAL comes.
+            found.append(Restorable(b, until if until and until >= b.finished_at else None))
         return found
 
     def first_segment(self, epoch: int) -> str | None:
@@ -228,8 +230,8 @@ def take_backup(settings: Settings, database_url: str) -> BaseBackup:
             "-c", "fast", "-l", f"customers {label}",
         ]
     )  # fmt: skip
+    finished = datetime.now(UTC)  # consistent from its end, before the check
     _run([str(bin_dir / "pg_verifybackup"), "-q", str(partial)])
-    finished = datetime.now(UTC)
     timeline = _timeline(partial)
     size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
     backup = BaseBackup(label, archive.epoch(), timeline, started, finished, size)

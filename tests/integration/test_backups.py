@@ -196,6 +196,14 @@ def test_backups_list_their_ranges_keep_the_newest_and_refuse_other_targets(
     receiver.start()
     try:
         labels = [take_backup(private, private.database_url).label for _ in range(3)]
+        newest = listing(private)[-1]
+        # A backup is restorable to times after it once WAL written after it is archived.
+        assert (
+            newest["restorableUntil"] is None
+            or newest["restorableUntil"] >= newest["restorableFrom"]
+        )
+        with psycopg.connect(private.database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE after_backups (n int)")
         wait_archived(private)
     finally:
         receiver.stop()
