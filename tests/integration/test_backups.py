@@ -299,3 +299,68 @@ def test_cli_backup_list_and_restore_the_embedded_server(private: Settings) -> N
     url = embedded.start_postgres(private.data_dir)
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT n FROM drill_marks").fetchall() == [(1,)]
+
+
+def test_restore_into_a_directory_for_an_external_server(private: Settings) -> None:
+    """`--into`: the directory an operator starts their own PostgreSQL on (as docs/operations.md
+    says: owned by the server's user), then `customers migrate` re-applies the ledger."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    from service.restore import restore_into
+
+    assert private.database_url
+    org = f"org-{secrets.token_hex(3)}"
+    receiver = WalReceiver(private, private.database_url)
+    receiver.start()
+    app = Customers(private, pool_size=2)
+    try:
+        take_backup(private, private.database_url)
+        erased = customer_id(CustomerCommands(app).create(admin(org), profile("Gone")))
+        wait_archived(private)
+        target = datetime.now(UTC)
+        time.sleep(0.01)
+        CustomerCommands(app).erase(admin(org), erased)
+        wait_archived(private)
+    finally:
+        app.close()
+        receiver.stop()
+
+    into = private.data_dir / "external" / "pgdata"
+    outcome = restore_into(private, target, into)
+    assert outcome.epoch == 1 and (into / "recovery.signal").exists()
+
+    user = "pgserver" if os.geteuid() == 0 else None  # the embedded server's user here
+    if user is not None:
+        shutil.chown(into.parent, user, user)
+        owned = [str(into), str(private.backup_path / "wal")]
+        subprocess.run(["chown", "-R", f"{user}:{user}", *owned], check=True)
+    socket_dir = into.parent
+    pg_ctl = [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(into)]
+    subprocess.run(
+        [*pg_ctl, "-l", str(socket_dir / "log"), "-o", f"-k {socket_dir} -c listen_addresses=''",
+         "-W", "start"], check=True, user=user, timeout=60,
+    )  # fmt: skip
+    url = f"postgresql://postgres@/postgres?host={socket_dir}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "the external server did not promote"
+            try:
+                with psycopg.connect(url, connect_timeout=2) as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row == (False,):
+                    break
+            except psycopg.OperationalError:
+                pass
+            time.sleep(0.2)
+        external = private.model_copy(update={"database_url": url})
+        migrate(external)
+        app = Customers(external, pool_size=1)
+        try:
+            with pytest.raises(DomainError) as missing:
+                CustomerCommands(app).load(admin(org), erased)
+            assert missing.value.code == Code.NOT_FOUND
+        finally:
+            app.close()
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, user=user, timeout=60)
