@@ -3,6 +3,7 @@
 #   make test     the whole suite against real PostgreSQL and NATS
 #   make lint     ruff + mypy
 #   make bench    benchmarks
+#   make fuzz     schemathesis, every check, 50 examples per operation (not in make test)
 #   make chaos    load-and-fault suite on a private PostgreSQL and NATS: kills each process,
 #                 restarts the servers, proves nothing acknowledged is lost (not in make test)
 #   make drill    backup-and-restore drill on a private PostgreSQL and NATS: restores to a
@@ -25,7 +26,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := domain eventstore write_api projections read_api service grpc_api
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint format bench chaos drill migrate openapi proto clean distclean
+.PHONY: help install lock run test lint format bench chaos drill fuzz migrate openapi proto clean distclean
 
 help:
 	@echo "targets: run test lint format bench chaos drill migrate openapi proto lock install clean"
@@ -105,3 +106,8 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Not part of `make test` (which runs a CI-sized pass): schemathesis with every check and the
+# stateful phase, 50 examples per operation, against the whole service over HTTP.
+fuzz: install
+	CONTRACT_EXAMPLES=50 CONTRACT_PHASES=all CONTRACT_SEED= $(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e/test_contract.py

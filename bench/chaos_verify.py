@@ -78,8 +78,9 @@ class StoreFacts:
 
 def read_store(settings: Any) -> StoreFacts:
     """Every notification, decoded with the customers' keys (master key of this run)."""
+    from domain.topics import CUSTOMER_MODULE
     from eventstore.application import Customers
-    from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded
+    from eventstore.mapper import Shredded
     from eventstore.public_events import (
         customer_id,
         event_name,
@@ -100,7 +101,7 @@ def read_store(settings: Any) -> StoreFacts:
             app.keys.preload(
                 n.originator_id
                 for n in batch
-                if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
+                if n.topic.startswith(CUSTOMER_MODULE) and isinstance(n.originator_id, UUID)
             )
             for n in batch:
                 facts.notifications += 1

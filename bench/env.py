@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import os
 import platform
@@ -39,6 +40,16 @@ READ_MODEL_TABLES = (
     "consent_ledger",
     "segment_membership",
 )
+
+
+def settle(database_url: str) -> None:
+    """After a bulk load: statistics for the planner (autovacuum may be off) and the load's
+    dirty pages flushed, so neither happens during a measured phase."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table in (*READ_MODEL_TABLES, "customer_keys", "customer_facts"):
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+        with contextlib.suppress(psycopg.Error):  # CHECKPOINT needs pg_checkpoint or superuser
+            conn.execute("CHECKPOINT")
 
 
 @dataclass

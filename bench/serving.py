@@ -57,6 +57,8 @@ def _ms(text: str) -> float:
 
 def parse(output: str) -> Wrk:
     percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    if not percentile:  # nothing answered within wrk's timeout
+        raise RuntimeError(f"wrk measured no answer:\n{output}")
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
@@ -87,10 +89,13 @@ class Bench:
     def prepare(self) -> None:
         from service.settings import get_settings
 
-        env.recreate_database(self.env)
-        env.migrate()
-        print(f"  seeding {self.args.customers:,} customers", flush=True)
-        seed_parallel(self.env.database_url, self.args.customers)
+        if self.args.keep and self.seeded():
+            print("  reusing the seeded database (--keep)", flush=True)
+        else:
+            env.recreate_database(self.env)
+            env.migrate()
+            print(f"  seeding {self.args.customers:,} customers", flush=True)
+            seed_parallel(self.env.database_url, self.args.customers)
         self.settings = get_settings()
         self.port = free_port()
         self.service = self.start(
@@ -106,6 +111,7 @@ class Bench:
         )
         print("  waiting for the projection of the seeded customers", flush=True)
         self.wait_projected(timeout=3600)
+        env.settle(self.env.database_url)
         with psycopg.connect(self.env.database_url, autocommit=True) as conn:
             for ddl in lean.TABLES:
                 conn.execute(ddl)
@@ -129,6 +135,14 @@ class Bench:
             "/docs",
         )
         self.write_inputs()
+
+    def seeded(self) -> bool:
+        try:
+            with psycopg.connect(self.env.database_url, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM customers_view").fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None and row[0] >= self.args.customers
 
     def wait_projected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -205,7 +219,7 @@ class Bench:
         ours = {"service (all processes)": [self.service.pid]}
         lean = {"lean reference": [self.lean.pid]}
 
-        hello = {}
+        hello: dict[str, Wrk] = {}
         for name, extra in (
             ("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"]),
             ("httptools + uvloop", []),
@@ -300,8 +314,9 @@ class Bench:
     def cleanup(self) -> None:
         for child in reversed(self.children):
             child.stop()
-        with contextlib.suppress(Exception):
-            env.drop_database(env=self.env)
+        if not self.args.keep:
+            with contextlib.suppress(Exception):
+                env.drop_database(env=self.env)
         self.env.close()
         shutil.rmtree(self.scripts, ignore_errors=True)
 
@@ -328,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=60_000, help="distinct customers to update")
     parser.add_argument("--output", type=Path, default=env.REPO / "docs" / "performance.md")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the seeded database for the next run, and reuse one kept by the last",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench.serving needs wrk (Debian package `wrk`)", file=sys.stderr)

@@ -25,6 +25,7 @@ import asyncio
 import csv
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -36,7 +37,10 @@ import psycopg
 
 from bench import env, report
 
-DB = "customers_bench_transfers"
+# Runs side by side on one server (CUSTOMERS_TEST_TAG, as the tests) keep to their own
+# database and file.
+TAG = re.sub(r"[^a-z0-9_]", "_", os.environ.get("CUSTOMERS_TEST_TAG", "").lower())
+DB = "customers_bench_transfers" + (f"_{TAG}" if TAG else "")
 ORG = "bench-transfers"
 COLUMNS = (
     "email",
@@ -108,7 +112,7 @@ def run(out: report.Report, url: str, rows: int) -> None:
     from write_api.engine import job_runner
 
     settings = get_settings()
-    path = env.DATA_DIR / f"transfers-{rows}.csv"
+    path = env.DATA_DIR / f"transfers-{rows}{'-' + TAG if TAG else ''}.csv"
     app = Customers(settings, pool_size=4)
     try:
         print(f"\n== import of {rows:,} customers", flush=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from domain.constraints import any_member
 from domain.errors import invalid
 from domain.values import (
     Choice,
@@ -72,6 +73,8 @@ class MetadataPatch(Model):
 
 
 class ProfilePatch(Model):
+    model_config = ConfigDict(json_schema_extra=any_member)
+
     tags: TagChange | None = None
     status: CustomerStatus | None = None
     preferences: PreferencesPatch | None = None

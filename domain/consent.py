@@ -58,5 +58,14 @@ class ConsentChange(Model):
     consents: Annotated[dict[Purpose, bool], Field(min_length=1)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "api"
     policy_version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    ip_address: IPvAnyAddress | None = None
+    ip_address: IPvAnyAddress | None = Field(
+        default=None,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "format": "ipv4"},
+                {"type": "string", "format": "ipv6"},
+                {"type": "null"},
+            ]
+        },
+    )
     user_agent: Annotated[str, StringConstraints(max_length=512)] | None = None

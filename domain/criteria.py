@@ -48,6 +48,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
     StringConstraints,
@@ -56,6 +57,7 @@ from pydantic import (
     model_validator,
 )
 
+from domain.constraints import any_member, at_least_one
 from domain.segment_facts import (
     FACT_NAMES,
     FACT_SOURCES,
@@ -121,6 +123,8 @@ PERIOD_DAYS: dict[Period, int] = {
 
 
 class _Range(Model):
+    model_config = ConfigDict(json_schema_extra=at_least_one("min", "max"))
+
     @model_validator(mode="after")
     def _bounds(self) -> _Range:
         low, high = getattr(self, "min"), getattr(self, "max")  # noqa: B009
@@ -171,6 +175,8 @@ class LocationRadius(Model):
 
 class _Group(Model):
     """A criteria group: at least one of its criteria must be given."""
+
+    model_config = ConfigDict(json_schema_extra=any_member)
 
     @model_validator(mode="after")
     def _not_empty(self) -> _Group:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from eventsourcing.domain import Aggregate, event
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from domain.constraints import criteria_by_kind
 from domain.criteria import CustomRule, Operator, SegmentCriteria
 from domain.errors import Code, DomainError
 from domain.values import Choice, Model, utc_iso
@@ -34,6 +35,8 @@ SegmentName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
 class SegmentDefinition(Model):
     """What a client sets on a segment (create and full update share it)."""
+
+    model_config = ConfigDict(json_schema_extra=criteria_by_kind)
 
     name: SegmentName
     description: Annotated[str, StringConstraints(max_length=2000)] = ""

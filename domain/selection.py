@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from domain.constraints import any_member, exactly_one
 from domain.errors import invalid
 from domain.values import CustomerStatus, Gender, Model, lookup_country
 
@@ -19,6 +20,8 @@ Age = Annotated[int, Field(ge=0, le=150)]
 
 
 class CustomerFilters(Model):
+    model_config = ConfigDict(json_schema_extra=any_member)
+
     status: CustomerStatus | None = None
     country: Country | None = Field(default=None, description="ISO 3166 code or English name")
     city: City | None = Field(default=None, description="case-insensitive")
@@ -90,6 +93,8 @@ def filter_params(filters: CustomerFilters, field: str) -> dict[str, Any]:
 class CustomerSelection(Model):
     """The customers a bulk operation applies to: exactly one of ids, filters (at least one
     of them: an empty filter would select everyone by accident) or a segment's members."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one("ids", "filters", "segmentId"))
 
     ids: Annotated[list[UUID], Field(min_length=1, max_length=10_000)] | None = None
     filters: CustomerFilters | None = None

@@ -228,7 +228,9 @@ def render_customer_job(row: tuple[Any, ...]) -> dict[str, Any]:
     if kind == "import":
         if running and done:
             eta = round((size - done) / (done / seconds), 1)
-        shown |= {"format": fmt, "mode": mode}
+        # Which field each CSV column fills (write_api/columns.py); null: skipped.
+        mapping = (spec or {}).get("mapping")
+        shown |= {"format": fmt, "mode": mode, "mapping": mapping and dict(mapping)}
     else:
         if running and read and total is not None:
             eta = round((total - read) / (read / seconds), 1)

@@ -13,14 +13,10 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
+from domain.topics import CUSTOMER_ANONYMIZED, CUSTOMER_ERASED, CUSTOMER_MODULE
 from eventstore.keys import NONCE, KeyStore
 
-CUSTOMER_TOPIC_PREFIX = "domain.customer:"
-# Written as the customer's key is destroyed, and read after it: never encrypted, and
-# carrying no personal data (ids, org, actor; the anonymized record).
-ERASED_TOPIC = CUSTOMER_TOPIC_PREFIX + "Customer.Erased"
-ANONYMIZED_TOPIC = CUSTOMER_TOPIC_PREFIX + "Customer.Anonymized"
-SHREDDING_TOPICS = frozenset({ERASED_TOPIC, ANONYMIZED_TOPIC})
+SHREDDING_TOPICS = frozenset({CUSTOMER_ERASED, CUSTOMER_ANONYMIZED})
 _ENCRYPTED = b"\x01"
 
 
@@ -67,7 +63,7 @@ class CustomerMapper(Mapper[UUID]):
         topic = get_topic(type(domain_event))
         payload = orjson.dumps(state, default=_default)
         stored = StoredEvent(originator_id, originator_version, topic, payload)
-        if not topic.startswith(CUSTOMER_TOPIC_PREFIX) or topic in SHREDDING_TOPICS:
+        if not topic.startswith(CUSTOMER_MODULE) or topic in SHREDDING_TOPICS:
             return stored
         cipher = self.keys.cipher(originator_id)
         if cipher is None:

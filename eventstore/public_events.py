@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain import membership
+from domain.topics import CUSTOMER_EVENTS
 from domain.values import utc_iso
 from eventstore.mapper import Shredded
-
-_TOPIC_PREFIX = "domain.customer:Customer."
 
 # Domain event class name → (public type, subject kind).
 PUBLIC_TYPES: dict[str, tuple[str, str]] = {
@@ -35,7 +35,6 @@ PUBLIC_TYPES: dict[str, tuple[str, str]] = {
     "Erased": ("CustomerErased", "customer.erased"),
 }
 # Membership events (domain.membership) keep their names; their streams are segments'.
-_MEMBERSHIP_MODULE = "domain.membership"
 MEMBERSHIP_KINDS: dict[str, str] = {
     "SegmentJoined": "segment.joined",
     "SegmentLeft": "segment.left",
@@ -67,9 +66,9 @@ def event_name(event: object) -> str | None:
         return None
     cls = type(event)
     topic = f"{cls.__module__}:{cls.__qualname__}"
-    if not topic.startswith(_TOPIC_PREFIX):
+    if not topic.startswith(CUSTOMER_EVENTS):
         return None
-    return topic[len(_TOPIC_PREFIX) :]
+    return topic[len(CUSTOMER_EVENTS) :]
 
 
 def customer_id(event: object) -> UUID | None:
@@ -130,7 +129,7 @@ def public_event(event: object, org_id: str) -> dict[str, Any] | None:
 def membership_event(event: object) -> dict[str, Any] | None:
     """The public form of a segment membership event (ids and counts only), else None."""
     cls = type(event)
-    if cls.__module__ != _MEMBERSHIP_MODULE or cls.__name__ not in MEMBERSHIP_KINDS:
+    if cls.__module__ != membership.__name__ or cls.__name__ not in MEMBERSHIP_KINDS:
         return None
     state = vars(event)
     public: dict[str, Any] = {

@@ -38,9 +38,10 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from psycopg import sql
 
+from domain.topics import CUSTOMER_MODULE
 from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, SHREDDING_TOPICS, Shredded
+from eventstore.mapper import SHREDDING_TOPICS, Shredded
 from eventstore.public_events import (
     customer_id,
     event_org,
@@ -447,7 +448,7 @@ class Relay:
         self.app.keys.preload(
             n.originator_id
             for n in notifications
-            if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
+            if n.topic.startswith(CUSTOMER_MODULE) and isinstance(n.originator_id, UUID)
         )
         decoded, failed = dead_letters.decode_each(notifications, self.app.mapper.to_domain_event)
         for n in notifications:

@@ -81,7 +81,7 @@ def rpc(
                 token = metadata.get(CONSISTENCY_TOKEN)
                 if views and token is not None:
                     timeout = backend.settings.consistency_wait_seconds
-                    await caught_up(backend.positions, views, token, timeout)
+                    await caught_up(backend.positions, backend.pool, views, token, timeout)
                 return await handler(servicer, request, Call(principal, backend, context))
             except Exception as e:  # every error becomes a status; none escapes
                 code, details, trailers = _status(e, handler.__name__)

@@ -10,13 +10,14 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from domain.consent import consents
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, SHREDDING_TOPICS, Shredded, topic_of
+from domain.topics import CUSTOMER_EVENTS
+from eventstore.mapper import SHREDDING_TOPICS, Shredded, topic_of
 from projections.positions import Connection
 
 VIEW = "consent_ledger"
-_CREATED = CUSTOMER_TOPIC_PREFIX + "Customer.Created"
-_UPDATED = CUSTOMER_TOPIC_PREFIX + "Customer.Updated"
-_CONSENT = CUSTOMER_TOPIC_PREFIX + "Customer.ConsentChanged"
+_CREATED = CUSTOMER_EVENTS + "Created"
+_UPDATED = CUSTOMER_EVENTS + "Updated"
+_CONSENT = CUSTOMER_EVENTS + "ConsentChanged"
 
 COPY = (
     "COPY consent_ledger (customer_id, org_id, version, at, consents, actor, source,"

@@ -30,8 +30,9 @@ from domain.consent import with_consents
 from domain.customer import representation
 from domain.segment_facts import customer_facts
 from domain.selection import FILTERED_FIELDS
+from domain.topics import CUSTOMER_ANONYMIZED, CUSTOMER_ERASED, CUSTOMER_EVENTS
 from domain.values import CustomerStatus, utc_iso
-from eventstore.mapper import ANONYMIZED_TOPIC, ERASED_TOPIC, Shredded, topic_of
+from eventstore.mapper import Shredded, topic_of
 from projections import positions, segment_sql
 from projections.positions import Connection
 
@@ -80,7 +81,7 @@ def selection_sql(
     return sql.SQL(" AND {} IN ({})").format(sql.Identifier(column), members), params
 
 
-_PREFIX = "domain.customer:Customer."  # every Customer event; other aggregates are skipped
+_PREFIX = CUSTOMER_EVENTS  # other aggregates are skipped
 CREATED = _PREFIX + "Created"
 UPDATED = _PREFIX + "Updated"
 EMAIL_CHANGE_REQUESTED = _PREFIX + "EmailChangeRequested"
@@ -379,14 +380,14 @@ class CustomersView:
         for e in events:
             cid = e.originator_id
             topic = topic_of(e)
-            if topic == ANONYMIZED_TOPIC:  # all there is now; earlier events are unreadable
+            if topic == CUSTOMER_ANONYMIZED:  # all there is now; earlier events are unreadable
                 erased.discard(cid)
                 states[cid] = _State.new(
                     e, CustomerStatus.ANONYMIZED, datetime.fromisoformat(e.created_at)
                 )
                 dirty.add(cid)
                 continue
-            if isinstance(e, Shredded) or topic == ERASED_TOPIC:
+            if isinstance(e, Shredded) or topic == CUSTOMER_ERASED:
                 states.pop(cid, None)
                 dirty.discard(cid)
                 erased.add(cid)

@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventstore.mapper import ERASED_TOPIC
+from domain.topics import CUSTOMER_ERASED, MEMBERSHIP_MODULE, SEGMENT_DELETED
 from projections.positions import Connection
 
 VIEW = "segment_membership"
-_MEMBERSHIP = "domain.membership:"
-_SEGMENT_DELETED = "domain.segment:Segment.Deleted"
 
 JOIN = (
     "INSERT INTO segment_membership (segment_id, customer_id, org_id, joined_at, join_reason)"
@@ -55,7 +53,7 @@ class MembershipView:
     name = VIEW
 
     def accepts(self, topic: str) -> bool:
-        return topic.startswith(_MEMBERSHIP) or topic in {_SEGMENT_DELETED, ERASED_TOPIC}
+        return topic.startswith(MEMBERSHIP_MODULE) or topic in {SEGMENT_DELETED, CUSTOMER_ERASED}
 
     def prepare(self, conn: Connection) -> None:
         pass

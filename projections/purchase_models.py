@@ -5,12 +5,14 @@ samples the insights score against.
 Purchase occasions are calendar days (UTC): several purchases on one day are one occasion worth
 their sum, the convention of the published models; the first occasion is not a repeat. As of
 the calibration end c, a customer whose first occasion is on day f and last on day l, with
-x + 1 occasions, has x repeat purchases, t_x = l - f and T = c - f (days). Spend is fitted on
-the mean value of the repeat occasions, in the organization's main currency (the most common
-among purchases; customers who also bought in another currency are left out of the spend
-model). Fits run in the segments process, one at a time, each in one transaction (a crash
-leaves the fit QUEUED, to be run again); a successful fit of the whole base is the model the
-insights use until the next. Deterministic: the same data in the same order give the same fit.
+x + 1 occasions, has x repeat purchases, t_x = l - f and T = c - f, both in whole days (c is the
+calibration end's day: the time of day of a purchase, or of the end, moves no fit;
+tests/integration/test_purchase_days.py). Spend is fitted on the mean value of the repeat
+occasions, in the organization's main currency (the most common among purchases; customers who
+also bought in another currency are left out of the spend model). Fits run in the segments
+process, one at a time, each in one transaction (a crash leaves the fit QUEUED, to be run
+again); a successful fit of the whole base is the model the insights use until the next.
+Deterministic: the same data in the same order give the same fit.
 
 For RFM, the buyers' recency (days), frequency (orders) and monetary value (total spent, main
 currency) from `customer_facts` are kept as 1,001-point quantile samples (actual values, so
@@ -122,7 +124,7 @@ OCCASIONS = (
     + """
 SELECT customer_id, count(*) - 1,
     max(day) - min(day),
-    extract(epoch FROM %(until)s - (min(day)::timestamp AT TIME ZONE 'UTC')) / 86400,
+    (%(until)s AT TIME ZONE 'UTC')::date - min(day),
     (sum(value) - (array_agg(value ORDER BY day))[1]) / nullif(count(*) - 1, 0),
     CASE WHEN max(currencies) = 1 AND min(currency) = max(currency) THEN min(currency) END
 FROM days GROUP BY customer_id ORDER BY customer_id

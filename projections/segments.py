@@ -8,10 +8,11 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from domain.segment import SegmentStatus
+from domain.topics import SEGMENT_EVENTS
 from projections.positions import Connection
 
 VIEW = "segments_view"
-_PREFIX = "domain.segment:Segment."
+_PREFIX = SEGMENT_EVENTS
 
 INSERT = (
     "INSERT INTO segments_view (id, org_id, name, status, kind, rule_id, created_by,"

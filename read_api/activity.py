@@ -21,8 +21,9 @@ from domain import rfm
 from domain.errors import Code, DomainError
 from domain.values import utc_iso
 from projections import purchase_models
+from projections.customers import VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS
+from read_api.consistency import READ_PROBLEMS, once_settled
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
 
@@ -78,7 +79,8 @@ async def customer_analytics(request: Request, principal: CanRead, id: UUID) -> 
     """The customer's metrics. Money is in the customer's one purchase currency; with
     purchases in several currencies, amounts are null (no exchange rates). Device details
     (OS, browser) need the personal-data permission; without it devices are counted by type."""
-    return await analytics(paging.pool(request), principal, id)
+    pool = paging.pool(request)
+    return await once_settled(request, VIEW, id, lambda: analytics(pool, principal, id))
 
 
 async def analytics(
@@ -192,7 +194,8 @@ async def customer_insights(request: Request, principal: CanRead, id: UUID) -> d
     (its latest whole-base fit) from the customer's tracked purchase days: null until a model
     is fitted, for customers without a tracked purchase, and, for value, for customers buying
     in another currency than the model's."""
-    return await insights(paging.pool(request), principal, id)
+    pool = paging.pool(request)
+    return await once_settled(request, VIEW, id, lambda: insights(pool, principal, id))
 
 
 async def insights(

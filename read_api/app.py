@@ -29,6 +29,7 @@ from read_api import (
 from read_api.consistency import PositionWatcher
 from service import edge, problems, tracing
 from service.api_keys import ApiKeyStore
+from service.limits import RouteClass
 from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings
+    app.state.route_class = RouteClass.READS
     keyring = LazyKeyring(settings)
     app.state.cursors = customers.CursorCodec(keyring)
     app.state.emails = customers.EmailIndex(keyring)

@@ -14,20 +14,25 @@ import contextlib
 import logging
 import re
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import psycopg
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from domain.errors import Code, DomainError, invalid
+from eventstore.application import EVENTS_TABLE
 from projections.positions import POSITIONS_CHANNEL
 from service.auth import CurrentPrincipal
+from service.contract import CONSISTENCY_HEADER, ConsistencyTokenHeader
 from service.problems import problem_responses
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-HEADER = "X-Consistency-Token"
+HEADER = CONSISTENCY_HEADER
 
 # The problem answers every read endpoint may give (OpenAPI `responses`).
 READ_PROBLEMS = problem_responses(
@@ -38,7 +43,13 @@ READ_PROBLEMS = problem_responses(
         503: "Consistency token not reached in time, or the database is unavailable",
     }
 )
-_MAX_TOKEN = 2**63 - 1
+# The last notification of the log, and the last of one aggregate (index-only reads).
+LOG_HEAD = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
+    sql.Identifier(EVENTS_TABLE)
+)
+LAST_OF = sql.SQL("SELECT max(notification_id) FROM {} WHERE originator_id = %s").format(
+    sql.Identifier(EVENTS_TABLE)
+)
 
 
 def not_found(kind: str, id: object) -> DomainError:
@@ -51,7 +62,8 @@ def not_found(kind: str, id: object) -> DomainError:
     )
 
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
+# As service.contract.CONSISTENCY_PATTERN states it: a bigint the log will not reach.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _POLL = 1.0
 
 
@@ -142,7 +154,7 @@ class PositionWatcher:
 def parse_token(value: str) -> int:
     text = value.strip()
     # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() rejects.
-    if not _DIGITS.fullmatch(text) or int(text) > _MAX_TOKEN:
+    if not _DIGITS.fullmatch(text):
         raise invalid(HEADER, "must be the non-negative integer a write response returned")
     return int(text)
 
@@ -153,29 +165,33 @@ def consistent_with(*views: str) -> Any:
     async def wait_for_token(
         request: Request,
         principal: CurrentPrincipal,  # authenticate before making anyone wait
-        token: Annotated[
-            str | None,
-            Header(
-                alias=HEADER,
-                description="Token from a write response: wait until this read reflects it.",
-            ),
-        ] = None,
+        token: ConsistencyTokenHeader = None,
     ) -> None:
         if token is None:
             return
-        watcher: PositionWatcher = request.app.state.positions
-        timeout: float = request.app.state.settings.consistency_wait_seconds
-        await caught_up(watcher, views, token, timeout)
+        state = request.app.state
+        timeout: float = state.settings.consistency_wait_seconds
+        await caught_up(state.positions, state.pool, views, token, timeout)
 
     return Depends(wait_for_token)
 
 
 async def caught_up(
-    watcher: PositionWatcher, views: tuple[str, ...], token: str, timeout: float
+    watcher: PositionWatcher,
+    pool: AsyncConnectionPool[Any],
+    views: tuple[str, ...],
+    token: str,
+    timeout: float,
 ) -> None:
     """Returns once every one of `views` reflects the write of `token` (REST header or gRPC
-    metadata); 503 / UNAVAILABLE after `timeout` seconds."""
+    metadata); 503 / UNAVAILABLE after `timeout` seconds. A token beyond the log's last
+    notification (no write answered it) asks for every write so far: the wait is for the
+    last one, not one that can only time out."""
     position = parse_token(token)
+    if any(watcher.known(view) < position for view in views):
+        async with pool.connection() as conn:
+            row = await (await conn.execute(LOG_HEAD)).fetchone()
+        position = min(position, row[0] if row is not None else 0)
     for view in views:
         if not await watcher.wait(view, position, timeout):
             raise DomainError(
@@ -186,3 +202,44 @@ async def caught_up(
 
 
 ConsistentCustomers = Annotated[None, consistent_with("customers_view")]
+
+
+async def settled(request: Request, views: tuple[str, ...], aggregate_id: object) -> bool:
+    """For a read that did not find `aggregate_id` in `views`: True once they have projected
+    every event the log holds of it (the caller reads again: its first read may have come
+    just before the projector's commit), False when the log has none (a 404: no such id).
+    So following the Location of a write works without its token: the read waits, within
+    the consistency bound, for the projector; a 503 if it does not catch up in time, as a
+    token's wait."""
+    state = request.app.state
+    async with state.pool.connection() as conn:
+        row = await (await conn.execute(LAST_OF, (aggregate_id,))).fetchone()
+    if row is None or row[0] is None:
+        return False
+    watcher: PositionWatcher = state.positions
+    timeout: float = state.settings.consistency_wait_seconds
+    for view in views:
+        if not await watcher.wait(view, row[0], timeout):
+            raise DomainError(
+                Code.UNAVAILABLE,
+                f"the read model has not caught up with the last write within {timeout:g} s;"
+                " retry later",
+            )
+    return True
+
+
+async def once_settled(
+    request: Request,
+    views: str | tuple[str, ...],
+    aggregate_id: object,
+    read: Callable[[], Awaitable[T]],
+) -> T:
+    """`read()`, and when it finds nothing (a 404) while the log holds events of
+    `aggregate_id` that `views` have not projected yet, `read()` again once they have."""
+    try:
+        return await read()
+    except DomainError as e:
+        names = (views,) if isinstance(views, str) else views
+        if e.code != Code.NOT_FOUND or not await settled(request, names, aggregate_id):
+            raise
+    return await read()

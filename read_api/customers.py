@@ -22,7 +22,7 @@ from uuid import UUID
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.params import Query as QueryInfo
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -43,9 +43,10 @@ from domain.values import (
 from eventstore.keys import CLAIM_KEY_PURPOSE, EMAIL, LazyKeyring, claim_hash
 from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found, once_settled
 from service import etags
 from service.auth import CanRead, Permission, Principal
+from service.contract import IfNoneMatchHeader
 from service.problems import problem_responses
 
 MAX_LIMIT = 500
@@ -294,6 +295,7 @@ async def customer_filters(
             max_length=254,
             description="exact e-mail address (any case); a lifecycle-deleted customer's"
             " address is free and no longer finds it",
+            json_schema_extra={"format": "email"},
         ),
     ] = None,
     status: CustomerStatus | None = None,
@@ -473,9 +475,14 @@ async def get_customer(
     request: Request,
     principal: CanRead,
     id: UUID,
-    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
-    body, version = await customer(paging.pool(request), principal, id)
+    """The customer; a lifecycle-deleted one answers 200 with `status: DELETED` during the
+    grace period (CUSTOMERS_ERASURE_GRACE_HOURS), then 404. A customer just created is
+    answered once the read model shows it (the read waits for it, within the consistency
+    bound), so following a creation's Location works without its token."""
+    pool = paging.pool(request)
+    body, version = await once_settled(request, VIEW, id, lambda: customer(pool, principal, id))
     tag = etags.etag(version)
     if etags.none_match(if_none_match, version):
         return Response(status_code=304, headers={"ETag": tag})
@@ -584,11 +591,16 @@ async def customer_segments(
 ) -> dict[str, Any]:
     """The segments the customer is in now (or was in at `asOf`), oldest membership first."""
     query = STINTS_ALL if history else STINTS_NOW if as_of is None else STINTS_AS_OF
-    async with paging.pool(request).connection() as conn:
-        if await (await conn.execute(EXISTS, (id, principal.org))).fetchone() is None:
-            raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
-        cur = await conn.execute(query, {"id": id, "org": principal.org, "at": as_of})
-        rows = await cur.fetchall()
+
+    async def stints() -> list[Any]:
+        async with paging.pool(request).connection() as conn:
+            if await (await conn.execute(EXISTS, (id, principal.org))).fetchone() is None:
+                raise DomainError(Code.NOT_FOUND, f"customer {id} not found")
+            cur = await conn.execute(query, {"id": id, "org": principal.org, "at": as_of})
+            found: list[Any] = await cur.fetchall()
+            return found
+
+    rows = await once_settled(request, VIEW, id, stints)
     return {
         "customerId": str(id),
         "asOf": utc_iso(as_of) if as_of and not history else None,

@@ -14,13 +14,16 @@ flattened with dotted names, in CSV_COLUMNS order; see `cell` for how values are
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import re
 import types
 import typing
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -29,8 +32,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from domain.errors import Code, DomainError, invalid
+from domain.masking import EMPTIED, LOCATION_SHOWN, MASK, REPLACED
 from domain.segment import SegmentDefinition
 from domain.values import Choice, CustomerPublic, utc_iso
 from projections.customers import DOCS, FILTERS, VIEW
@@ -39,7 +44,8 @@ from projections.segments import VIEW as SEGMENTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import MASKED_FIELD_PROBLEMS, customer_filters, listing_reads, shown
-from service.auth import CanRead, Principal
+from service.auth import CanRead, Permission, Principal
+from service.limits import RouteClass, limited_as
 from service.problems import problem_responses
 
 CHUNK = 2000  # rows per FETCH from the server-side cursor, rendered and sent together
@@ -119,10 +125,138 @@ def csv_row(customer: dict[str, Any]) -> list[str]:
     return [cell(_leaf(customer, path)) for path in _PATHS]
 
 
-def _csv(rows: list[list[str]]) -> bytes:
+def _csv(rows: Sequence[Sequence[str | None]]) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerows(rows)  # RFC 4180: CRLF, quotes doubled
     return out.getvalue().encode()
+
+
+# --------------------------------------------------------------------------- CSV in SQL
+#
+# The doc is `json` (the bytes representation() wrote). json_to_record parses each object of it
+# once: into text columns for the leaves (a string unescaped; a number, boolean, list or map
+# as its JSON text exactly as stored, i.e. as `cell` writes it: orjson's, compact, keys in
+# order) and json columns for the nested objects it reads next. The server does the per-row
+# work in C; Python puts the formula guard on text cells (_guarded) and quotes them into CSV.
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a leaf of the schema holds a JSON string (text, enums, timestamps): those are
+    the cells `cell` formula-escapes; numbers, booleans, lists and maps are written as JSON."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    union = typing.get_origin(annotation) in {typing.Union, types.UnionType}
+    inner = options[0] if union and len(options) == 1 else annotation
+    if typing.get_origin(inner) is typing.Annotated:
+        inner = typing.get_args(inner)[0]
+    if typing.get_origin(inner) in {list, dict} or inner in {list, dict}:
+        return False
+    return not (isinstance(inner, type) and issubclass(inner, int | float | Decimal))
+
+
+def _leaf_annotations(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        nested = _model_of(field.annotation)
+        if nested is None:
+            yield path, field.annotation
+        else:
+            yield from _leaf_annotations(nested, path)
+
+
+_TEXT = frozenset(
+    path for path, annotation in _leaf_annotations(CustomerPublic) if _is_text(annotation)
+)
+# Where the text leaves are in a row of csv_cells: the formula guard is put on in Python,
+# where it costs less than in the expression of each cell (the server is the slower side).
+_TEXT_CELLS = tuple(i for i, path in enumerate(_PATHS) if path in _TEXT)
+
+
+def _guarded(row: tuple[str | None, ...]) -> list[str | None]:
+    """A row of csv_cells as `cell` writes it: text leaves formula-escaped."""
+    cells = list(row)
+    for i in _TEXT_CELLS:
+        value = cells[i]
+        if value and value[0] in _ESCAPED_START:
+            cells[i] = "'" + value
+    return cells
+
+
+def _utc_iso(moment: str) -> str:
+    """SQL for utc_iso() of a timestamptz: microseconds only when there are some."""
+    utc = f"{moment} AT TIME ZONE 'UTC'"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        f" || CASE WHEN mod(extract(microseconds FROM {moment})::bigint, 1000000) <> 0"
+        f" THEN to_char({utc}, '.US') ELSE '' END || 'Z'"
+    )
+
+
+def _later_sql(value: str, tracked: str) -> str:
+    """SQL for `_later`: the stored time when it is not before the tracked one."""
+    return f"CASE WHEN {value}::timestamptz >= {tracked} THEN {value} ELSE {_utc_iso(tracked)} END"
+
+
+def csv_cells(personal: bool) -> tuple[str, str]:
+    """The CSV cells in SQL (CSV_COLUMNS order) and the LATERAL joins they read, over `d`
+    (customers_docs), `a` (customer_activity, left joined) and `s.segments` (the current
+    segments' ids, ordered): `cell` of each leaf of what `shown` gives, masked unless
+    `personal`, but for the formula guard (_guarded)."""
+    joins: list[str] = []
+    aliases: dict[tuple[str, ...], str] = {}
+
+    def members(path: tuple[str, ...]) -> str:
+        """The alias whose columns are the members of the object at `path`."""
+        if path not in aliases:
+            source = "d.doc" if not path else f'{members(path[:-1])}."{path[-1]}"'
+            alias = aliases[path] = f"j{len(aliases)}"
+            below = [p for p in _PATHS if p[: len(path)] == path]
+            names = dict.fromkeys(p[len(path)] for p in below)
+            objects = {p[len(path)] for p in below if len(p) > len(path) + 1}
+            typed = ", ".join(f'"{n}" {"json" if n in objects else "text"}' for n in names)
+            joins.append(f"CROSS JOIN LATERAL json_to_record({source}) AS {alias}({typed})")
+        return aliases[path]
+
+    tracked = "a.last_activity_at IS NOT NULL"
+    metadata = f'{members(())}."metadata"'
+    cells = []
+    for path in _PATHS:
+        value = f'{members(path[:-1])}."{path[-1]}"'
+        cell_sql = value
+        column = ".".join(path)
+        if column == "segments":
+            current = "array_to_json(s.segments)::text"
+            cell_sql = f"CASE WHEN cardinality(s.segments) > 0 THEN {current} ELSE {value} END"
+        elif column == "lastActivity":
+            later = _later_sql(value, "a.last_activity_at")
+            cell_sql = f"CASE WHEN {tracked} THEN {later} ELSE {cell_sql} END"
+        elif column == "metadata.loginCount":
+            added = f"(coalesce({value}::bigint, 0) + a.login_count)::text"
+            cell_sql = f"CASE WHEN {tracked} THEN {added} ELSE {cell_sql} END"
+        elif column == "metadata.lastLogin":
+            later = _later_sql(value, "a.last_login_at")
+            logged = f"{tracked} AND a.last_login_at IS NOT NULL"
+            cell_sql = f"CASE WHEN {logged} THEN {later} ELSE {cell_sql} END"
+        if not personal:
+            cell_sql = _masked_sql(column, value, cell_sql, metadata, tracked)
+        cells.append(cell_sql)
+    return ", ".join(cells), " ".join(joins)
+
+
+def _masked_sql(column: str, value: str, cell_sql: str, metadata: str, tracked: str) -> str:
+    """SQL for a cell of `masked(customer)` (domain.masking): replaced fields as MASK when
+    they hold something, location below the country left out, device details emptied."""
+    head, _, rest = column.partition(".")
+    if head in REPLACED:
+        return f"CASE WHEN {value} <> '' THEN '{MASK}' END"
+    if head == "location" and rest not in LOCATION_SHOWN:
+        return "NULL"
+    if column == ".".join(EMPTIED):
+        # `masked` empties the list of a metadata holding anything (tracked activity adds some).
+        held = f"json_typeof({metadata}) = 'object' AND {metadata}::text <> '{{}}'"
+        return f"CASE WHEN {held} OR {tracked} THEN '[]' END"
+    return cell_sql
 
 
 # --------------------------------------------------------------------------- selection
@@ -130,54 +264,75 @@ def _csv(rows: list[list[str]]) -> bytes:
 
 # What GET /customers/{id} reads besides the doc (read_api.customers.GET_ONE): the current
 # segments and the tracked activity.
-_SHOWN = (
-    "SELECT d.doc, ARRAY(SELECT s.segment_id::text FROM segment_membership s"
-    " WHERE s.customer_id = d.id AND s.left_at IS NULL ORDER BY 1),"
-    " a.last_activity_at, a.login_count, a.last_login_at"
+_SEGMENTS = (
+    "ARRAY(SELECT s.segment_id::text FROM segment_membership s"
+    " WHERE s.customer_id = d.id AND s.left_at IS NULL ORDER BY 1)"
 )
+_SHOWN = f"SELECT d.doc, {_SEGMENTS}, a.last_activity_at, a.login_count, a.last_login_at"
 # Creation order, (created_at, id): every filter's index ends with (created_at, id), so the
 # cursor walks an index from its first row instead of sorting the selection.
-_BY_FILTERS = sql.SQL(
+_BY_FILTERS = (
     "{shown} FROM (SELECT id, created_at FROM {view} WHERE {where}) v"
     " JOIN {docs} d ON d.id = v.id LEFT JOIN customer_activity a ON a.customer_id = v.id"
-    " ORDER BY v.created_at, v.id"
+    " {flattened} ORDER BY v.created_at, v.id"
 )
 # Customer id order, as GET /customers/segments/{id}/customers (segment_membership's index).
-BY_SEGMENT = sql.SQL(
+_BY_SEGMENT = (
     "{shown} FROM segment_membership m JOIN {view} v ON v.id = m.customer_id"
     " JOIN {docs} d ON d.id = m.customer_id LEFT JOIN customer_activity a"
-    " ON a.customer_id = m.customer_id"
+    " ON a.customer_id = m.customer_id {flattened}"
     " WHERE m.segment_id = %(segment)s AND m.org_id = %(org)s AND m.left_at IS NULL"
     " AND v.status <> 'DELETED' ORDER BY m.customer_id"
-).format(shown=sql.SQL(_SHOWN), view=sql.Identifier(VIEW), docs=sql.Identifier(DOCS))
+)
 SEGMENT_EXISTS = "SELECT 1 FROM segments_view WHERE org_id = %s AND id = %s"
 NOT_DELETED = "status <> 'DELETED'"
 
 
-def by_filters(filters: tuple[str, ...]) -> sql.Composed:
+def _select(
+    template: str, fmt: ExportFormat, personal: bool, **parts: sql.Composable
+) -> sql.Composed:
+    """The export statement: NDJSON reads the docs to show; CSV their cells (csv_cells)."""
+    if fmt == ExportFormat.CSV:
+        cells, joins = csv_cells(personal)
+        shown_sql = sql.SQL("SELECT " + cells)
+        flattened = sql.SQL(joins + f" CROSS JOIN LATERAL (SELECT {_SEGMENTS} AS segments) s")
+    else:
+        shown_sql, flattened = sql.SQL(_SHOWN), sql.SQL("")
+    return sql.SQL(template).format(
+        shown=shown_sql,
+        flattened=flattened,
+        view=sql.Identifier(VIEW),
+        docs=sql.Identifier(DOCS),
+        **parts,
+    )
+
+
+def by_segment(fmt: ExportFormat = ExportFormat.NDJSON, personal: bool = True) -> sql.Composed:
+    """The export statement for a segment's current members."""
+    return _select(_BY_SEGMENT, fmt, personal)
+
+
+def by_filters(
+    filters: tuple[str, ...], fmt: ExportFormat = ExportFormat.NDJSON, personal: bool = True
+) -> sql.Composed:
     """The export statement for the given FILTERS keys; DELETED customers only when `status`
     asks for them."""
     where = [sql.SQL("org_id = %(org)s"), *(sql.SQL(FILTERS[f]) for f in filters)]
     if "status" not in filters:
         where.append(sql.SQL(NOT_DELETED))
-    return _BY_FILTERS.format(
-        shown=sql.SQL(_SHOWN),
-        view=sql.Identifier(VIEW),
-        docs=sql.Identifier(DOCS),
-        where=sql.SQL(" AND ").join(where),
-    )
+    return _select(_BY_FILTERS, fmt, personal, where=sql.SQL(" AND ").join(where))
 
 
 # --------------------------------------------------------------------------- streaming
 
 
 def _render(rows: list[Any], principal: Principal, fmt: ExportFormat) -> bytes:
+    if fmt == ExportFormat.CSV:
+        return _csv([_guarded(row) for row in rows])  # the cells, made by the server
     docs = (
         shown(doc, principal, segments, (last, logins, login) if last is not None else None)
         for doc, segments, last, logins, login in rows
     )
-    if fmt == ExportFormat.CSV:
-        return _csv([csv_row(orjson.loads(d)) for d in docs])
     # A stored doc is compact JSON (orjson); re-encoded should one ever hold a line break.
     return b"".join((d if b"\n" not in d else orjson.dumps(orjson.loads(d))) + b"\n" for d in docs)
 
@@ -191,7 +346,10 @@ async def _chunks(
 ) -> AsyncGenerator[bytes, None]:
     """The export's bytes, a chunk per FETCH; the first one (CSV: with the header) is yielded
     even when nothing is selected. A server-side cursor inside the pool connection's
-    transaction; leaving early (client gone) rolls back and gives the connection back."""
+    transaction; leaving early (client gone) rolls back and gives the connection back.
+
+    The server makes the next chunk while this process renders the last one (in a worker
+    thread, off the event loop): the two run on two cores instead of taking turns."""
     async with paging.pool(request).connection() as conn, conn.transaction():
         if "segment" in params:
             await _segment_exists(conn, principal, params["segment"])
@@ -200,11 +358,25 @@ async def _chunks(
             await cur.execute(query, params)
             rows = await cur.fetchmany(CHUNK)
             head = _csv([list(CSV_COLUMNS)]) if fmt == ExportFormat.CSV else b""
-            yield head + _render(rows, principal, fmt)
-            while len(rows) == CHUNK:
-                rows = await cur.fetchmany(CHUNK)
-                if rows:
-                    yield _render(rows, principal, fmt)
+            following: asyncio.Future[list[Any]] | None = None
+            first = True
+            try:
+                while True:
+                    if len(rows) == CHUNK:
+                        following = asyncio.ensure_future(cur.fetchmany(CHUNK))
+                    chunk = await run_in_threadpool(_render, rows, principal, fmt)
+                    if first or chunk:  # the first even when empty: _started waits for it
+                        yield head + chunk
+                    first, head = False, b""
+                    if following is None:
+                        return
+                    rows, following = await following, None
+                    if not rows:
+                        return
+            finally:
+                if following is not None:  # left early: the fetch ends before the cursor
+                    with contextlib.suppress(Exception):
+                        await following
 
 
 async def _segment_exists(conn: AsyncConnection[Any], principal: Principal, segment: Any) -> None:
@@ -253,6 +425,7 @@ _CUSTOMERS_EXPORT: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/export",
     tags=["customers"],
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     response_class=Response,
     responses=_CUSTOMERS_EXPORT,
     dependencies=[consistent_with(VIEW, MEMBERSHIP)],
@@ -273,15 +446,16 @@ async def export_customers(
     /customers/{id}` shows it (masked without the personal-data permission). Filters: in
     creation order (createdAt, id); a segment: in customer id order."""
     principal.require_visible(listing_reads(filters))
+    personal = principal.can(Permission.PERSONAL_DATA)
     params: dict[str, Any] = {"org": principal.org}
     if segment_id is not None:
         if filters:
             raise invalid("segmentId", "cannot be combined with filters")
         params["segment"] = segment_id
-        query = BY_SEGMENT
+        query = by_segment(format, personal)
     else:
         params |= request.app.state.emails.resolve(principal.org, filters)
-        query = by_filters(tuple(f for f in FILTERS if f in filters))
+        query = by_filters(tuple(f for f in FILTERS if f in filters), format, personal)
     body = await _started(_chunks(request, principal, format, query, params))
     return StreamingResponse(
         body,
@@ -305,6 +479,7 @@ DEFINITION_FIELDS = tuple(f.alias or n for n, f in SegmentDefinition.model_field
 @router.get(
     "/segments/export",
     tags=["segments"],
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     response_class=Response,
     responses={
         200: {

@@ -37,6 +37,8 @@ from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
 from read_api.export import CSV_COLUMNS, cell, csv_row
 from service.auth import CanPrivacy, Principal
+from service.contract import CustomerId
+from service.limits import RouteClass, limited_as
 from service.problems import problem_responses
 from service.settings import Settings
 
@@ -314,13 +316,14 @@ def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
 
 
 @router.get(
-    "/{customer_id}/data",
+    "/{id}/data",
     response_class=Response,
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     responses={200: {"description": "The export (JSON, or a ZIP of CSV files)"}, **_ERRORS},
 )
 async def export_data(
     request: Request,
-    customer_id: UUID,
+    customer_id: CustomerId,
     principal: CanPrivacy,
     format: ExportFormat = ExportFormat.JSON,
 ) -> Response:
@@ -340,8 +343,9 @@ async def export_data(
 
 
 @router.get(
-    "/{customer_id}/history",
+    "/{id}/history",
     response_class=Response,
+    openapi_extra=limited_as(RouteClass.EXPORTS),
     responses={
         200: {
             "description": "The decrypted events, or the customer as of `asOf`",
@@ -352,7 +356,7 @@ async def export_data(
 )
 async def history(
     request: Request,
-    customer_id: UUID,
+    customer_id: CustomerId,
     principal: CanPrivacy,
     as_of: Annotated[
         AwareDatetime | None,

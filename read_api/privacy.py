@@ -19,9 +19,10 @@ from projections.consent import VIEW as CONSENT_VIEW
 from projections.consent import origins
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from read_api import paging, personal_data
-from read_api.consistency import READ_PROBLEMS, consistent_with
+from read_api.consistency import READ_PROBLEMS, consistent_with, once_settled
 from service.api_keys import ApiKeyStore
 from service.auth import CanManageKeys, CanPrivacy, CanRead, Permission
+from service.contract import CustomerId
 from service.problems import problem_responses
 
 _OPEN = "status IN ('RECEIVED', 'IN_PROGRESS')"
@@ -103,19 +104,25 @@ async def list_requests(
 
 
 @router.get(
-    "/api/v1/customers/{customer_id}/consent",
+    "/api/v1/customers/{id}/consent",
     responses={**problem_responses({404: "No such customer"}), **READ_PROBLEMS},
     dependencies=[consistent_with(CUSTOMERS_VIEW, CONSENT_VIEW)],
 )
-async def get_consent(request: Request, customer_id: UUID, principal: CanRead) -> dict[str, Any]:
+async def get_consent(
+    request: Request, customer_id: CustomerId, principal: CanRead
+) -> dict[str, Any]:
     """Current consent per purpose and every statement that led to it, oldest first. The
     client's IP address and user agent are shown to the dpo and admin roles only."""
-    async with paging.pool(request).connection() as conn:
-        cur = await conn.execute(CURRENT_PREFERENCES, (customer_id, principal.org))
-        found = await cur.fetchone()
-        if found is None:
-            raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
-        rows = await (await conn.execute(LEDGER, (customer_id,))).fetchall()
+
+    async def read() -> tuple[Any, list[Any]]:
+        async with paging.pool(request).connection() as conn:
+            cur = await conn.execute(CURRENT_PREFERENCES, (customer_id, principal.org))
+            found = await cur.fetchone()
+            if found is None:
+                raise DomainError(Code.NOT_FOUND, f"customer {customer_id} not found")
+            return found, await (await conn.execute(LEDGER, (customer_id,))).fetchall()
+
+    found, rows = await once_settled(request, (CUSTOMERS_VIEW, CONSENT_VIEW), customer_id, read)
     origin: dict[int, dict[str, str | None]] | None = None
     if principal.can(Permission.PRIVACY):
         app = personal_data.event_store(request)

@@ -35,7 +35,7 @@ from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
 from projections.segments import VIEW
 from read_api import paging
-from read_api.consistency import READ_PROBLEMS, consistent_with, not_found
+from read_api.consistency import READ_PROBLEMS, consistent_with, not_found, once_settled
 from read_api.customers import MASKED_FIELD_PROBLEMS, shown
 from service.auth import CanRead, Permission, Principal
 from service.problems import problem_responses
@@ -167,7 +167,10 @@ async def segment_page(
     },
 )
 async def get_segment(request: Request, segment_id: UUID, principal: CanRead) -> Response:
-    found = await segment(paging.pool(request), principal, segment_id)
+    pool = paging.pool(request)
+    found = await once_settled(
+        request, VIEW, segment_id, lambda: segment(pool, principal, segment_id)
+    )
     return Response(
         orjson.dumps(found),
         media_type="application/json",

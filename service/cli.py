@@ -444,6 +444,14 @@ def _client_parsers(sub: Any) -> None:
             p_transfer.add_argument("file", type=Path)
             p_transfer.add_argument("--mode", choices=["create", "upsert"], default="create")
             p_transfer.add_argument("--dry-run", action="store_true")
+            p_transfer.add_argument(
+                "--map",
+                action="append",
+                default=[],
+                metavar="COLUMN=FIELD",
+                help="CSV: the field a column fills (FIELD - skips it), repeatable;"
+                " other columns by their names or aliases (docs/api.md)",
+            )
         else:
             p_transfer.add_argument("--segment", help="a segment's current members only")
 
@@ -502,7 +510,13 @@ def _transfer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "import":
         return transfer.usable(
             lambda: transfer.import_file(
-                url, token, args.file, fmt=args.format, mode=args.mode, dry_run=args.dry_run
+                url,
+                token,
+                args.file,
+                fmt=args.format,
+                mode=args.mode,
+                dry_run=args.dry_run,
+                mapping=args.map,
             ),
             url,
         )

@@ -13,6 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from service import problems
+from service.contract import UNAUTHENTICATED
 
 _ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
@@ -28,7 +29,6 @@ SECURITY_SCHEMES = {
     },
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
-UNAUTHENTICATED = ("/health", "/ready", "/metrics")
 
 
 @cache

@@ -10,6 +10,9 @@ from collections.abc import Collection
 from domain.errors import invalid
 
 _TAG = re.compile(r'(?:W/)?"?([0-9]{1,9})"?')
+# The same syntax for the OpenAPI document (what `versions` takes, spaces around commas aside).
+IF_MATCH_PATTERN = rf"^(\*|{_TAG.pattern})$"
+IF_NONE_MATCH_PATTERN = rf"^(\*|{_TAG.pattern}(, ?{_TAG.pattern})*)$"
 
 
 def etag(version: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from read_api.app import create_app as create_read_app
-from service import docs, problems, tracing
+from service import contract, docs, problems, tracing
 from service.settings import Settings, get_settings
 from write_api.app import create_app as create_write_app
 
@@ -82,7 +83,7 @@ def merged_openapi(*apps: FastAPI) -> dict[str, Any]:
         for path, operations in part.get("paths", {}).items():
             schema["paths"].setdefault(path, {}).update(operations)
         schema["components"]["schemas"].update(part.get("components", {}).get("schemas", {}))
-    return docs.with_security(schema)
+    return contract.complete(docs.with_security(schema))
 
 
 OPENAPI_FILE = "api/openapi/customers-api.v1.yaml"
@@ -96,6 +97,8 @@ def published_openapi() -> str:
     # Building the apps connects to nothing; the URL is only required to be set.
     settings = Settings(database_url="postgresql://localhost/unused", master_key=None)
     schema = merged_openapi(create_write_app(settings), create_read_app(settings))
+    # Plain data: no object shared between operations, so no YAML anchors in the file.
+    schema = json.loads(json.dumps(schema))
     text: str = yaml.safe_dump(schema, sort_keys=False, allow_unicode=True, width=100)
     return text
 

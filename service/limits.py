@@ -12,11 +12,11 @@ them accordingly (docs/security.md).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
 from enum import StrEnum
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,8 +25,6 @@ from domain.errors import Code, DomainError
 from service.problems import problem
 from service.settings import Settings
 
-_EXPORTS = re.compile(r"^/api/v1/customers/([^/]+/(data|history)|(segments/)?export)$")
-_TRACKING = re.compile(r"^/api/v1/customers/([^/]+/track|track/batch)$")
 _MAX_KEYS = 100_000
 _IMPORT = "/api/v1/customers/import"
 _AUTH_FAILURES = "auth-failures"  # the bucket kind of failed authentications per address
@@ -39,14 +37,19 @@ class RouteClass(StrEnum):
     TRACKING = "tracking"
 
 
-def route_class(method: str, path: str) -> RouteClass:
-    if method == "GET" and _EXPORTS.match(path):
-        return RouteClass.EXPORTS
-    if method == "POST" and _TRACKING.match(path):
-        return RouteClass.TRACKING
-    if method in {"GET", "HEAD"} or path.endswith("/segments/preview"):
-        return RouteClass.READS
-    return RouteClass.WRITES
+_CLASS = "x-rate-limit-class"
+
+
+def limited_as(kind: RouteClass) -> dict[str, Any]:
+    """A route's `openapi_extra` when its requests spend `kind` rather than its app's class
+    (`app.state.route_class`: the read app's reads, the write app's writes); declared on the
+    route, so the contract shows it too."""
+    return {_CLASS: kind.value}
+
+
+def route_class(request: Request) -> RouteClass:
+    extra = getattr(request.scope.get("route"), "openapi_extra", None) or {}
+    return RouteClass(extra.get(_CLASS, request.app.state.route_class))
 
 
 class RateLimiter:
@@ -64,7 +67,7 @@ class RateLimiter:
     def check(self, request: Request, principal_key: str) -> None:
         """Spend one token of the principal's and the client's bucket, or raise 429."""
         client = request.client.host if request.client else "unknown"
-        self.spend(route_class(request.method, request.url.path), principal_key, client)
+        self.spend(route_class(request), principal_key, client)
 
     def spend(self, kind: RouteClass, principal_key: str, client: str) -> None:
         """`check` for a request of class `kind` (gRPC calls name theirs)."""

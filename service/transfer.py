@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,13 +88,24 @@ def _chunks(file: IO[bytes], size: int, progress: Progress) -> Iterator[bytes]:
 
 
 def import_file(
-    url: str, token: str, path: Path, *, fmt: str, mode: str, dry_run: bool, poll: float = 0.5
+    url: str,
+    token: str,
+    path: Path,
+    *,
+    fmt: str,
+    mode: str,
+    dry_run: bool,
+    mapping: Sequence[str] = (),
+    poll: float = 0.5,
 ) -> int:
     """Upload, then follow the job; exit status 0 when it succeeded (rows it rejected are in
-    its report), 1 when it failed or was refused."""
+    its report), 1 when it failed or was refused. `mapping`: COLUMN=FIELD items (`-` or
+    nothing after `=` skips the column)."""
     progress = Progress(sys.stderr)
     kind = "application/x-ndjson" if fmt == "ndjson" else "text/csv"
     params = {"format": fmt, "mode": mode, "dryRun": str(dry_run).lower()}
+    if mapping:
+        params["mapping"] = orjson.dumps(column_mapping(mapping)).decode()
     file = _opened(path)  # before anything is sent: a missing file is one line, not a trace
     content = _chunks(file, os.fstat(file.fileno()).st_size, progress)
     with _client(url, token) as client:
@@ -105,6 +116,17 @@ def import_file(
             headers={"Content-Type": kind},
         )
         return _follow(client, started, progress, poll)
+
+
+def column_mapping(items: Sequence[str]) -> dict[str, str | None]:
+    """`--map COLUMN=FIELD` items as the API's mapping (a field has no `=`; a column may)."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        column, equals, target = item.rpartition("=")
+        if not equals or not column:
+            raise Unusable(f"--map {item!r}: expected COLUMN=FIELD (FIELD - skips the column)")
+        out[column] = target.strip() or None
+    return out
 
 
 def bulk(url: str, token: str, args: argparse.Namespace, *, poll: float = 0.5) -> int:
@@ -152,6 +174,9 @@ def _follow(client: httpx.Client, started: httpx.Response, progress: Progress, p
     location = started.headers["Location"]
     job_id = started.json()["id"]
     print(f"job {job_id}: {client.base_url}{location}", file=sys.stderr)
+    if mapping := started.json().get("mapping"):
+        shown = ", ".join(f"{c} → {t or '(skipped)'}" for c, t in mapping.items())
+        print(f"columns: {shown}", file=sys.stderr)
     while True:
         job: dict[str, Any] = client.get(location).json()
         progress.show(_line(job), final=job["state"] in {"SUCCEEDED", "FAILED"})

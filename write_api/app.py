@@ -38,10 +38,12 @@ from service.auth import (
     Permission,
     Principal,
 )
+from service.contract import CustomerId, IfMatchHeader
+from service.limits import RouteClass, limited_as
 from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
-from write_api import bulk, imports, jobs, tracking
+from write_api import bulk, columns, forms, imports, jobs, tracking
 from write_api.commands import Outcome
 from write_api.customers import MAX_IDEMPOTENCY_KEY, CustomerCommands
 from write_api.schemas import (
@@ -69,7 +71,6 @@ _ERRORS = problems.problem_responses(
         403: "The token's roles lack the permission",
         404: "No such customer in the caller's organization",
         409: "The customer's state or another customer forbids the change",
-        412: "If-Match names a stale version",
         422: "Invalid input; `errors[].field` names it",
         503: "A dependency is unavailable",
     }
@@ -94,7 +95,7 @@ async def _segment_commands(request: Request) -> SegmentCommands:
 Segments = Annotated[SegmentCommands, Depends(_segment_commands)]
 
 
-async def _if_match(if_match: Annotated[str | None, Header()] = None) -> int | None:
+async def _if_match(if_match: IfMatchHeader = None) -> int | None:
     return etags.if_match(if_match)
 
 
@@ -271,7 +272,7 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 @customer_routes.patch(
-    PREFIX + "/{customer_id}",
+    PREFIX + "/{id}",
     response_model=None,
     dependencies=[Depends(problems.storable_body)],
     openapi_extra={
@@ -284,7 +285,7 @@ MERGE_PATCH = "application/merge-patch+json"
     responses={200: {"model": CustomerPublic}, **_ERRORS},
 )
 async def patch_customer(
-    customer_id: UUID,
+    customer_id: CustomerId,
     request: Request,
     principal: CanWrite,
     commands: Commands,
@@ -306,12 +307,12 @@ async def patch_customer(
 
 
 @customer_routes.post(
-    PREFIX + "/{customer_id}/restore",
+    PREFIX + "/{id}/restore",
     response_model=None,
     responses={200: {"model": CustomerPublic}, **_ERRORS},
 )
 def restore_customer(
-    customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
+    customer_id: CustomerId, principal: CanDelete, commands: Commands, if_match: IfMatch
 ) -> Response:
     """Undo a lifecycle deletion within CUSTOMERS_ERASURE_GRACE_HOURS (30 days by
     default): the customer gets back the status it had and its e-mail address. 409 when
@@ -328,8 +329,24 @@ import_routes = APIRouter(tags=["import"])
     status_code=202,
     openapi_extra={
         "requestBody": {
-            "content": {"text/csv": {}, "application/x-ndjson": {}},
-            "description": "the file, streamed",
+            "content": {
+                "text/csv": {},
+                "application/x-ndjson": {},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "mapping": {
+                                "type": "string",
+                                "description": "as the query parameter; before the file",
+                            },
+                            "file": {"type": "string", "format": "binary"},
+                        },
+                    }
+                },
+            },
+            "description": "the file, streamed: the body itself, or a form's `file` field",
         }
     },
     responses={202: {"description": "The queued job; poll the Location"}, **_ERRORS},
@@ -337,22 +354,45 @@ import_routes = APIRouter(tags=["import"])
 async def start_import(
     request: Request,
     principal: CanWrite,
+    *,
     format: imports.Format = imports.Format.CSV,
     mode: imports.Mode = imports.Mode.CREATE,
     dry_run: Annotated[bool, Query(alias="dryRun")] = False,
+    mapping: Annotated[
+        str | None,
+        Query(
+            description='CSV: which field each column fills, a JSON object {"column": "field"}'
+            ' ("-" or null skips a column); other columns by their names or aliases'
+        ),
+    ] = None,
 ) -> Response:
-    """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import")."""
+    """Import customers from a CSV or NDJSON file as a job (docs/api.md "Import"): the body
+    is the file, or a multipart/form-data form with the file as its `file` field."""
     settings: Settings = request.app.state.settings
     limit = imports.size_limit(settings, principal)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    form_boundary = forms.boundary(request.headers.get("content-type", ""))
+    # A form's envelope is a few hundred bytes beyond its file: the file is what is limited.
+    slack = forms.FIELD_BYTES * 2 if form_boundary else 0
+    if declared.isdigit() and int(declared) > limit + slack:
         raise imports.too_large(limit)
+    explicit = columns.parse_explicit(mapping)
     job = imports.new_job(principal.org, format, mode, dry_run, principal.sub)
     conn = await run_in_threadpool(jobs.connect, settings)
-    upload = imports.Upload(conn, job, limit)
+    upload = imports.Upload(conn, job, limit, explicit)
+
+    def form_field(name: str, text: str) -> None:
+        if mapping is not None:
+            raise invalid(name, "the mapping is given twice (query and form): give it once")
+        upload.explicit = columns.parse_explicit(text)
+
+    form = forms.FormReader(form_boundary, upload.feed, form_field) if form_boundary else None
+    feed = form.feed if form else upload.feed
     try:
         async for piece in request.stream():
-            await run_in_threadpool(upload.feed, piece)
+            await run_in_threadpool(feed, piece)
+        if form:
+            form.finish()
         answer = await run_in_threadpool(upload.finish)
     except BaseException as e:
         reason = e.detail if isinstance(e, DomainError) else "upload interrupted"
@@ -381,7 +421,8 @@ def _bulk(
     body: BulkDelete,
     details: dict[str, Any],
 ) -> Response:
-    with jobs.connect(request.app.state.settings) as conn:
+    commands: CustomerCommands = request.app.state.commands
+    with commands.app.datastore.get_connection() as conn:
         job = bulk.queue(conn, principal, kind, body.selection, details, dry_run=body.dry_run)
     return Response(
         orjson.dumps(job),
@@ -474,13 +515,14 @@ def _selection(conn: Any, principal: Principal, body: ModelFitRequest) -> dict[s
 
 
 @tracking_routes.post(
-    PREFIX + "/{customer_id}/track",
+    PREFIX + "/{id}/track",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), or skipped for consent"}, **_ERRORS},
 )
 async def track_event(
-    customer_id: UUID, body: TrackedEvent, principal: CanTrack, request: Request
+    customer_id: CustomerId, body: TrackedEvent, principal: CanTrack, request: Request
 ) -> dict[str, Any]:
     """One activity event. 202 once it is durable; behavioral events of a customer
     without analytics-tracking consent are not stored (`stored: false`)."""
@@ -499,6 +541,7 @@ async def track_event(
 @tracking_routes.post(
     PREFIX + "/track/batch",
     status_code=202,
+    openapi_extra=limited_as(RouteClass.TRACKING),
     dependencies=[Depends(problems.storable_body)],
     responses={202: {"description": "Stored (durable), but for the skipped"}, **_ERRORS},
 )
@@ -547,6 +590,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.settings = settings or get_settings()
+    app.state.route_class = RouteClass.WRITES
     edge.install(app, app.state.settings)
 
     @app.post(
@@ -568,12 +612,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _answer(outcome, location=f"{PREFIX}/{outcome.body['id']}")
 
     @app.put(
-        PREFIX + "/{customer_id}",
+        PREFIX + "/{id}",
         response_model=None,
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def update_customer(
-        customer_id: UUID,
+        customer_id: CustomerId,
         body: CustomerUpdate,
         principal: CanWrite,
         commands: Commands,
@@ -591,33 +635,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
 
-    @app.delete(PREFIX + "/{customer_id}", status_code=204, response_model=None, responses=_ERRORS)
+    @app.delete(PREFIX + "/{id}", status_code=204, response_model=None, responses=_ERRORS)
     def delete_customer(
-        customer_id: UUID, principal: CanDelete, commands: Commands, if_match: IfMatch
+        customer_id: CustomerId, principal: CanDelete, commands: Commands, if_match: IfMatch
     ) -> Response:
+        """Lifecycle (soft) deletion, not erasure (`DELETE /customers/{id}/data`): the
+        customer leaves listings, segments and exports. For CUSTOMERS_ERASURE_GRACE_HOURS
+        (30 days by default) `GET /customers/{id}` still answers 200 with `status: DELETED`
+        and `POST /customers/{id}/restore` undoes the deletion; then the customer is erased
+        and reads answer 404."""
         outcome = commands.delete(principal, customer_id, if_match)
         return _answer(Outcome(None, outcome.version, outcome.consistency_token))
 
     @app.put(
-        PREFIX + "/{customer_id}/consent",
+        PREFIX + "/{id}/consent",
         responses={
             200: {"description": "{customerId, consents: {purpose: bool}, requestId, version}"},
             **_ERRORS,
         },
     )
     def change_consent(
-        customer_id: UUID, body: ConsentChange, principal: CanConsent, commands: Commands
+        customer_id: CustomerId, body: ConsentChange, principal: CanConsent, commands: Commands
     ) -> Response:
         """Grant or withdraw consent per purpose (GDPR Art. 7), recorded with source, policy
         version, IP address and user agent; effective immediately."""
         return _answer(commands.change_consent(principal, customer_id, body))
 
     @app.post(
-        PREFIX + "/{customer_id}/anonymize",
+        PREFIX + "/{id}/anonymize",
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def anonymize_customer(
-        customer_id: UUID, principal: CanPrivacy, commands: Commands
+        customer_id: CustomerId, principal: CanPrivacy, commands: Commands
     ) -> Response:
         """Irreversibly replace everything identifying (name, e-mail, exact age, address,
         tags, devices, history) and keep the analytics: country, age band, language,
@@ -625,35 +674,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _answer(commands.anonymize(principal, customer_id))
 
     @app.delete(
-        PREFIX + "/{customer_id}/data",
+        PREFIX + "/{id}/data",
         responses={
             200: {"description": "{id, status: ERASED, erasedAt, version}"},
             **_ERRORS,
         },
     )
-    def erase_customer(customer_id: UUID, principal: CanPrivacy, commands: Commands) -> Response:
+    def erase_customer(
+        customer_id: CustomerId, principal: CanPrivacy, commands: Commands
+    ) -> Response:
         """Erase everything held about the customer (GDPR Art. 17): its data key is destroyed
         with the Erased event, every read model drops it, and `customer.erased` is published.
         Irreversible. 409 while the customer has active orders."""
         return _answer(commands.erase(principal, customer_id))
 
     @app.post(
-        PREFIX + "/{customer_id}/email/verify",
+        PREFIX + "/{id}/email/verify",
         response_model=None,
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def verify_email(
-        customer_id: UUID, body: EmailVerification, principal: CanWrite, commands: Commands
+        customer_id: CustomerId, body: EmailVerification, principal: CanWrite, commands: Commands
     ) -> Response:
         return _answer(commands.verify_email(principal, customer_id, body.token))
 
     @app.put(
-        PREFIX + "/{customer_id}/active-orders",
+        PREFIX + "/{id}/active-orders",
         response_model=None,
         responses={200: {"model": CustomerPublic}, **_ERRORS},
     )
     def set_active_orders(
-        customer_id: UUID, body: ActiveOrders, principal: CanOrders, commands: Commands
+        customer_id: CustomerId, body: ActiveOrders, principal: CanOrders, commands: Commands
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 

@@ -20,10 +20,11 @@ import orjson
 import psycopg
 from eventsourcing.persistence import Notification
 
+from domain.topics import CUSTOMER_MODULE, MEMBERSHIP_MODULE, SEGMENT_MODULE
 from eventstore import compliance, dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
 from eventstore.compliance import AuditEntry
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX, Shredded, topic_of
+from eventstore.mapper import Shredded, topic_of
 from projections.positions import LOCK_POSITION, SET_POSITION, Follower, follow
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ SEGMENT_ORGS = (
     f"SELECT originator_id, state FROM {EVENTS_TABLE}"  # noqa: S608
     " WHERE originator_id = ANY(%s) AND originator_version = 1"
 )
-_SEGMENT_PREFIX = "domain.segment:"
-_MEMBERSHIP_PREFIX = "domain.membership:"
 ENGINE = "segment-engine"  # the actor of membership changes the engine decided
 
 
@@ -82,11 +81,9 @@ class WriteAuditor(Follower):
     ) -> tuple[list[tuple[Notification, AuditEntry]], list[tuple[Notification, Exception]]]:
         """The batch's entries, and the notifications that could not be attributed."""
         customers = [
-            UUID(str(n.originator_id)) for n in batch if n.topic.startswith(CUSTOMER_TOPIC_PREFIX)
+            UUID(str(n.originator_id)) for n in batch if n.topic.startswith(CUSTOMER_MODULE)
         ]
-        segments = [
-            UUID(str(n.originator_id)) for n in batch if n.topic.startswith(_SEGMENT_PREFIX)
-        ]
+        segments = [UUID(str(n.originator_id)) for n in batch if n.topic.startswith(SEGMENT_MODULE)]
         orgs: dict[UUID, str] = {}
         if customers:
             orgs.update(conn.execute(CUSTOMER_ORGS, (customers,)).fetchall())
@@ -101,7 +98,7 @@ class WriteAuditor(Follower):
         topic = topic_of(event)
         aggregate, _, kind = topic.partition(":")
         action = f"{aggregate.removeprefix('domain.')}.{kind.rsplit('.', 1)[-1]}"
-        if topic.startswith(_MEMBERSHIP_PREFIX):
+        if topic.startswith(MEMBERSHIP_MODULE):
             subject, org = UUID(event.segment_id), event.org_id
             actor = getattr(event, "actor", None) or ENGINE
         else:

@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from domain.bulk import Action, ProfilePatch, patched
@@ -102,15 +103,15 @@ def queue(
             )
         spec["selection"] = {"segmentId": str(selection.segment_id)}
     job_id = uuid4()
-    with conn.transaction():
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         # Ids need no resolving: the targets are written now and the job starts at the first.
         total, next_line = (len(ids), 1) if ids is not None else (None, 0)
-        row = conn.execute(
+        row = cur.execute(
             QUEUE,
             (job_id, principal.org, kind, dry_run, principal.sub, Jsonb(spec), total, next_line),
         ).fetchone()
         if ids is not None:
-            conn.execute(ADD_TARGETS, (job_id, ids))
+            cur.execute(ADD_TARGETS, (job_id, ids))
     assert row is not None
     return render_customer_job(tuple(row))
 

@@ -11,10 +11,12 @@ E-mail is the key: `create` skips a customer whose e-mail is registered, `upsert
 profile (unchanged rows count as skipped), so importing a file twice gives the same customers.
 `dryRun` validates and counts without saving.
 
-CSV columns are the export's (`GET /customers/export`): nested fields as dotted names
-(`location.city`), lists and maps as JSON text; server-owned columns (`id`, `status`, …) are
-ignored. Invalid UTF-8 is rejected row by row (the bytes become lone surrogates, which the
-profile's rules refuse), naming the field.
+CSV columns are the export's (`GET /customers/export`: nested fields as dotted names,
+`location.city`, lists and maps as JSON text; server-owned columns, `id`, `status`, …, are
+ignored), the flat names other tools write, or what the caller's mapping says: the column
+mapping is decided from the header when the upload starts and kept with the job
+(write_api/columns.py). Invalid UTF-8 is rejected row by row (the bytes become lone
+surrogates, which the profile's rules refuse), naming the field.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from uuid import UUID, uuid4
 import orjson
 import psycopg
 from eventsourcing.persistence import IntegrityError
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from domain.customer import Customer
@@ -44,6 +47,7 @@ from eventstore.recorder import OWNERS, Claim
 from service.auth import Principal
 from service.problems import field_path
 from service.settings import Settings
+from write_api import columns
 from write_api.jobs import Job, JobFailed, JobRunner, connect, drop_input
 
 log = logging.getLogger(__name__)
@@ -52,23 +56,7 @@ Connection = psycopg.Connection[Any]
 
 CHUNK_BYTES = 1 << 20
 BATCH = 500
-IGNORED = frozenset(
-    {
-        "id",
-        "version",
-        "status",
-        "createdAt",
-        "updatedAt",
-        "lastActivity",
-        "segments",
-        "pendingEmail",
-        "activeOrders",
-        "location.countryCode",
-    }
-)
 _RETRIES = 5
-# Cells the export prefixed with "'" (read_api/export.py), so that no spreadsheet runs them.
-_FORMULA_GUARDED = frozenset({"=", "+", "-", "@", "\t", "\r", "'"})
 
 
 class Format(Choice):
@@ -81,9 +69,11 @@ class Mode(Choice):
     UPSERT = "upsert"
 
 
+# An import's `spec` holds its column mapping: [[column, field or null], …] in the header's
+# order (jsonb would not keep an object's).
 START = (
-    "INSERT INTO customer_jobs (id, org_id, format, mode, dry_run, state, requested_by)"
-    " VALUES (%s, %s, %s, %s, %s, 'RECEIVING', %s)"
+    "INSERT INTO customer_jobs (id, org_id, format, mode, dry_run, state, requested_by, spec)"
+    " VALUES (%s, %s, %s, %s, %s, 'RECEIVING', %s, %s)"
 )
 ADD_CHUNK = "INSERT INTO import_chunks (job_id, seq, data) VALUES (%s, %s, %s)"
 RECEIVED = (
@@ -109,40 +99,21 @@ def delimiter(header_line: str) -> str:
     return best if counts[best] else ","
 
 
-def check_header(first: bytes, fmt: Format) -> None:
-    """422 for what can be told from the file's start: nothing in it, unknown columns (all
-    of them named), no e-mail column."""
+def check_header(
+    first: bytes, fmt: Format, explicit: dict[str, str | None]
+) -> list[tuple[str, str | None]] | None:
+    """The column mapping (CSV) from what the file's start tells; 422 for an empty file and
+    for columns that cannot be used (all of them named, with the fields closest to them)."""
     if not first.strip():
         raise invalid("body", "the file is empty")
-    if fmt is Format.CSV:
-        text = first.decode("utf-8-sig", errors="surrogateescape")
-        line = text.splitlines()[0] if text else ""
-        header = next(csv.reader(io.StringIO(text), delimiter=delimiter(line)), [])
-        unknown = [c for c in header if c not in IGNORED and not known_column(c)]
-        if unknown:
-            names = ", ".join(repr(c) for c in unknown)
-            raise invalid(
-                "columns",
-                f"unknown column{'s' if len(unknown) > 1 else ''} {names}: the columns are the"
-                " export's (GET /customers/export?format=csv), dotted for nested fields",
-            )
-        if "email" not in header:
-            raise invalid("columns", "the header has no 'email' column")
-
-
-def known_column(name: str) -> bool:
-    """A dotted path through the customer body's fields (camelCase)."""
-    model: Any = Profile
-    for part in name.split("."):
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        if part not in fields:
-            return False
-        annotation = fields[part].annotation
-        options = getattr(annotation, "__args__", (annotation,))
-        model = next((t for t in options if hasattr(t, "model_fields")), None)
-        if model is None:
-            return part == name.rsplit(".", maxsplit=1)[-1]
-    return True
+    if fmt is not Format.CSV:
+        if explicit:
+            raise invalid("mapping", "a column mapping is for CSV files (NDJSON has no columns)")
+        return None
+    text = first.decode("utf-8-sig", errors="surrogateescape")
+    line = text.splitlines()[0] if text else ""
+    header = next(csv.reader(io.StringIO(text), delimiter=delimiter(line)), [])
+    return columns.resolve(header, explicit)
 
 
 def new_job(org: str, fmt: Format, mode: Mode, dry_run: bool, requested_by: str) -> Job:
@@ -167,6 +138,7 @@ class Upload:
     conn: Connection
     job: Job
     limit: int
+    explicit: dict[str, str | None] = field(default_factory=dict)  # the caller's mapping
     seq: int = 0
     size: int = 0
     checked: bool = False
@@ -195,9 +167,12 @@ class Upload:
 
     def _store(self, data: bytes) -> None:
         if not self.checked:
-            check_header(data, Format(str(self.job.fmt)))
+            pairs = check_header(data, Format(str(self.job.fmt)), self.explicit)
+            spec = Jsonb({"mapping": pairs}) if pairs is not None else None
             j = self.job
-            self.conn.execute(START, (j.id, j.org_id, j.fmt, j.mode, j.dry_run, j.requested_by))
+            self.conn.execute(
+                START, (j.id, j.org_id, j.fmt, j.mode, j.dry_run, j.requested_by, spec)
+            )
             self.checked = True
         if data:
             self.conn.execute(ADD_CHUNK, (self.job.id, self.seq, data))
@@ -249,12 +224,16 @@ class Record:
 
 
 def records(
-    file: _File, fmt: Format, header: tuple[list[str], str] | None = None
+    file: _File,
+    fmt: Format,
+    header: tuple[list[str], str] | None = None,
+    mapping: list[tuple[str, str | None]] | None = None,
 ) -> Iterator[Record | None]:
     """The file's records from where `file` stands, with the line each starts on (1 = the
     first line); None for a blank one, which is no record, so that the caller sees the file
     go by even when it is nothing but blank lines. A CSV's header (columns and separator) is
-    its first line, unless given (resuming mid-file)."""
+    its first line, unless given (resuming mid-file); its cells go where `mapping` (the
+    upload's, write_api/columns.py) says, by default where the columns' names say."""
     lines = file.lines()
     if fmt is Format.NDJSON:
         for text in lines:
@@ -277,7 +256,8 @@ def records(
         if first is None:
             return
         header = parse_header(first)
-    columns, separator = header
+    names, separator = header
+    layout = columns.Layout.of(names, columns.resolve(names, {}) if mapping is None else mapping)
     reader = csv.reader(lines, delimiter=separator, strict=True)
     while True:
         start = file.line
@@ -291,11 +271,11 @@ def records(
         if not any(cell.strip() for cell in row):
             yield None
             continue
-        if len(row) != len(columns):
-            reason = f"expected {len(columns)} columns, found {len(row)}"
+        if len(row) != len(names):
+            reason = f"expected {len(names)} columns, found {len(row)}"
             yield Record(start, None, reason)
             continue
-        yield Record(start, nested(columns, row))
+        yield Record(start, layout.body(row))
 
 
 def parse_header(line: str) -> tuple[list[str], str]:
@@ -306,28 +286,6 @@ def parse_header(line: str) -> tuple[list[str], str]:
 
 def csv_header(conn: Connection, job_id: UUID) -> tuple[list[str], str]:
     return parse_header(next(_File(conn, job_id).lines(), ""))
-
-
-def nested(header: list[str], row: list[str]) -> dict[str, Any]:
-    """Dotted columns as nested objects; empty cells left out; JSON text for lists/maps."""
-    out: dict[str, Any] = {}
-    for name, raw in zip(header, row, strict=True):
-        if name in IGNORED or raw == "":
-            continue
-        # The export's guard against spreadsheet formulas comes off.
-        cell = raw[1:] if raw[:1] == "'" and raw[1:2] in _FORMULA_GUARDED else raw
-        value: Any = cell
-        if cell[:1] in "[{":
-            try:
-                value = orjson.loads(cell.encode("utf-8", errors="surrogateescape"))
-            except orjson.JSONDecodeError:
-                value = cell  # not JSON: validation will say what is wrong with it
-        target = out
-        *parents, leaf = name.split(".")
-        for p in parents:
-            target = target.setdefault(p, {})
-        target[leaf] = value
-    return out
 
 
 # --------------------------------------------------------------------------- running
@@ -364,7 +322,9 @@ def run(runner: JobRunner, job: Job) -> None:
         seen: dict[bytes, int] = {}  # e-mail claim hash -> first line, in this turn
         read, failed = job.rows_read, job.failed
         batch, batch_from = Batch(), file.position
-        for record in records(file, fmt, header):
+        stored = (job.spec or {}).get("mapping")
+        mapping = [(c, t) for c, t in stored] if stored is not None else None
+        for record in records(file, fmt, header, mapping):
             if record is not None and record.line >= skip_before:
                 batch.tally.read += 1
                 _admit(app, job, record, batch, seen)

@@ -26,9 +26,9 @@ from domain.criteria import SegmentCriteria, matches
 from domain.membership import Change, Reason, events, stream_id
 from domain.segment import effective_criteria
 from domain.segment_facts import CustomerFacts
+from domain.topics import CUSTOMER_MODULE
 from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
 from projections import segment_sql
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import (
@@ -127,7 +127,7 @@ class Reevaluator(Follower):
             changed = {
                 n.originator_id: n
                 for n in batch
-                if n.topic.startswith(CUSTOMER_TOPIC_PREFIX) and isinstance(n.originator_id, UUID)
+                if n.topic.startswith(CUSTOMER_MODULE) and isinstance(n.originator_id, UUID)
             }
             if changed:
                 self._reevaluate_isolated(conn, changed)

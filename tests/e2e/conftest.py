@@ -10,15 +10,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
 
 from service.auth import issue_token
 from service.cli import http_config
 from service.embedded import free_port
+from service.gateway import Gateway
 from service.logs import JsonFormatter, redacting_handler
 from service.settings import Settings
 
@@ -120,6 +123,22 @@ def auth(migrated: Settings, org: str) -> TokenFactory:
 def http(service_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service_url, timeout=30) as client:
         yield client
+
+
+@contextmanager
+def unprojected_write(settings: Settings, headers: dict[str, str]) -> Iterator[str]:
+    """The consistency token of a create that no projector makes visible while inside (they
+    wait on a lock of `positions`, whichever test's projector runs on this database): a read
+    carrying it is held for the whole consistency wait."""
+    with psycopg.connect(settings.database_url or "", autocommit=True) as lock:
+        for url in serve_in_thread(Gateway(settings)):
+            with lock.transaction():
+                lock.execute("LOCK TABLE positions IN SHARE MODE")
+                created = httpx.post(
+                    f"{url}/api/v1/customers", json=new_customer(), headers=headers
+                )
+                assert created.status_code == 201, created.text
+                yield created.headers["X-Consistency-Token"]
 
 
 def new_customer(**overrides: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from read_api.export import CHUNK, CSV_COLUMNS
+from read_api.export import CHUNK, CSV_COLUMNS, _csv, csv_row
 from service.settings import Settings
 from tests.e2e.conftest import EMAIL, TokenFactory, new_customer
 from tests.e2e.test_customers_api import assert_problem
@@ -298,3 +298,59 @@ def test_segment_definitions_round_trip_to_another_organization(
         http.post(f"{SEGMENTS}/import", json={**body, "version": 2}, headers=c), 422, "version"
     )
     assert http.get(SEGMENTS_EXPORT, headers=c).json()["segments"] == []
+
+
+def test_the_csv_flattened_by_the_server_is_byte_for_byte_the_cells_of_what_get_shows(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    """The CSV export's cells are made in SQL (read_api.export.csv_cells); they are exactly
+    `csv_row` of each customer the NDJSON export shows (masked for an analyst), with its
+    current segments and tracked activity: formula starts, quotes, line breaks, numbers as
+    written, lists and maps as compact JSON in their order."""
+    h = auth()
+    preferences = new_customer()["preferences"] | {
+        "customPreferences": {"z": 1, "a": [1.5, "x"], "n": None, "t": "=1+1"}
+    }
+    rich = add_customer(
+        http,
+        h,
+        name='@Ann, "the" first',
+        location={
+            "country": "ES",
+            "city": "+Madrid",
+            "region": "'quoted",
+            "postalCode": "-28001",
+            "latitude": 0.00001,
+            "longitude": -3.703790,
+        },
+        preferences=preferences,
+        tags=["b", "a"],
+        metadata={
+            "source": "=cmd",
+            "lifetimeValue": {"amount": 1000000.5, "currency": "EUR"},
+            "referralSource": "line\nbreak",
+            "lastLogin": "2030-01-01T00:00:00Z",  # later than the tracked login: kept
+        },
+    )
+    plain = add_customer(http, h, name="José Ñúñez", age=None, gender=None, location=None)
+    sid = new_segment(http, h, kind="STATIC", criteria=None)["id"]
+    http.post(f"{SEGMENTS}/{sid}/members", json={"add": [rich["id"]]}, headers=h)
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    for customer, at_ in ((rich, moment), (plain, moment + timedelta(microseconds=120))):
+        login = {"type": "LOGIN", "timestamp": at_.isoformat()}
+        sent = http.post(f"{CUSTOMERS}/{customer['id']}/track", json=login, headers=h)
+        assert sent.status_code == 202
+    eventually(lambda: http.get(f"{CUSTOMERS}/{rich['id']}", headers=h).json()["segments"])
+    eventually(
+        lambda: http.get(f"{CUSTOMERS}/{plain['id']}", headers=h).json()["metadata"]["loginCount"]
+    )
+
+    def rendered(customers: list[dict[str, Any]]) -> bytes:
+        return _csv([list(CSV_COLUMNS), *(csv_row(c) for c in customers)])
+
+    for who in (h, auth("analyst")):
+        for params in ({}, {"segmentId": sid}):
+            _, customers = export(http, who, **params)
+            assert len(customers) == (2 if not params else 1)
+            response = http.get(EXPORT, params={**params, "format": "csv"}, headers=who)
+            assert response.content == rendered(customers)

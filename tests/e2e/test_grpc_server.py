@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,7 @@ from grpc_api.gen import customers_pb2 as pb
 from grpc_api.gen import customers_pb2_grpc as rpc
 from service.embedded import free_port
 from service.settings import Settings
-from tests.e2e.conftest import TokenFactory
+from tests.e2e.conftest import TokenFactory, unprojected_write
 from tests.e2e.test_grpc_parity import metadata, rpc_error, serve_grpc
 from tests.e2e.test_tls import self_signed
 
@@ -126,7 +127,7 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with ExitStack() as stack, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 30
             while True:
@@ -136,9 +137,10 @@ def test_sigterm_lets_calls_in_flight_finish(migrated: Settings, auth: TokenFact
                 except grpc.RpcError:
                     assert time.monotonic() < deadline and server.poll() is None, "no server"
                     time.sleep(0.2)
-            # A read waiting for a write that never comes: busy for the 2 s consistency wait.
+            # A read waiting for a write no projector makes visible: busy for the 2 s wait.
+            written = stack.enter_context(unprojected_write(migrated, auth()))
             waiting = rpc.CustomerServiceStub(channel).ListCustomers.future(
-                pb.ListCustomersRequest(), metadata=metadata(auth(), token=str(10**15))
+                pb.ListCustomersRequest(), metadata=metadata(auth(), token=written)
             )
             # SIGTERM once the server holds the call (its in-flight gauge says so).
             deadline = time.monotonic() + 10

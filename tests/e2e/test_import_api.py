@@ -3,8 +3,10 @@ creates nothing twice, upsert updates by e-mail, NDJSON and dry runs, malformed 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -160,3 +162,175 @@ def test_a_junk_file_stops_as_failed_with_a_bounded_report(
     assert len(stored) < migrated.import_ratio_min_rows + imports.BATCH < junk
     junk_line = "not JSON: unexpected character, expected a JSON value"
     assert stored[:2] == [(2, junk_line), (3, junk_line)]
+
+
+# --------------------------------------------------------------------------- files users have
+
+CRM_EXPORT = Path(__file__).parents[2] / "docs" / "examples" / "crm-export.csv"
+
+
+def followed(http: httpx.Client, h: dict[str, str], started: httpx.Response) -> dict[str, Any]:
+    assert started.status_code == 202, started.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(started.headers["Location"], headers=h).json()
+        if job["state"] in {"SUCCEEDED", "FAILED"}:
+            return job
+        time.sleep(0.1)
+    raise AssertionError("import did not finish")
+
+
+def test_a_crm_export_sent_as_a_form_is_read_by_its_flat_column_names(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    """docs/examples/crm-export.csv, as `curl -F file=@crm-export.csv` sends it: a real
+    multipart/form-data body. Its flat names are aliases of the body's fields; a dry run
+    says which column fills which field before anything is saved."""
+    h = auth()
+    content = CRM_EXPORT.read_bytes()
+    form = {"file": ("crm-export.csv", content, "text/csv")}
+    dry_started = http.post(IMPORT, files=form, params={"dryRun": "true"}, headers=h)
+    assert dry_started.request.headers["Content-Type"].startswith("multipart/form-data")
+    expected = {
+        "Email Address": "email",
+        "First Name": "firstName",
+        "Last Name": "lastName",
+        "Age": "age",
+        "Gender": "gender",
+        "Country": "location.country",
+        "City": "location.city",
+        "Postal Code": "location.postalCode",
+        "Timezone": "location.timezone",
+        "Marketing Consent": "preferences.marketingConsent",
+        "Data Processing Consent": "preferences.dataProcessingConsent",
+        "Tags": "tags",
+    }
+    assert dry_started.json()["mapping"] == expected  # in the 202 already
+    dry = followed(http, h, dry_started)
+    assert (dry["dryRun"], dry["created"], dry["failed"], dry["mapping"]) == (
+        True,
+        3,
+        0,
+        expected,
+    )
+    assert listed(http, h) == {}
+
+    job = followed(http, h, http.post(IMPORT, files=form, headers=h))
+    assert (job["state"], job["created"], job["failed"]) == ("SUCCEEDED", 3, 0)
+    eventually(lambda: len(listed(http, h)) == 3)
+    ana = listed(http, h)["ana.garcia@example.com"]
+    assert (ana["name"], ana["age"], ana["gender"]) == ("Ana García", 34, "FEMALE")
+    assert ana["location"] == {
+        "country": "Spain",
+        "countryCode": "ES",
+        "city": "Madrid",
+        "region": "",
+        "postalCode": "28013",
+        "timezone": "Europe/Madrid",
+        "latitude": None,
+        "longitude": None,
+    }
+    assert ana["tags"] == ["newsletter", "vip"]  # `a;b`
+    prefs = ana["preferences"]
+    assert (prefs["marketingConsent"], prefs["dataProcessingConsent"]) == (True, True)
+    ben = listed(http, h)["ben.okafor@example.com"]
+    assert (ben["location"]["country"], ben["preferences"]["marketingConsent"]) == (
+        "United Kingdom",
+        False,
+    )
+    assert listed(http, h)["chloe.martin@example.com"]["tags"] == ["newsletter", "spring-2026"]
+
+
+def test_the_flat_names_of_the_issue_and_tags_as_json_or_delimited(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    header = "email,name,age,gender,country,city,timezone,"
+    header += "marketingConsent,dataProcessingConsent,tags\r\n"
+    rows = 'a@example.com,A,30,other,ES,Madrid,Europe/Madrid,true,true,"[""x"", ""y""]"\r\n'
+    rows += "b@example.com,B,31,other,ES,Bilbao,Europe/Madrid,false,true,x|z\r\n"
+    job = finished(http, h, (header + rows).encode())
+    assert (job["created"], job["failed"]) == (2, 0), report(http, h, job)
+    assert job["mapping"]["country"] == "location.country"
+    eventually(lambda: len(listed(http, h)) == 2)
+    assert listed(http, h)["a@example.com"]["tags"] == ["x", "y"]
+    assert listed(http, h)["b@example.com"]["tags"] == ["x", "z"]
+    assert listed(http, h)["b@example.com"]["location"]["city"] == "Bilbao"
+
+
+def test_an_explicit_mapping_in_the_query_or_the_form(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    content = b"Correo,Nombre,Pais,Notas\r\nc@example.com,C,Spain,likes tea\r\n"
+    mapping = {"Correo": "email", "Nombre": "name", "Pais": "location.country", "Notas": "-"}
+    query = upload(http, h, content, mapping=json.dumps(mapping), dryRun="true")
+    assert query.status_code == 202, query.text
+    shown = {**mapping, "Notas": None}
+    assert query.json()["mapping"] == shown
+    job = followed(http, h, query)
+    # Rows without the consents are refused by the body's rules, naming them.
+    assert (job["rowsRead"], job["failed"]) == (1, 1)
+    assert report(http, h, job) == [(2, "preferences")]
+
+    with_consents = b"Correo,Nombre,Pais,Notas,Acepta\r\nd@example.com,D,Spain,x,yes\r\n"
+    both = {**mapping, "Acepta": "preferences.marketingConsent"}
+    form = http.post(
+        IMPORT,
+        data={"mapping": json.dumps(both)},
+        files={"file": ("clientes.csv", with_consents, "text/csv")},
+        headers=h,
+    )
+    assert form.status_code == 202, form.text
+    assert form.json()["mapping"]["Acepta"] == "preferences.marketingConsent"
+    twice = http.post(
+        IMPORT,
+        params={"mapping": json.dumps(both)},
+        data={"mapping": json.dumps(both)},
+        files={"file": ("clientes.csv", with_consents, "text/csv")},
+        headers=h,
+    )
+    assert_problem(twice, 422, "mapping")
+
+
+def test_unknown_columns_are_answered_with_the_closest_fields(
+    http: httpx.Client, auth: TokenFactory
+) -> None:
+    h = auth()
+    answer = upload(http, h, b"emial,name,countri,phone\r\nx@example.com,X,Spain,1\r\n")
+    assert_problem(answer, 422, "columns")
+    message = answer.json()["errors"][0]["message"]
+    assert "'emial' (did you mean 'email'?)" in message
+    assert "'countri' (did you mean 'location.country'" in message
+    assert "'phone': name them" in message  # nothing close to it
+    assert 'mapping={"column": "field"}' in message
+
+    wrong_field = upload(http, h, b"email,nm\r\n", mapping=json.dumps({"nm": "nmae"}))
+    assert_problem(wrong_field, 422, "mapping")
+    assert "'nmae' (did you mean 'name'?)" in wrong_field.json()["errors"][0]["message"]
+    wrong_column = upload(http, h, b"email,name\r\n", mapping=json.dumps({"Name": "name"}))
+    assert_problem(wrong_column, 422, "mapping")
+    assert "'Name' (did you mean 'name'?)" in wrong_column.json()["errors"][0]["message"]
+    assert_problem(upload(http, h, b"email,name\r\n", mapping="{not json"), 422, "mapping")
+    clash = upload(http, h, b"email,E-mail,name\r\n")
+    assert_problem(clash, 422, "columns")
+    assert "'email' and 'E-mail'" in clash.json()["errors"][0]["message"]
+
+    # A form without a file, a field after the file, a field the form does not have.
+    no_file = http.post(IMPORT, data={"mapping": "{}"}, files={"x": ("x", b"")}, headers=h)
+    assert_problem(no_file, 422, "x")
+    boundary = "b0undary"
+    late = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        "email,name\r\n"
+        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="mapping"\r\n\r\n'
+        "{}"
+        f"\r\n--{boundary}--\r\n"
+    ).encode()
+    kind = f"multipart/form-data; boundary={boundary}"
+    answer = http.post(IMPORT, content=late, headers={**h, "Content-Type": kind})
+    assert_problem(answer, 422, "mapping")
+    cut = late[: late.index(b'\r\n--b0undary\r\nContent-Disposition: form-data; name="mapping"')]
+    answer = http.post(IMPORT, content=cut, headers={**h, "Content-Type": kind})
+    assert_problem(answer, 422, "body")
+    assert http.get(IMPORT, headers=h).json()["items"] == []  # nothing refused was kept

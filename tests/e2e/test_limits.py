@@ -5,6 +5,7 @@ small limits; client addresses from X-Forwarded-For only behind trusted proxies.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +20,7 @@ from tests.e2e.conftest import TokenFactory, new_customer, serve_in_thread
 from tests.e2e.test_customers_api import assert_problem
 
 CUSTOMERS = "/api/v1/customers"
+IMPORT = f"{CUSTOMERS}/import"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,7 @@ def limited(migrated: Settings) -> Iterator[str]:
             "rate_limit_reads_per_minute": 6,
             "rate_limit_writes_per_minute": 3,
             "rate_limit_exports_per_minute": 2,
+            "rate_limit_tracking_per_minute": 2,
             "max_body_bytes": 20_000,
         }
     )
@@ -44,11 +47,17 @@ def test_rate_limits(limited: str, auth: TokenFactory) -> None:
         limited_answer = http.get(CUSTOMERS, headers=two)
         assert_problem(limited_answer, 429)
         assert int(limited_answer.headers["Retry-After"]) >= 1
+        # A query sent as a POST is a read, as its route declares (the read app's class).
+        assert_problem(http.post(f"{CUSTOMERS}/reports", json={}, headers=one), 429)
         # Other classes have buckets of their own.
         writes = [
             http.post(CUSTOMERS, json=new_customer(), headers=one).status_code for _ in range(4)
         ]
         assert writes == [201, 201, 201, 429]
+        # Tracking too (the budget is spent before the body is read).
+        track = f"{CUSTOMERS}/track/batch"
+        tracked = [http.post(track, json={}, headers=one).status_code for _ in range(3)]
+        assert tracked == [422, 422, 429]
         export = f"{CUSTOMERS}/00000000-0000-0000-0000-000000000000/data"
         exports = [http.get(export, headers=auth("dpo")).status_code for _ in range(3)]
         assert exports == [404, 404, 429]
@@ -192,30 +201,39 @@ def _in_flight() -> float:
 def test_requests_beyond_the_admission_cap_are_refused_at_once(
     migrated: Settings, auth: TokenFactory
 ) -> None:
-    """Two requests hold the read app (each waits for a consistency token the projector will
-    not reach); a third is refused with 503 + Retry-After while they still wait, health and
-    readiness are still answered, and once they are done the app admits again."""
-    settings = migrated.model_copy(
-        update={"max_concurrent_requests": 2, "consistency_wait_seconds": 3.0}
-    )
-    waiting = {**auth(), "X-Consistency-Token": "999999999"}
+    """Two imports whose files are still arriving hold the write app; a third write is
+    refused with 503 + Retry-After while they are held, reads (the read app's own cap),
+    health and readiness are still answered, and once they are done the app admits again."""
+    settings = migrated.model_copy(update={"max_concurrent_requests": 2})
+    release = threading.Event()
+
+    def arriving() -> Iterator[bytes]:
+        yield b"email,name\n"
+        release.wait(30)
+
+    upload = {**auth(), "Content-Type": "text/csv"}
     for url in serve_in_thread(Gateway(settings), settings):
-        with httpx.Client(base_url=url, timeout=10) as http, ThreadPoolExecutor(2) as pool:
+        with httpx.Client(base_url=url, timeout=30) as http, ThreadPoolExecutor(2) as pool:
             # One at a time, each seen in flight before the next: two sent together can race
             # a third and be the one refused.
             held: list[Future[httpx.Response]] = []
             deadline = time.monotonic() + 10
             for _ in range(2):
                 before = _in_flight()
-                held.append(pool.submit(http.get, CUSTOMERS, headers=waiting))
+                held.append(pool.submit(http.post, IMPORT, content=arriving(), headers=upload))
                 while _in_flight() <= before:
                     assert time.monotonic() < deadline, "a held request never arrived"
-            refused = http.get(CUSTOMERS, headers=auth())
-            assert not any(h.done() for h in held), "refused only while both were held"
-            assert_problem(refused, 503)
-            assert "capacity" in refused.json()["detail"]
-            assert refused.headers["Retry-After"] == "1"
-            assert http.get("/health").status_code == 200
-            assert http.get("/ready").status_code == 200
-            assert [h.result().status_code for h in held] == [503, 503]  # their wait timed out
-            assert http.get(CUSTOMERS, headers=auth()).status_code == 200
+            try:
+                refused = http.post(CUSTOMERS, json=new_customer(), headers=auth())
+                assert not any(h.done() for h in held), "refused only while both were held"
+                assert_problem(refused, 503)
+                assert "capacity" in refused.json()["detail"]
+                assert refused.headers["Retry-After"] == "1"
+                assert http.get(CUSTOMERS, headers=auth()).status_code == 200
+                assert http.get("/health").status_code == 200
+                assert http.get("/ready").status_code == 200
+            finally:
+                release.set()
+            assert [h.result().status_code for h in held] == [202, 202]
+            created = http.post(CUSTOMERS, json=new_customer(), headers=auth())
+            assert created.status_code == 201

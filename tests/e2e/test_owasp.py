@@ -24,11 +24,11 @@ from tests.e2e.test_membership_api import CUSTOMERS, add_customer, new_segment
 from tests.e2e.test_segments_api import segment
 
 BODIES: dict[str, Any] = {
-    "/api/v1/customers/{customer_id}": new_customer(),
-    "/api/v1/customers/{customer_id}/consent": {"consents": {"marketing": True}},
-    "/api/v1/customers/{customer_id}/email/verify": {"token": "t"},
-    "/api/v1/customers/{customer_id}/active-orders": {"activeOrders": 1},
-    "/api/v1/customers/{customer_id}/track": {"type": "LOGOUT"},
+    "/api/v1/customers/{id}": new_customer(),
+    "/api/v1/customers/{id}/consent": {"consents": {"marketing": True}},
+    "/api/v1/customers/{id}/email/verify": {"token": "t"},
+    "/api/v1/customers/{id}/active-orders": {"activeOrders": 1},
+    "/api/v1/customers/{id}/track": {"type": "LOGOUT"},
     "/api/v1/customers/segments/{segment_id}": segment(),
     "/api/v1/customers/segments/{segment_id}/members": {"add": []},
 }

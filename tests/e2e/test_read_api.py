@@ -430,13 +430,26 @@ async def test_malformed_consistency_token_is_422(
 async def test_consistency_token_not_reached_times_out_with_503(
     world: World, client: httpx.AsyncClient
 ) -> None:
-    headers = {"X-Consistency-Token": str(_max_id(world) + 1000)}
+    c = Customer.register(ORG, _profile(998), "unprojected")
+    world.app.save(c, new_keys=[world.app.keys.create(c.id, ORG)])  # the projector is not run
+    headers = {"X-Consistency-Token": str(_max_id(world))}
     started = asyncio.get_running_loop().time()
     r = await client.get("/api/v1/customers", headers=headers)
     elapsed = asyncio.get_running_loop().time() - started
     assert_problem(r, 503)
     assert r.headers["retry-after"]
     assert elapsed >= 0.9  # it waited its bound (consistency_wait_seconds = 1.0) first
+    world.project()
+    world.ids.append(c.id)
+
+
+async def test_consistency_token_beyond_the_log_waits_for_its_last_write(
+    world: World, client: httpx.AsyncClient
+) -> None:
+    """No write answered it, so it asks for every write so far: the views have them all."""
+    headers = {"X-Consistency-Token": str(_max_id(world) + 1000)}
+    r = await client.get("/api/v1/customers", headers=headers)
+    assert r.status_code == 200
 
 
 async def test_read_waits_for_the_projection_to_reach_the_token(
@@ -457,6 +470,30 @@ async def test_read_waits_for_the_projection_to_reach_the_token(
     assert r.status_code == 200
     assert r.json()["id"] == str(c.id)
     world.ids.append(c.id)
+
+
+@pytest.mark.parametrize("suffix", ["", "/insights", "/segments"])
+async def test_read_after_create_without_token_waits_for_the_projector(
+    world: World, client: httpx.AsyncClient, suffix: str
+) -> None:
+    """Following a creation's Location without its token: the log has the customer, the view
+    not yet, so the read waits for the projector instead of answering 404."""
+    c = Customer.register(ORG, _profile(997), "fresh")
+    world.app.save(c, new_keys=[world.app.keys.create(c.id, ORG)])
+    request = asyncio.ensure_future(client.get(f"/api/v1/customers/{c.id}{suffix}"))
+    await asyncio.sleep(0.2)
+    assert not request.done()  # waiting, not a 404
+    projector = threading.Thread(target=world.project)
+    projector.start()
+    r = await request
+    projector.join()
+    assert r.status_code == 200, r.text
+    world.ids.append(c.id)
+
+
+async def test_read_of_an_id_the_log_does_not_have_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.get(f"/api/v1/customers/{uuid4()}")
+    assert_problem(r, 404)
 
 
 # --------------------------------------------------------------------------- operations

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from service.auth import issue_token
 from service.embedded import free_port
 from service.settings import Settings
+from tests.e2e.conftest import unprojected_write
 
 HEALTH = {"method": "GET", "route": "/health", "status": "200"}
 
@@ -98,8 +99,9 @@ def test_workers_share_metrics_and_drain_on_sigterm(
     assert sum(shares) == 40 and all(shares), shares
 
     token = issue_token(migrated, sub="tester", org="org-shutdown", roles=["admin"])
-    slow_headers = {"Authorization": f"Bearer {token}", "X-Consistency-Token": "999999999"}
-    with ThreadPoolExecutor(1) as pool:
+    headers = {"Authorization": f"Bearer {token}"}
+    with unprojected_write(migrated, headers) as written, ThreadPoolExecutor(1) as pool:
+        slow_headers = {**headers, "X-Consistency-Token": written}
         slow = pool.submit(
             httpx.get, f"{url}/api/v1/customers", headers=slow_headers, timeout=30
         )  # waits the whole consistency wait (3 s), then 503

@@ -88,3 +88,39 @@ def test_bulk_jobs_from_the_command_line(
     assert b"/report" in deleted.stderr
     refused = customers_cli(service_url, token, "bulk", "update", "--segment", unknown)
     assert refused.returncode == 1 and b"refused: 422" in refused.stderr
+
+
+def test_import_with_a_column_mapping_from_the_command_line(
+    http: httpx.Client, auth: TokenFactory, service_url: str, tmp_path: Path
+) -> None:
+    h = auth()
+    token = h["Authorization"].removeprefix("Bearer ")
+    file = tmp_path / "clientes.csv"
+    file.write_text(
+        "Correo,Nombre completo,País,Marketing,GDPR consent,Notas\n"
+        "maria@example.com,María López,ES,sí,yes,call after 5\n"
+    )
+    maps = ["--map", "Correo=email", "--map", "Nombre completo=name", "--map", "Notas=-"]
+    maps += ["--map", "País=location.country", "--map", "Marketing=preferences.marketingConsent"]
+    unknown = customers_cli(service_url, token, "import", str(file), "--dry-run")
+    assert unknown.returncode == 1
+    assert b"refused: 422" in unknown.stderr and b"'Correo'" in unknown.stderr
+
+    dry = customers_cli(service_url, token, "import", str(file), "--dry-run", *maps)
+    assert dry.returncode == 0, dry.stderr
+    said = dry.stderr.decode()
+    assert (
+        "columns: Correo → email, Nombre completo → name, País → location.country,"
+        " Marketing → preferences.marketingConsent,"
+        " GDPR consent → preferences.dataProcessingConsent, Notas → (skipped)"
+    ) in said
+    # "sí" is no boolean: the report names the field, and a dry run saves nothing.
+    assert "succeeded (dry run): 1 rows, 0 would be created" in said and "1 rejected" in said
+
+    file.write_text(file.read_text().replace(",sí,", ",yes,"))
+    real = customers_cli(service_url, token, "import", str(file), *maps)
+    assert real.returncode == 0, real.stderr
+    assert b"succeeded: 1 rows, 1 created" in real.stderr
+    eventually(lambda: [c["name"] for c in comparable(http, h).values()] == ["María López"])
+    bad = customers_cli(service_url, token, "import", str(file), "--map", "Correo")
+    assert bad.returncode == 1 and b"expected COLUMN=FIELD" in bad.stderr

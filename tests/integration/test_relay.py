@@ -27,9 +27,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from domain.customer import Customer
 from domain.membership import Change, Reason, events, stream_id
+from domain.topics import CUSTOMER_MODULE
 from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
-from eventstore.mapper import CUSTOMER_TOPIC_PREFIX
 from eventstore.relay import MSG_ID_HEADER, NOTIFICATION_HEADER, POSITION_NAME, Relay
 from service import embedded
 from service.settings import Settings
@@ -111,7 +111,7 @@ def expected_ids(
     return [
         f"{oid}:{version}"
         for oid, version, topic in rows
-        if topic.startswith(CUSTOMER_TOPIC_PREFIX) and str(oid) not in shredded
+        if topic.startswith(CUSTOMER_MODULE) and str(oid) not in shredded
     ]
 
 
