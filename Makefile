@@ -6,6 +6,9 @@
 #   make fuzz     schemathesis, every check, 50 examples per operation (not in make test)
 #   make chaos    load-and-fault suite on a private PostgreSQL and NATS: kills each process,
 #                 restarts the servers, proves nothing acknowledged is lost (not in make test)
+#   make drill    backup-and-restore drill on a private PostgreSQL and NATS: restores to a
+#                 time before an erasure, proves nothing acknowledged is lost and the erased
+#                 customer stays erased (not in make test; DRILL_ARGS: see --help)
 #   make migrate  apply the database schema
 #   make openapi  write the REST contract to api/openapi/customers-api.v1.yaml
 #   make proto    compile api/proto/customers.proto into grpc_api/gen (checked in)
@@ -23,10 +26,10 @@ STAMP := $(VENV)/.installed
 PACKAGES := domain eventstore write_api projections read_api service grpc_api
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint format bench chaos fuzz migrate openapi proto clean distclean
+.PHONY: help install lock run test lint format bench chaos drill fuzz migrate openapi proto clean distclean
 
 help:
-	@echo "targets: run test lint format bench chaos migrate openapi proto lock install clean"
+	@echo "targets: run test lint format bench chaos drill migrate openapi proto lock install clean"
 
 # The lock decides every version: each package pinned with its hashes, nothing resolved at
 # install time. A changed lock rebuilds the venv from scratch so that it holds exactly the lock.
@@ -93,6 +96,10 @@ bench: install
 # Not part of `make test`: a few minutes of load with faults (CHAOS_ARGS: see --help).
 chaos: install
 	$(VENV)/bin/python -m bench.chaos $(CHAOS_ARGS)
+
+# Not part of `make test`: a few minutes (DRILL_ARGS: --customers N, --phase-seconds S).
+drill: install
+	$(VENV)/bin/python -m bench.drill $(DRILL_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -6,7 +6,9 @@ publishes it with `Nats-Msg-Id` = the public event id (`<customerId>:<version>`)
 every message of the batch up to some notification has its PubAck, records that
 notification id as the new position. A crash anywhere re-publishes from the recorded
 position; JetStream drops the repeats by `Nats-Msg-Id` within the stream's duplicate window,
-so the stream holds each event exactly once. See docs/events.md.
+so the stream holds each event exactly once. After a point-in-time restore the relay first
+publishes a `store.restored` control event, and events written after it carry the restore's
+epoch in their Nats-Msg-Id (docs/events.md "After a restore").
 
 Connection handling: nats-py's own reconnect is OFF on purpose. After a reconnect nats-py
 flushes its buffered (not yet written) publishes, which would land in the stream AHEAD of
@@ -69,6 +71,12 @@ _SAVE_POSITION = (
     " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
 )
 _ORGS = "SELECT customer_id, org_id FROM customer_keys WHERE customer_id = ANY(%s)"
+_RESTORES = (
+    "SELECT epoch, position, target_time, restored_at, announced_at FROM store_restores"
+    " ORDER BY epoch"
+)
+_ANNOUNCED = "UPDATE store_restores SET announced_at = now() WHERE epoch = %s"
+RESTORED_KIND = "_store.restored"  # <prefix>._store.restored: no org subject has 3 tokens
 
 
 class RelayError(Exception):
@@ -123,6 +131,11 @@ class Relay:
         self.duplicates = 0  # PubAcks of messages JetStream already had (republish)
         self.skipped = 0  # notifications with no public form
         self.connects = 0
+        # (epoch, position) of the restores the store went through (service/restore.py):
+        # a notification after a restore's position is published with that epoch in its
+        # Nats-Msg-Id, so JetStream does not take it for the different event that had its
+        # id before the restore.
+        self._epochs: list[tuple[int, int]] | None = None
         self._orgs: OrderedDict[UUID, str] = OrderedDict()
         self._org_cache_size = org_cache_size
         self._nc: NatsClient | None = None
@@ -189,6 +202,8 @@ class Relay:
         if self.position is None:
             self.position = await asyncio.to_thread(self._load_position)
             RELAY_POSITION.set(self.position)
+        if self._epochs is None:
+            await self._announce_restores()
         processed = 0
         while not self._stop_requested:
             batch = await asyncio.to_thread(self._prepare, self.position)
@@ -202,6 +217,42 @@ class Relay:
 
     async def close(self) -> None:
         await self._drop_connection()
+
+    async def _announce_restores(self) -> None:
+        """Publish a `restored` control event for each restore not announced yet, before any
+        event written after it: subscribers learn that the store went back to `position`
+        (events with a later Customers-Notification-Id they had are gone from the store)."""
+        with self.app.datastore.get_connection() as conn:
+            rows = conn.execute(_RESTORES).fetchall()
+        js = await self._ensure_connected()
+        for row in rows:
+            if row["announced_at"] is not None:
+                continue
+            payload = {
+                "type": "store.restored",
+                "epoch": row["epoch"],
+                "position": row["position"],
+                "targetTime": row["target_time"].isoformat(),
+                "restoredAt": row["restored_at"].isoformat(),
+            }
+            await js.publish(
+                f"{self.prefix}.{RESTORED_KIND}",
+                orjson.dumps(payload),
+                stream=self.stream,
+                timeout=self.ack_timeout,
+                headers={MSG_ID_HEADER: f"restored:{row['epoch']}"},
+            )
+            with self.app.datastore.get_connection() as conn, conn.transaction():
+                conn.execute(_ANNOUNCED, (row["epoch"],))
+            log.info("relay: announced a restore", extra={"epoch": row["epoch"]})
+        self._epochs = [(row["epoch"], row["position"]) for row in rows]
+
+    def _msg_id(self, notification_id: int, public_id: str) -> str:
+        """The public event id; after a restore, with the epoch the event was written in."""
+        for epoch, position in reversed(self._epochs or []):
+            if notification_id > position:
+                return f"{public_id}@{epoch}"
+        return public_id
 
     def lag(self) -> int:
         """Notifications committed but not yet recorded as relayed (blocking DB query; from
@@ -287,6 +338,7 @@ class Relay:
 
     async def _drop_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
+        self._epochs = None  # read again (and announced) on reconnect
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -443,7 +495,10 @@ class Relay:
 
     def _outgoing(self, notification_id: int, public: dict[str, Any]) -> Outgoing:
         return Outgoing(
-            notification_id, subject(self.prefix, public), orjson.dumps(public), public["id"]
+            notification_id,
+            subject(self.prefix, public),
+            orjson.dumps(public),
+            self._msg_id(notification_id, public["id"]),
         )
 
     def _correlations(self, notifications: Sequence[Any]) -> dict[int, str]:

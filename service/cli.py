@@ -49,6 +49,14 @@ def migrate(settings: Settings) -> None:
     applied = apply_sql(settings.database_url)
     Customers(settings, create_table=True, pool_size=1).close()
     log.info("migrated", extra={"applied": applied})
+    from service.restore import after_restore
+
+    done = after_restore(settings)  # before anything serves: a restore must not resurrect
+    if done.epoch is not None or done.erased_again:
+        log.info(
+            "after a restore",
+            extra={"epoch": done.epoch, "erasedAgain": len(done.erased_again)},
+        )
 
 
 def http_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -232,6 +240,21 @@ def _serve_all(settings: Settings) -> None:
     """Projector, relay, segments engine, NATS ingester and gRPC API as child processes; the
     REST gateway in this one, whose /metrics reports them all."""
     migrate(settings)
+    agent = None
+    if settings.backup_enabled:
+        from service.backups import BackupAgent
+
+        assert settings.database_url
+        agent = BackupAgent(settings, settings.database_url)
+        agent.start()
+    try:
+        _serve_children(settings)
+    finally:
+        if agent is not None:
+            agent.stop()
+
+
+def _serve_children(settings: Settings) -> None:
     with _shared_metrics():
         kinds = ("projector", "relay", "segments", "grpc", *["ingest"] * max(1, settings.workers))
         env = {**os.environ, "CUSTOMERS_METRICS_PORT": "0"}  # no listeners of their own
@@ -391,6 +414,14 @@ def _parser() -> argparse.ArgumentParser:
     p_master = sub.add_parser("keys", help="master-key rotation")
     p_master.add_argument("action", choices=["rotate", "status"])
 
+    sub.add_parser("backup", help="take a verified base backup now")
+    sub.add_parser("backups", help="list base backups and the times each can restore to")
+    p_restore = sub.add_parser("restore", help="point-in-time restore (service stopped)")
+    p_restore.add_argument("--target-time", required=True, help="ISO 8601 with offset")
+    p_restore.add_argument(
+        "--into", type=Path, help="an external server's new data dir (default: the embedded one)"
+    )
+
     p_seed = sub.add_parser("seed", help="generate realistic customers")
     p_seed.add_argument("--count", type=int, required=True)
     p_seed.add_argument("--org", default="acme")
@@ -493,6 +524,56 @@ def _transfer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return transfer.usable(lambda: transfer.export(url, token, args.format, args.segment, out), url)
 
 
+def _restore(args: argparse.Namespace) -> int:
+    """Into the embedded data dir (then migrated: erasures re-applied), or `--into` a
+    directory for an external server, whose start the operator follows with `migrate`."""
+    import json
+
+    from service import restore
+
+    started = time.monotonic()
+    settings = get_settings()
+    try:
+        target = restore.parse_target(args.target_time)
+        if args.into is not None:
+            done = restore.restore_into(settings, target, args.into.resolve())
+        elif os.environ.get("DATABASE_URL"):
+            print("DATABASE_URL is set (an external server): name a directory with --into")
+            return 2
+        else:
+            done = restore.restore_embedded(settings, target)
+    except restore.RestoreError as e:
+        print(f"customers restore: {e}", file=sys.stderr)
+        return 2
+    if args.into is None:
+        migrate(_settings(embedded=True))  # the restored store re-applies the ledger now
+        from service.embedded import stop_postgres
+
+        stop_postgres(settings.data_dir)
+    print(
+        json.dumps(
+            {
+                "epoch": done.epoch,
+                "backup": done.backup,
+                "targetTime": done.target.isoformat(),
+                "reached": done.reached,
+                "previousDataDir": str(done.aside) if done.aside else None,
+                "seconds": round(time.monotonic() - started, 1),
+                "copySeconds": round(done.copy_seconds, 1),
+                "replaySeconds": round(done.replay_seconds, 1),
+            }
+        )
+    )
+    if args.into is not None:
+        print(
+            f"start PostgreSQL on {args.into} (it replays the WAL archive to the target and"
+            " promotes), then run `customers migrate` before serving: it re-applies the"
+            " erasure ledger",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -509,6 +590,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(published_openapi())
         return 0
 
+    if args.command == "restore":
+        return _restore(args)
+    if args.command == "backup" and not os.environ.get("DATABASE_URL"):
+        from service.embedded import start_postgres
+
+        os.environ["DATABASE_URL"] = start_postgres(get_settings().data_dir, stop_at_exit=True)
+        get_settings.cache_clear()
     settings = _settings(embedded=args.command == "serve" and args.kind == "all")
     if args.command == "serve":
         if args.tls_cert or args.tls_key:
@@ -534,6 +622,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _master_keys(settings, args.action)
     elif args.command == "dead-letters":
         return _dead_letters(settings)
+    elif args.command == "backup":
+        from service.backups import prune, take_backup
+
+        assert settings.database_url
+        backup = take_backup(settings, settings.database_url)
+        prune(settings)
+        print(backup.to_json().decode())
+    elif args.command == "backups":
+        import json
+
+        from service.backups import listing
+
+        for row in listing(settings):
+            print(json.dumps(row))
     elif args.command == "seed":
         try:
             from service.seed import seed

@@ -147,6 +147,21 @@ class Settings(BaseSettings):
     import_max_rejected_ratio: float = 0.5
     import_ratio_min_rows: int = 1_000
 
+    # Physical backups (service/backups.py, docs/operations.md "Backups"): with
+    # `backup_enabled`, `customers serve` streams WAL into the backup dir (pg_receivewal, a
+    # supervised child) and takes a verified base backup every `backup_interval_hours`; every
+    # erasure is also appended to the erasure ledger there. Kept: the newest
+    # `backup_retention_count` base backups, and any younger than `backup_retention_hours`
+    # (0 = by count only). Unset dir: <data_dir>/backups. Unset bin dir: the client programs
+    # matching the server's major version (the embedded server's own, or
+    # /usr/lib/postgresql/<major>/bin).
+    backup_enabled: bool = False
+    backup_dir: Path | None = None
+    backup_interval_hours: float = Field(default=1.0, gt=0)
+    backup_retention_count: int = Field(default=6, ge=1)
+    backup_retention_hours: float = Field(default=0.0, ge=0)
+    backup_pg_bin_dir: Path | None = None
+
     log_level: str = "INFO"
 
     # Prometheus listener of the background processes (projector, relay, segments, ingest),
@@ -160,6 +175,10 @@ class Settings(BaseSettings):
     # OpenTelemetry traces to this OTLP/HTTP endpoint (…/v1/traces); unset = no tracing.
     otel_endpoint: str | None = None
     otel_service_name: str = "customers-service"
+
+    @property
+    def backup_path(self) -> Path:
+        return self.backup_dir or self.data_dir / "backups"
 
     def master_key_bytes(self) -> bytes:
         if not self.master_key:

@@ -15,8 +15,9 @@ from domain.consent import ConsentChange, consents
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import CustomerStatus, Profile, merge_patch
-from eventstore import compliance
+from eventstore import compliance, erasure_ledger
 from eventstore.compliance import PrivacyRecord, RequestType
+from eventstore.erasure_ledger import ledger_path
 from eventstore.keys import EMAIL, keyed_hash
 from eventstore.recorder import (
     IDEMPOTENCY_CONSTRAINT,
@@ -25,7 +26,7 @@ from eventstore.recorder import (
     Release,
     violated_constraint,
 )
-from service.auth import Permission, Principal
+from service.auth import Permission, Principal, Role
 from write_api.commands import Commands, Outcome
 from write_api.schemas import CustomerUpdate
 
@@ -243,6 +244,9 @@ class CustomerCommands(Commands[Customer]):
 
         def decide(customer: Customer) -> dict[str, Any]:
             act(customer, actor=principal.sub)
+            if kind == RequestType.ERASURE and self.settings.backup_enabled:
+                # Before the commit: no committed erasure can be missing from the ledger.
+                erasure_ledger.append(ledger_path(self.settings.backup_path), customer.id)
             return {"erase": customer.id, "privacy": request}
 
         try:
@@ -253,6 +257,21 @@ class CustomerCommands(Commands[Customer]):
                 with self.app.datastore.transaction(commit=True) as cur:
                     compliance.record(cur.connection, self.app.keys.audit_key, rejected)
             raise
+        self.app.keys.forget(customer_id)
+        return outcome
+
+    def erase_again(self, customer_id: UUID, org: str) -> Outcome:
+        """Re-apply an erasure of the erasure ledger to a store restored to before it: the
+        Erased event, the destroyed key and a privacy request by "erasure-ledger", as the
+        first time (read models and NATS follow the event); not written to the ledger again."""
+        principal = Principal(sub="erasure-ledger", org=org, roles=frozenset({Role.ADMIN.value}))
+        request = PrivacyRecord(uuid4(), org, customer_id, RequestType.ERASURE, principal.sub)
+
+        def decide(customer: Customer) -> dict[str, Any]:
+            customer.erase(actor=principal.sub, again=True)
+            return {"erase": customer.id, "privacy": request}
+
+        outcome = self.command(principal, customer_id, None, decide)
         self.app.keys.forget(customer_id)
         return outcome
 
