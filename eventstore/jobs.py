@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-
 from domain.values import utc_iso
 
 log = logging.getLogger(__name__)
@@ -46,27 +44,6 @@ def render_job(row: tuple[Any, ...]) -> dict[str, Any]:
         "left": left,
         "error": error,
     }
-
-
-class WorkerConnection:
-    """A job worker's own autocommit connection: opened on first use, again after a loss,
-    given back by `close()` (an idle worker holds none)."""
-
-    def __init__(self, url: str | None) -> None:
-        assert url, "DATABASE_URL is not set"
-        self._url = url
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def get(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            self._conn = psycopg.connect(self._url, autocommit=True)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 # A worker holds a session advisory lock per job it runs (keys per kind of job: `space`); a

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from eventstore.application import EVENTS_TABLE
+from eventstore.connections import OwnConnection
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +64,18 @@ class Follower:
 
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._conn: Connection | None = None
+        self._conn = OwnConnection(database_url, self._connected)
         self.position = -1
 
+    def _connected(self, conn: Connection) -> None:
+        conn.execute(ENSURE_POSITION, (self.name,))
+        self.position = read_position(conn, self.name)
+
     def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            conn = psycopg.connect(self._url, autocommit=True)
-            conn.execute(ENSURE_POSITION, (self.name,))
-            self.position = read_position(conn, self.name)
-            self._conn = conn
-        return self._conn
+        return self._conn.get()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
 
 class Listener:

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-import psycopg
 from eventsourcing.persistence import Notification
 
 from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
+from eventstore.connections import OwnConnection
 from eventstore.mapper import SHREDDING_TOPICS
 from projections.consent import ConsentView
 from projections.customers import CustomersView
@@ -82,32 +82,24 @@ class ViewRunner:
         self.app = app
         self.views = views
         self.batch_size = batch_size or app.settings.projection_batch_size
-        url = app.settings.database_url
-        if not url:
+        if not app.settings.database_url:
             raise RuntimeError("DATABASE_URL is not set")
-        self._url = url
         self._names = [v.name for v in views]
-        self._conn: Connection | None = None
+        self._conn = OwnConnection(app.settings.database_url, self._connected)
         self._positions: dict[str, int] = {}  # unknown until connected
         self._lock = threading.Lock()
 
+    def _connected(self, conn: Connection) -> None:
+        for view in self.views:
+            view.prepare(conn)
+            conn.execute(ENSURE_POSITION, (view.name,))
+        self._positions = {name: read_position(conn, name) for name in self._names}
+
     def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            conn = psycopg.connect(self._url, autocommit=True)
-            for view in self.views:
-                view.prepare(conn)
-                conn.execute(ENSURE_POSITION, (view.name,))
-            self._positions = {name: read_position(conn, name) for name in self._names}
-            self._conn = conn
-        return self._conn
+        return self._conn.get()
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        self._conn.close()
 
     def position(self) -> int:
         """The notification id every view has committed (read from PG if unknown)."""

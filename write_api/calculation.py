@@ -36,10 +36,10 @@ from domain.errors import Code, DomainError
 from domain.membership import Change, Reason, SegmentCalculated, events, stream_id
 from domain.segment import Segment, effective_criteria
 from eventstore.application import Customers
+from eventstore.connections import OwnConnection
 from eventstore.jobs import (
     JOB_COLUMNS,
     UNLOCK_JOB,
-    WorkerConnection,
     claim,
     render_job,
     requeue_orphans,
@@ -126,7 +126,7 @@ class Calculator:
 
     def __init__(self, app: Customers) -> None:
         self.app = app
-        self._worker = WorkerConnection(app.settings.database_url)
+        self._worker = OwnConnection(app.settings.database_url)
 
     def close(self) -> None:
         self._worker.close()

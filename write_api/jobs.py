@@ -28,10 +28,10 @@ from eventsourcing import persistence
 from psycopg.rows import tuple_row
 
 from eventstore.application import Customers
+from eventstore.connections import OwnConnection
 from eventstore.jobs import (
     UNLOCK_JOB,
     Tally,
-    WorkerConnection,
     claim,
     requeue_orphans,
     run_worker,
@@ -108,7 +108,7 @@ class JobRunner:
     def __init__(self, app: Customers, handlers: Mapping[str, Handler]) -> None:
         self.app = app
         self.handlers = handlers
-        self._worker = WorkerConnection(app.settings.database_url)
+        self._worker = OwnConnection(app.settings.database_url)
         self._turn_began = 0.0
 
     @property

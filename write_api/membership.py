@@ -29,6 +29,7 @@ from domain.segment_facts import CustomerFacts
 from domain.topics import CUSTOMER_MODULE
 from eventstore import dead_letters
 from eventstore.application import EVENTS_TABLE, Customers
+from eventstore.connections import OwnConnection
 from projections import segment_sql
 from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import (
@@ -262,15 +263,14 @@ class ActivityReevaluator:
         self._reevaluator = reevaluator
         self._url = database_url
         self._batch_size = batch_size
-        self._conn: Connection | None = None
+        self._conn = OwnConnection(database_url)
 
     def run_once(self) -> int:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, autocommit=True)
+        conn = self._conn.get()
         total = 0
         while True:
-            with self._conn.transaction():
-                claimed = self._conn.execute(CLAIM_ACTIVITY_CHANGES, (self._batch_size,))
+            with conn.transaction():
+                claimed = conn.execute(CLAIM_ACTIVITY_CHANGES, (self._batch_size,))
                 ids = [row[0] for row in claimed]
                 if not ids:
                     return total
@@ -278,9 +278,7 @@ class ActivityReevaluator:
                 total += len(ids)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
     def follow(self, stop: threading.Event) -> None:
         follow(

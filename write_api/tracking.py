@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from domain.activity import BEHAVIORAL, EventType, check_times, occurred
 from domain.errors import Code, DomainError, invalid
 from domain.segment_facts import cents, fold
+from eventstore.connections import OwnConnection
 from service.metrics import TRACKING_EVENTS
 from service.settings import Settings
 
@@ -193,8 +194,12 @@ class ActivityWriter:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
+    def _staged(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(STAGE)
+        conn.commit()
+
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
+        own = OwnConnection(self._url, self._staged, autocommit=False, row_factory=tuple_row)
         while True:
             first = self._queue.get()
             if first is None:
@@ -211,17 +216,11 @@ class ActivityWriter:
                 group.append(more)
                 size += len(more.events)
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._url, row_factory=tuple_row)
-                    conn.execute(STAGE)
-                    conn.commit()
-                results = self._store_retrying(conn, group)
+                results = self._store_retrying(own.get(), group)
             except Exception as e:
                 log.exception("storing tracked events failed")
                 self._partitions.clear()  # one may have been dropped by retention
-                if conn is not None:
-                    conn.close()
-                    conn = None
+                own.close()
                 for s in group:
                     if not s.future.done():
                         s.future.set_exception(e)
@@ -229,8 +228,7 @@ class ActivityWriter:
             for s, r in zip(group, results, strict=True):
                 s.future.set_result(r)
             _count(results)
-        if conn is not None:
-            conn.close()
+        own.close()
 
     def _store_retrying(
         self, conn: psycopg.Connection[Any], group: list[Submission]
