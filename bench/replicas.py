@@ -37,6 +37,7 @@ from service.embedded import free_port
 
 TOKEN = "X-Consistency-Token"
 SEEDED = 200
+HELD_BACK_MS = 500  # within the default 1 s lag bound: token reads wait for the replica
 
 
 @dataclass
@@ -171,7 +172,8 @@ def run(out: report.Report, args: argparse.Namespace, e: env.Environment) -> dic
             asyncio.run(workload(base, headers, ids, seeding, seed=99))
         child.stop()
         children.remove(child)
-        print(f"\n== {len(ids)} customers created; {args.rounds} rounds", flush=True)
+        seeded = len(ids)
+        print(f"\n== {seeded} customers created; {args.rounds} rounds", flush=True)
 
         results = {False: Phase(), True: Phase()}
         for n in range(args.rounds):
@@ -187,6 +189,19 @@ def run(out: report.Report, args: argparse.Namespace, e: env.Environment) -> dic
                 results[replicas].merge(phase)
                 name = "replica" if replicas else "primary only"
                 print(f"    round {n + 1}, {name}: {lat(phase.token_reads, 50, 99)}", flush=True)
+        print(f"\n== the replica held back {HELD_BACK_MS} ms", flush=True)
+        pair.set_apply_delay(HELD_BACK_MS)
+        try:
+            child, base = gateway(True)
+            time.sleep(1.5)
+            before = served(base)
+            held = asyncio.run(workload(base, headers, ids, args, seed=2 * args.rounds))
+            after = served(base)
+            held.served = {k: after[k] - before.get(k, 0.0) for k in after}
+            child.stop()
+            children.remove(child)
+        finally:
+            pair.set_apply_delay(0)
         on_replica, baseline = results[True], results[False]
         out.add(
             "21. Reads without a token answered by the replica (max lag 1 s)",
@@ -208,14 +223,28 @@ def run(out: report.Report, args: argparse.Namespace, e: env.Environment) -> dic
             lat(on_replica.plain_reads, 50, 99),
             baseline=f"every read on the primary {lat(baseline.plain_reads, 50, 99)}",
         )
+        out.add(
+            f"21. The same with the replica held back {HELD_BACK_MS} ms"
+            " (recovery_min_apply_delay): answered by the replica",
+            f"without a token {share(held, 'false')}; token-gated {share(held, 'true')}",
+        )
+        out.add(
+            f"21. Token-gated read right after its write, replica held back {HELD_BACK_MS} ms",
+            lat(held.token_reads, 50, 90, 99),
+            baseline=f"every read on the primary {lat(baseline.token_reads, 50, 90, 99)}",
+        )
         errors = sum(
-            s.errors for p in results.values() for s in (p.token_reads, p.plain_reads, p.writes)
+            s.errors
+            for p in (*results.values(), held)
+            for s in (p.token_reads, p.plain_reads, p.writes)
         )
         out.section(
             "Read replicas: workload",
             f"{args.writers} writers (create, then GET with its token) and {args.readers} "
-            f"readers (GET of a random one of {len(ids):,} customers, no token), closed loop, "
-            f"{args.rounds} rounds of {args.duration:g} s against each gateway in turn "
+            f"readers (GET of a random customer created so far, no token: {seeded:,} at the "
+            f"start, {len(ids):,} at the end), closed loop, {args.rounds} rounds of "
+            f"{args.duration:g} s against each gateway in turn, then one more with the replica "
+            f"held back {HELD_BACK_MS} ms "
             f"(CUSTOMERS_WORKERS=1, CUSTOMERS_DB_POOL_SIZE={args.pool_size}); writes "
             f"{lat(on_replica.writes, 50, 99)} with a replica, "
             f"{lat(baseline.writes, 50, 99)} without; {errors} errors. Primary, replica, "

@@ -65,3 +65,12 @@ def pool(request: Request) -> AsyncConnectionPool[Any]:
     target = getattr(request.state, "read_target", None)
     found: AsyncConnectionPool[Any] = request.app.state.pool if target is None else target.pool
     return found
+
+
+def primary(request: Request) -> AsyncConnectionPool[Any]:
+    """The primary's pool, for a route that replicas may answer reading a table written
+    outside the projectors (a job's row), which consistency tokens do not follow: a poll
+    right after the write must find it. (The route's `consistent_with` has still waited for
+    its token and counted the read as its choice.)"""
+    found: AsyncConnectionPool[Any] = request.app.state.pool
+    return found
