@@ -92,6 +92,7 @@ bench: install
 	$(VENV)/bin/python -m bench.transfers
 	$(VENV)/bin/python -m bench.mixed
 	$(VENV)/bin/python -m bench.serving
+	$(VENV)/bin/python -m bench.replicas
 
 # Not part of `make test`: a few minutes of load with faults (CHAOS_ARGS: see --help).
 chaos: install

@@ -27,6 +27,7 @@ from read_api import (
     segments,
 )
 from read_api.consistency import PositionWatcher
+from read_api.replicas import PRIMARY, ReadRouter, Target
 from service import edge, problems, tracing
 from service.api_keys import ApiKeyStore
 from service.limits import RouteClass
@@ -48,8 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)  # start even if PostgreSQL is down: /ready says so
         watcher = PositionWatcher(database_url)
         await watcher.start()
+        reads = await ReadRouter.start(settings, Target(PRIMARY, pool, watcher))
         app.state.pool = pool
         app.state.positions = watcher
+        app.state.reads = reads
         app.state.event_store = personal_data.EventStore(settings)
         app.state.api_keys = ApiKeyStore(settings, keyring)
         watch_pool("read-api", pool)
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             unwatch_pool("read-api", pool)
             app.state.api_keys.close()
             app.state.event_store.close()
+            await reads.close()
             await watcher.stop()
             await pool.close()
 
@@ -113,7 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready(request: Request) -> Response:
         """PostgreSQL answers; reports how many notifications each follower of the event log
         (projections, segment evaluator, write auditor, relay) is behind, and how many it
-        passed over as dead letters (still ready: the other customers are served)."""
+        passed over as dead letters (still ready: the other customers are served); and each
+        read replica's replay lag (still ready without them: the primary answers)."""
         pool: AsyncConnectionPool[Any] = request.app.state.pool
         try:
             async with pool.connection(timeout=2.0) as conn:
@@ -126,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {
             "status": "ready",
             "projections": {name: {"lag": lag, "deadLetters": dead} for name, lag, dead in lags},
+            **request.app.state.reads.status(),
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import psycopg
 from fastapi import Depends, Request
@@ -159,39 +159,62 @@ def parse_token(value: str) -> int:
     return int(text)
 
 
-def consistent_with(*views: str) -> Any:
-    """A dependency for endpoints reading `views`: waits for the token, if the request has one."""
+def consistent_with(*views: str, replicas: bool = True) -> Any:
+    """A dependency for endpoints reading `views`: waits for the token, if the request has
+    one, and chooses who answers the read (read_api.replicas; `paging.pool` hands out its
+    pool). `replicas=False`: always the primary (reads in one long transaction)."""
 
     async def wait_for_token(
         request: Request,
         principal: CurrentPrincipal,  # authenticate before making anyone wait
         token: ConsistencyTokenHeader = None,
     ) -> None:
-        if token is None:
-            return
         state = request.app.state
         timeout: float = state.settings.consistency_wait_seconds
-        await caught_up(state.positions, state.pool, views, token, timeout)
+        request.state.read_target = await state.reads.choose(views, token, timeout, replicas)
 
     return Depends(wait_for_token)
 
 
+class Positions(Protocol):
+    """Projected positions of one server's views (the primary's, or a replica's)."""
+
+    def known(self, view: str) -> int: ...
+
+    async def wait(self, view: str, position: int, timeout: float) -> bool: ...
+
+
 async def caught_up(
-    watcher: PositionWatcher,
+    watcher: Positions,
     pool: AsyncConnectionPool[Any],
     views: tuple[str, ...],
     token: str,
     timeout: float,
 ) -> None:
     """Returns once every one of `views` reflects the write of `token` (REST header or gRPC
-    metadata); 503 / UNAVAILABLE after `timeout` seconds. A token beyond the log's last
-    notification (no write answered it) asks for every write so far: the wait is for the
-    last one, not one that can only time out."""
-    position = parse_token(token)
+    metadata); 503 / UNAVAILABLE after `timeout` seconds."""
+    await reach(watcher, pool, views, parse_token(token), timeout)
+
+
+async def within_log(pool: AsyncConnectionPool[Any], position: int) -> int:
+    """`position`, or the log's last notification when the token is beyond it (no write
+    answered it): such a token asks for every write so far, and the wait is for the last
+    one, not one that can only time out. `pool` is the primary's: the log's head."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(LOG_HEAD)).fetchone()
+    return min(position, row[0] if row is not None else 0)
+
+
+async def reach(
+    watcher: Positions,
+    pool: AsyncConnectionPool[Any],
+    views: tuple[str, ...],
+    position: int,
+    timeout: float,
+) -> None:
+    """`caught_up` for a parsed token: the primary's `watcher` and `pool`."""
     if any(watcher.known(view) < position for view in views):
-        async with pool.connection() as conn:
-            row = await (await conn.execute(LOG_HEAD)).fetchone()
-        position = min(position, row[0] if row is not None else 0)
+        position = await within_log(pool, position)
     for view in views:
         if not await watcher.wait(view, position, timeout):
             raise DomainError(
@@ -212,11 +235,13 @@ async def settled(request: Request, views: tuple[str, ...], aggregate_id: object
     the consistency bound, for the projector; a 503 if it does not catch up in time, as a
     token's wait."""
     state = request.app.state
-    async with state.pool.connection() as conn:
+    async with state.pool.connection() as conn:  # the primary's: the log
         row = await (await conn.execute(LAST_OF, (aggregate_id,))).fetchone()
     if row is None or row[0] is None:
         return False
-    watcher: PositionWatcher = state.positions
+    # The views of whoever answered the first read (a replica's, or the primary's).
+    target = getattr(request.state, "read_target", None)
+    watcher: Positions = state.positions if target is None else target.positions
     timeout: float = state.settings.consistency_wait_seconds
     for view in views:
         if not await watcher.wait(view, row[0], timeout):

@@ -428,7 +428,8 @@ _CUSTOMERS_EXPORT: dict[int | str, dict[str, Any]] = {
     openapi_extra=limited_as(RouteClass.EXPORTS),
     response_class=Response,
     responses=_CUSTOMERS_EXPORT,
-    dependencies=[consistent_with(VIEW, MEMBERSHIP)],
+    # The primary's: a long read on a replica can be cancelled by what it replays.
+    dependencies=[consistent_with(VIEW, MEMBERSHIP, replicas=False)],
 )
 async def export_customers(
     *,

@@ -34,10 +34,11 @@ def decode(cursor: str) -> tuple[datetime, UUID]:
         raise invalid("cursor", "not a cursor this endpoint returned") from None
 
 
-def new_pool(settings: Settings, name: str) -> AsyncConnectionPool[Any]:
-    """A query-side pool (not opened yet) of autocommit connections: `doc`s and json_agg
-    come back as bytes, sent untouched."""
-    assert settings.database_url
+def new_pool(settings: Settings, name: str, url: str | None = None) -> AsyncConnectionPool[Any]:
+    """A query-side pool (not opened yet) of autocommit connections to `url` (a replica's)
+    or DATABASE_URL: `doc`s and json_agg come back as bytes, sent untouched."""
+    url = url or settings.database_url
+    assert url
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         use_raw_json(conn)
@@ -46,7 +47,7 @@ def new_pool(settings: Settings, name: str) -> AsyncConnectionPool[Any]:
     # return; what needs one snapshot (reports, exports' server-side cursors) opens a
     # transaction itself.
     return AsyncConnectionPool(
-        settings.database_url,
+        url,
         min_size=min(2, settings.db_pool_size),
         max_size=settings.db_pool_size,
         open=False,
@@ -58,6 +59,18 @@ def new_pool(settings: Settings, name: str) -> AsyncConnectionPool[Any]:
 
 
 def pool(request: Request) -> AsyncConnectionPool[Any]:
-    """The read app's pool (opened by its lifespan)."""
+    """The pool of whoever answers this read: the replica or primary its route's
+    `consistent_with` chose (read_api.replicas); the primary for routes that declare no
+    views (what they read is written outside the projectors, which tokens do not follow)."""
+    target = getattr(request.state, "read_target", None)
+    found: AsyncConnectionPool[Any] = request.app.state.pool if target is None else target.pool
+    return found
+
+
+def primary(request: Request) -> AsyncConnectionPool[Any]:
+    """The primary's pool, for a route that replicas may answer reading a table written
+    outside the projectors (a job's row), which consistency tokens do not follow: a poll
+    right after the write must find it. (The route's `consistent_with` has still waited for
+    its token and counted the read as its choice.)"""
     found: AsyncConnectionPool[Any] = request.app.state.pool
     return found

@@ -421,7 +421,7 @@ async def get_job(
     request: Request, segment_id: UUID, job_id: UUID, principal: CanRead
 ) -> dict[str, Any]:
     """Poll a calculation: QUEUED -> RUNNING (phase) -> SUCCEEDED | FAILED | CANCELLED."""
-    async with paging.pool(request).connection() as conn:
+    async with paging.primary(request).connection() as conn:
         row = await (await conn.execute(GET_JOB, (principal.org, segment_id, job_id))).fetchone()
     if row is None:
         raise DomainError(Code.NOT_FOUND, f"job {job_id} not found")

@@ -94,6 +94,27 @@ DB_POOL_ERRORS = Counter(
     ("pool",),
 )
 
+READS_SERVED = Counter(
+    "customers_reads_served",
+    "Reads of read models by the server that answered them (primary, replica) and whether"
+    " they carried a consistency token (true, false).",
+    ("target", "token"),
+)
+REPLICA_TOKEN_WAITS = Histogram(
+    "customers_replica_token_wait_seconds",
+    "Reads carrying a consistency token that a replica had not yet reached: how long they"
+    " waited, by who answered them (replica: it got there in time; primary: it did not).",
+    ("target",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REPLICA_LAG = Gauge(
+    "customers_replica_lag_seconds",
+    "A read replica's replay lag as its last poll saw it (0: replayed all it received);"
+    " -1 while it cannot be reached or does not say.",
+    ("replica",),
+    multiprocess_mode="livemax",
+)
+
 TRACKING_EVENTS = Counter(
     "customers_tracking_events",
     "Tracked activity events handled by the group-commit writer, by result: stored (new),"

@@ -6,13 +6,18 @@ import base64
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import orjson
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CUSTOMERS_", extra="ignore")
+    # hide_input_in_errors: a bad value may be a secret (a key, a URL with a password).
+    model_config = SettingsConfigDict(
+        env_prefix="CUSTOMERS_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Unprefixed: the two URLs every deployment tool already knows.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
@@ -65,6 +70,14 @@ class Settings(BaseSettings):
     grpc_port: int = 9090
 
     consistency_wait_seconds: float = 5.0
+    # PostgreSQL streaming replicas the read API may answer from (docs/scaling.md "Read
+    # replicas"): a JSON array or whitespace-separated URLs (a libpq multi-host URL holds
+    # commas). Empty: every read is answered by DATABASE_URL's server, as without replicas.
+    read_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A read without a consistency token goes to a replica only while that replica's replay
+    # lag is at most this; else to the primary. A read with a token waits for a replica at
+    # most this long (and half the consistency bound) before the primary answers it.
+    replica_max_lag_seconds: float = Field(default=1.0, ge=0)
     email_verification_ttl_hours: int = 24
     idempotency_ttl_hours: int = 24
 
@@ -179,6 +192,19 @@ class Settings(BaseSettings):
     @property
     def backup_path(self) -> Path:
         return self.backup_dir or self.data_dir / "backups"
+
+    @field_validator("read_replica_urls", mode="before")
+    @classmethod
+    def _replica_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = orjson.loads(text) if text.startswith("[") else text.split()
+        if isinstance(value, list):
+            for url in value:
+                if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+                    # Never echo the value: a URL may hold a password.
+                    raise ValueError("every replica must be a postgresql:// URL")
+        return value
 
     def master_key_bytes(self) -> bytes:
         if not self.master_key:
