@@ -25,14 +25,15 @@ async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def create_fastapi_app() -> Any:
-    """FastAPI + the service's JSON request log (service.logs), one route."""
+    """FastAPI + the service's JSON request log (service.request_log), one route."""
     from fastapi import FastAPI, Response
 
     from service import logs
+    from service.request_log import RequestLog
 
     logs.configure("INFO")
     app = FastAPI()
-    logs.install(app)
+    app.add_middleware(RequestLog)
 
     @app.get("/hello")
     async def hello() -> Response:

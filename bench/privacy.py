@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(out: report.Report, url: str, count: int) -> None:
     import random
 
+    from domain.access import Principal
     from domain.customer import Customer
     from domain.values import Profile
     from eventstore.application import Customers
     from projections.runner import Projector
     from read_api.personal_data import _collect
-    from service.auth import Principal
     from service.seed import CustomerFactory
     from service.settings import get_settings
     from write_api.customers import CustomerCommands

@@ -71,9 +71,10 @@ def jwks_server(public: Any) -> str:
 
 
 def run(out: report.Report) -> None:
+    from domain.access import Permission
     from eventstore.keys import LazyKeyring
     from service.api_keys import ApiKeyStore
-    from service.auth import Permission, allowed, authenticate, issue_token
+    from service.auth import allowed, authenticate, issue_token
     from service.limits import RateLimiter
     from service.settings import get_settings
 

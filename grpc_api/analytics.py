@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from domain.access import Permission
 from grpc_api.backend import Backend
 from grpc_api.calls import Call, rpc
 from grpc_api.gen import customers_pb2 as pb
 from grpc_api.messages import to_json, to_message, validated
 from grpc_api.queries import query_model
 from read_api import activity as queries
-from service.auth import Permission
 from service.limits import RouteClass
 
 _Analytics = query_model("GetAnalytics", queries.customer_analytics)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 
+from domain.access import Permission, Principal
 from domain.errors import Code, DomainError
 from grpc_api.backend import Backend
 from grpc_api.messages import InvalidInput, Undecodable
@@ -25,7 +26,6 @@ from read_api.consistency import HEADER as CONSISTENCY_HEADER
 from read_api.consistency import caught_up
 from service import auth, problems
 from service.api_keys import PREFIX as API_KEY_PREFIX
-from service.auth import Permission, Principal
 from service.limits import RouteClass
 from service.metrics import GRPC_IN_FLIGHT, GRPC_REQUESTS
 

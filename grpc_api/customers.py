@@ -7,6 +7,7 @@ import asyncio
 
 import orjson
 
+from domain.access import Permission
 from grpc_api.backend import Backend
 from grpc_api.calls import Call, rpc
 from grpc_api.gen import customers_pb2 as pb
@@ -14,7 +15,6 @@ from grpc_api.messages import ID, body, to_json, to_message, validated
 from grpc_api.queries import arguments, query_model
 from projections.customers import VIEW
 from read_api import customers as queries
-from service.auth import Permission
 from service.limits import RouteClass
 from write_api.commands import Outcome
 from write_api.schemas import CustomerCreate, CustomerUpdate

@@ -7,6 +7,7 @@ import asyncio
 
 import orjson
 
+from domain.access import Permission
 from grpc_api.backend import Backend
 from grpc_api.calls import Call, rpc
 from grpc_api.gen import customers_pb2 as pb
@@ -15,7 +16,6 @@ from grpc_api.queries import query_model
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segments import VIEW
 from read_api import segments as queries
-from service.auth import Permission
 from service.limits import RouteClass
 from write_api.schemas import SegmentCreate
 

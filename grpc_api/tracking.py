@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from domain.access import Permission
 from domain.activity import BATCH, ONE
 from domain.errors import invalid
 from domain.values import unstorable_field
@@ -13,7 +14,6 @@ from grpc_api.backend import Backend
 from grpc_api.calls import Call, rpc
 from grpc_api.gen import customers_pb2 as pb
 from grpc_api.messages import ID, to_json, validated
-from service.auth import Permission
 from service.limits import RouteClass
 from write_api import tracking
 

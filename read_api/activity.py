@@ -18,13 +18,14 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from domain import rfm
+from domain.access import Permission, Principal
 from domain.errors import Code, DomainError
 from domain.values import utc_iso
 from projections import purchase_models
 from projections.customers import VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, once_settled
-from service.auth import CanRead, Permission, Principal
+from service.auth import CanRead
 from service.problems import problem_responses
 
 router = APIRouter(prefix="/api/v1/customers", tags=["analytics"])

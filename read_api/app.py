@@ -30,8 +30,9 @@ from read_api.consistency import PositionWatcher
 from read_api.replicas import PRIMARY, ReadRouter, Target
 from service import edge, problems, tracing
 from service.api_keys import ApiKeyStore
+from service.http_metrics import require_scraper, scrape
 from service.limits import RouteClass
-from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
+from service.metrics import unwatch_pool, watch_pool
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, StringConstraints
 
+from domain.access import Permission, Principal
 from domain.errors import Code, DomainError, invalid
 from domain.masking import masked
 from domain.selection import FILTERED_FIELDS
@@ -45,7 +46,7 @@ from projections.customers import DOCS, FILTERS, VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with, not_found, once_settled
 from service import etags
-from service.auth import CanRead, Permission, Principal
+from service.auth import CanRead
 from service.contract import IfNoneMatchHeader
 from service.problems import problem_responses
 

@@ -34,6 +34,7 @@ from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from domain.access import Permission, Principal
 from domain.errors import Code, DomainError, invalid
 from domain.masking import EMPTIED, LOCATION_SHOWN, MASK, REPLACED
 from domain.segment import SegmentDefinition
@@ -44,7 +45,7 @@ from projections.segments import VIEW as SEGMENTS
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with
 from read_api.customers import MASKED_FIELD_PROBLEMS, customer_filters, listing_reads, shown
-from service.auth import CanRead, Permission, Principal
+from service.auth import CanRead
 from service.limits import RouteClass, limited_as
 from service.problems import problem_responses
 

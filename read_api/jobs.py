@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from domain.access import Principal
 from domain.errors import Code, DomainError
 from domain.values import Choice
 from eventstore.jobs import (
@@ -25,7 +26,7 @@ from eventstore.jobs import (
 )
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS
-from service.auth import CanRead, Principal
+from service.auth import CanRead
 from service.problems import problem_responses
 
 router = APIRouter(prefix="/api/v1/customers", tags=["import", "bulk"])

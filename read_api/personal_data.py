@@ -25,6 +25,7 @@ from pydantic import AwareDatetime
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
+from domain.access import Principal
 from domain.customer import Customer
 from domain.errors import Code, DomainError
 from domain.values import Choice, utc_iso
@@ -36,7 +37,7 @@ from projections.consent import origins
 from read_api.consistency import READ_PROBLEMS
 from read_api.customers import STINTS_ALL, render_stint
 from read_api.export import CSV_COLUMNS, cell, csv_row
-from service.auth import CanPrivacy, Principal
+from service.auth import CanPrivacy
 from service.contract import CustomerId
 from service.limits import RouteClass, limited_as
 from service.problems import problem_responses

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from domain.access import Permission
 from domain.consent import consents
 from domain.errors import Code, DomainError
 from domain.values import utc_iso
@@ -21,7 +22,7 @@ from projections.customers import VIEW as CUSTOMERS_VIEW
 from read_api import paging, personal_data
 from read_api.consistency import READ_PROBLEMS, consistent_with, once_settled
 from service.api_keys import ApiKeyStore
-from service.auth import CanManageKeys, CanPrivacy, CanRead, Permission
+from service.auth import CanManageKeys, CanPrivacy, CanRead
 from service.contract import CustomerId
 from service.problems import problem_responses
 

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from domain.access import Permission, Principal
 from domain.criteria import criteria_reads, explain, measured, operand
 from domain.errors import Code, DomainError, invalid
 from domain.masking import MASK, hidden
@@ -37,7 +38,7 @@ from projections.segments import VIEW
 from read_api import paging
 from read_api.consistency import READ_PROBLEMS, consistent_with, not_found, once_settled
 from read_api.customers import MASKED_FIELD_PROBLEMS, shown
-from service.auth import CanRead, Permission, Principal
+from service.auth import CanRead
 from service.problems import problem_responses
 
 # The shown status: CALCULATING while a job is open, ERROR when the last finished job failed,

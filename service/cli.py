@@ -287,10 +287,11 @@ def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
     import json
     import uuid
 
+    from domain.access import Role
     from domain.errors import DomainError
     from eventstore.keys import LazyKeyring
     from service.api_keys import ApiKeyStore
-    from service.auth import ORG, Role
+    from service.auth import ORG
 
     if not ORG.fullmatch(args.org):
         print("--org must be 1 to 64 letters, digits or _.:-", file=sys.stderr)

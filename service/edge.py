@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service import docs, limits, logs, problems, tracing
-from service.metrics import HttpMetrics
+from service import docs, limits, problems, tracing
+from service.http_metrics import HttpMetrics
+from service.request_log import RequestLog
 from service.settings import Settings
 
 
@@ -15,6 +16,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     problems.install(app)
     docs.install(app, "/openapi.json", app.title)
     limits.install(app, settings)
-    logs.install(app)
+    app.add_middleware(RequestLog)
     app.add_middleware(HttpMetrics)
     tracing.install(app, settings)

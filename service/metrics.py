@@ -9,7 +9,6 @@ process answers a scrape reports all of them.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -27,12 +26,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain.errors import Code, DomainError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -193,77 +187,12 @@ def exposition() -> bytes:
     return generate_latest(_registry())
 
 
-async def scrape(extra: bytes = b"") -> Response:
-    """The answer of GET /metrics: `exposition()` plus `extra` families of the caller's."""
-    body = await run_in_threadpool(exposition)
-    return Response(body + extra, media_type=CONTENT_TYPE)
-
-
-async def require_scraper(request: Request) -> None:
-    """A route dependency of /metrics: with CUSTOMERS_METRICS_TOKEN set, only a scraper that
-    sends `Authorization: Bearer <token>` is answered (401 otherwise)."""
-    expected = request.app.state.settings.metrics_token
-    if not expected:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    ):
-        raise DomainError(Code.UNAUTHORIZED, "/metrics needs the metrics token")
-
-
 def listen(settings: Settings) -> None:
     """A /metrics listener on CUSTOMERS_METRICS_PORT for a process without an HTTP port."""
     if settings.metrics_port <= 0:
         return
     start_http_server(settings.metrics_port, addr=settings.host, registry=_registry())
     log.info("metrics listener started", extra={"port": settings.metrics_port})
-
-
-class HttpMetrics:
-    """Counts and times every request by method, route template and status. Plain ASGI
-    (see service.logs.RequestLog); the route is the one Starlette's router matched, so
-    `/api/v1/customers/{customer_id}`, never a path with an id in it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        # Bound children by label values: `labels()` takes a lock and builds a key each call.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # an exception escaping the app becomes a 500 outside it
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        HTTP_IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            HTTP_IN_FLIGHT.dec()
-            key = (scope["method"], route_template(scope), status)
-            children = self._children.get(key)
-            if children is None:
-                children = (
-                    HTTP_REQUESTS.labels(key[0], key[1], str(status)),
-                    HTTP_DURATION.labels(key[0], key[1]),
-                )
-                self._children[key] = children
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
-
-
-def route_template(scope: Scope) -> str:
-    """The path template of the route that handled the request (set by the router)."""
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else UNMATCHED
 
 
 # --------------------------------------------------------------------------- pools

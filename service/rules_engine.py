@@ -12,9 +12,9 @@ import time
 from urllib.parse import quote
 
 import httpx
+from opentelemetry import propagate
 
 from domain.errors import Code, DomainError, invalid
-from service import tracing
 from service.logs import correlation_headers
 from service.settings import Settings
 
@@ -46,7 +46,7 @@ class RulesEngine:
                 raise DomainError(Code.UNAVAILABLE, "the rules engine is unavailable; retry later")
         target = f"{self.url}/api/v1/rules/{quote(rule_id, safe='')}"
         # The engine's logs and traces can then be joined with ours.
-        headers = {**correlation_headers(), **tracing.context_headers()}
+        headers = {**correlation_headers(), **_trace_context()}
         for attempt in range(self.retries + 1):
             try:
                 status = self._client.get(target, headers=headers).status_code
@@ -75,3 +75,11 @@ class RulesEngine:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _trace_context() -> dict[str, str]:
+    """`traceparent` (and `tracestate`) of the current span (service.tracing) for the call;
+    empty when tracing is off or no span is current."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier

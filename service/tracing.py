@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import route_template
+from service.http_metrics import route_template
 from service.settings import Settings
 
 # FastAPI's own instrumentation, on by default once a tracer provider exists, records query
@@ -60,14 +60,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Trace the app's requests when tracing is configured."""
     if configure(settings) is not None:
         app.add_middleware(Tracing)
-
-
-def context_headers() -> dict[str, str]:
-    """`traceparent` (and `tracestate`) of the current span for an outgoing call; empty
-    when tracing is off or no span is current."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
 
 
 class Tracing:

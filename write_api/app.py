@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from domain.access import Permission, Principal
 from domain.activity import Batch, TrackedEvent
 from domain.consent import ConsentChange
 from domain.errors import Code, DomainError, invalid
@@ -35,12 +36,11 @@ from service.auth import (
     CanSegments,
     CanTrack,
     CanWrite,
-    Permission,
-    Principal,
 )
 from service.contract import CustomerId, IfMatchHeader
+from service.http_metrics import require_scraper, scrape
 from service.limits import RouteClass, limited_as
-from service.metrics import require_scraper, scrape, unwatch_pool, watch_pool
+from service.metrics import unwatch_pool, watch_pool
 from service.rules_engine import RulesEngine
 from service.settings import Settings, get_settings
 from write_api import bulk, columns, forms, imports, jobs, tracking

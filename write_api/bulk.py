@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
+from domain.access import Principal
 from domain.bulk import Action, ProfilePatch, patched
 from domain.customer import Customer
 from domain.errors import Code, DomainError
@@ -32,7 +33,6 @@ from domain.values import CustomerStatus
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from projections import segments as segments_view
 from projections.customers import VIEW, selection_sql
-from service.auth import Principal
 from write_api.customers import CustomerCommands
 from write_api.jobs import Connection, Job, JobFailed, JobRunner
 from write_api.segments import check_assignable, membership_snapshot

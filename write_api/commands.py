@@ -11,10 +11,10 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from domain.access import Principal
 from domain.errors import Code, DomainError
 from eventstore.application import Customers
 from eventstore.recorder import CLAIM_CONSTRAINT, violated_constraint
-from service.auth import Principal
 
 # Reloading and re-deciding is safe for commands without If-Match: the aggregate re-checks.
 _CONCURRENCY_RETRIES = 3

@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 import orjson
 from eventsourcing.persistence import IntegrityError
 
+from domain.access import Permission, Principal, Role
 from domain.consent import ConsentChange, consents
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
@@ -26,7 +27,6 @@ from eventstore.recorder import (
     Release,
     violated_constraint,
 )
-from service.auth import Permission, Principal, Role
 from write_api.commands import Commands, Outcome
 from write_api.schemas import CustomerUpdate
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from psycopg.rows import tuple_row
 
+from domain.access import Principal, Role
 from domain.errors import DomainError
-from service.auth import Principal, Role
 from write_api.customers import CustomerCommands
 from write_api.tracking import drop_expired
 

@@ -37,6 +37,7 @@ from eventsourcing.persistence import IntegrityError
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
+from domain.access import Principal
 from domain.customer import Customer
 from domain.errors import Code, DomainError, invalid
 from domain.values import Choice, Profile
@@ -44,7 +45,6 @@ from eventstore.application import Customers
 from eventstore.jobs import CUSTOMER_JOB_COLUMNS, Rejection, Tally, render_customer_job
 from eventstore.keys import EMAIL
 from eventstore.recorder import OWNERS, Claim
-from service.auth import Principal
 from service.problems import field_path
 from service.settings import Settings
 from write_api import columns

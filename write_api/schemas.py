@@ -7,11 +7,11 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
+from domain.access import Role
 from domain.bulk import Action, ProfilePatch
 from domain.segment import SegmentDefinition, SegmentStatus
 from domain.selection import CustomerFilters, CustomerSelection
 from domain.values import CustomerStatus, Model, Profile
-from service.auth import Role
 
 
 class CustomerCreate(Profile):

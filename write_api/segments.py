@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import tuple_row
 
+from domain.access import Permission, Principal
 from domain.criteria import criteria_reads
 from domain.errors import Code, DomainError, invalid
 from domain.membership import Change, Reason, events
@@ -20,7 +21,6 @@ from domain.segment import Segment, SegmentDefinition, SegmentKind, SegmentStatu
 from eventstore.application import Customers
 from eventstore.jobs import render_job
 from eventstore.recorder import OWNERS, Claim, JobRequest, Release
-from service.auth import Permission, Principal
 from service.rules_engine import RulesEngine
 from write_api import calculation
 from write_api.commands import Commands, Outcome

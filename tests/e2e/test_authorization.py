@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from domain.access import ROLE_PERMISSIONS, Permission, Role
 from read_api.app import create_app as create_read_app
-from service.auth import ROLE_PERMISSIONS, Permission, Role, matrix_markdown
+from service.auth import matrix_markdown
 from service.settings import Settings
 from tests.e2e.conftest import TokenFactory
 from write_api.app import create_app as create_write_app

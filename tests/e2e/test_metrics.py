@@ -36,8 +36,8 @@ from projections.positions import max_notification_id, read_position
 from projections.runner import Projector
 from service.auth import issue_token
 from service.gateway import Gateway
+from service.http_metrics import HttpMetrics
 from service.logs import JsonFormatter
-from service.metrics import HttpMetrics
 from service.settings import Settings
 from tests.e2e.conftest import new_customer, serve_in_thread
 from tests.e2e.test_segments_api import segment

@@ -22,13 +22,13 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from domain.access import Principal
 from domain.errors import Code, DomainError
 from domain.values import Profile
 from eventstore import erasure_ledger
 from eventstore.application import Customers
 from eventstore.relay import MSG_ID_HEADER, RESTORED_KIND, Relay
 from service import embedded
-from service.auth import Principal
 from service.backups import (
     Archive,
     BackupAgent,

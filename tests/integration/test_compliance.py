@@ -9,6 +9,7 @@ import uuid
 
 import psycopg
 
+from domain.access import Principal
 from domain.consent import ConsentChange
 from domain.customer import Customer
 from domain.segment import Segment, SegmentDefinition, SegmentStatus
@@ -17,7 +18,6 @@ from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.keys import AUDIT_KEY_PURPOSE, Keyring
 from projections.runner import Projector
-from service.auth import Principal
 from service.cli import _verify_audit
 from service.rules_engine import RulesEngine
 from service.settings import Settings

@@ -9,13 +9,13 @@ import secrets
 import psycopg
 import pytest
 
+from domain.access import Principal
 from domain.customer import Customer
 from domain.errors import DomainError
 from domain.values import Profile
 from eventstore.application import Customers
 from eventstore.mapper import Shredded
 from projections.runner import Projector, rebuild_view, views
-from service.auth import Principal
 from service.settings import Settings
 from write_api.customers import CustomerCommands
 from write_api.erasure import sweep

@@ -10,10 +10,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from eventsourcing.persistence import StoredEvent
 
+from domain.access import Principal
 from domain.values import Profile
 from eventstore.application import Customers
 from eventstore.mapper import Shredded
-from service.auth import Principal
 from service.settings import Settings
 from write_api.customers import CustomerCommands
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from domain.access import Principal
 from domain.errors import Code, DomainError
 from eventstore.application import Customers
-from service.auth import Principal
 from service.settings import Settings
 from tests.integration.test_event_store import admin, profile
 from write_api.customers import CustomerCommands

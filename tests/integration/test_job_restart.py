@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from domain.access import Principal
 from domain.bulk import ProfilePatch
 from domain.selection import CustomerSelection
 from domain.values import Profile
 from eventstore.application import Customers
-from service.auth import Principal
 from service.settings import Settings
 from tests.e2e.conftest import new_customer
 from write_api import bulk, imports, jobs

@@ -12,12 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from domain.access import Principal
 from domain.customer import Customer
 from eventstore import keys
 from eventstore.application import Customers
 from eventstore.keys import LazyKeyring, key_status, rotate
 from service.api_keys import ApiKeyStore
-from service.auth import Principal
 from service.cli import _verify_audit
 from service.settings import Settings
 from tests.integration.test_erasure import people

@@ -13,11 +13,11 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 
+from domain.access import Principal
 from domain.consent import ConsentChange
 from domain.customer import Customer
 from domain.values import Profile
 from eventstore.application import Customers
-from service.auth import Principal
 from service.settings import Settings
 from write_api.customers import CustomerCommands
 

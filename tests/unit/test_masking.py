@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from domain.access import Principal
 from domain.criteria import FIELDS, CustomRule, Operator, SegmentCriteria, criteria_reads
 from domain.customer import representation
 from domain.errors import Code, DomainError
@@ -16,7 +17,6 @@ from domain.segment_facts import FACT_SOURCES
 from domain.selection import CustomerFilters, filter_reads
 from domain.values import Profile
 from read_api.customers import listing_reads
-from service.auth import Principal
 
 ANALYST = Principal(sub="a", org="o", roles=frozenset({"analyst"}))
 READERS = [Principal(sub="r", org="o", roles=frozenset({r})) for r in ("manager", "support")]

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from domain.access import Principal
 from domain.errors import Code, DomainError
 from domain.segment import SegmentDefinition
 from domain.values import CustomerStatus, Profile
 from eventstore.application import Customers
 from eventstore.mapper import Shredded
-from service.auth import Principal
 from service.rules_engine import RulesEngine
 from service.settings import Settings
 from write_api.customers import CustomerCommands
