@@ -25,10 +25,14 @@ def ledger_path(backup_dir: Path) -> Path:
 
 
 def append(path: Path, customer_id: UUID, at: datetime | None = None) -> None:
-    """One line, written with a single O_APPEND write and fsynced before returning."""
     line = orjson.dumps(
         {"customerId": str(customer_id), "erasedAt": (at or datetime.now(UTC)).isoformat()}
     )
+    append_synced(path, line)
+
+
+def append_synced(path: Path, line: bytes) -> None:
+    """One line, written with a single O_APPEND write and fsynced before returning."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

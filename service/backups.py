@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
+from eventstore.erasure_ledger import append_synced
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Archive:
         return len(self.restores())
 
     def record_restore(self, entry: dict[str, object]) -> None:
-        _append_synced(self.root / RESTORES_FILE, orjson.dumps(entry))
+        append_synced(self.root / RESTORES_FILE, orjson.dumps(entry))
 
     def backups(self) -> list[BaseBackup]:
         """The complete, verified base backups, oldest first."""
@@ -195,16 +195,6 @@ class Archive:
         # An epoch ends where the next begins: a backup of an older epoch only covers the
         # times before that epoch's restore; the newest epoch covering `target` wins.
         return best
-
-
-def _append_synced(path: Path, line: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- base backups
