@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from domain.constraints import any_member
 from domain.errors import invalid
@@ -50,11 +57,11 @@ class TagChange(Model):
 
 
 class NotificationPatch(Model):
-    email_notifications: bool | None = None
-    sms_notifications: bool | None = None
-    push_notifications: bool | None = None
-    marketing_emails: bool | None = None
-    system_alerts: bool | None = None
+    email_notifications: StrictBool | None = None
+    sms_notifications: StrictBool | None = None
+    push_notifications: StrictBool | None = None
+    marketing_emails: StrictBool | None = None
+    system_alerts: StrictBool | None = None
 
 
 class PreferencesPatch(Model):

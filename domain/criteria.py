@@ -136,18 +136,18 @@ class _Range(Model):
 
 
 class AgeRange(_Range):
-    min: Annotated[int, Field(ge=0, le=150)] | None = None
-    max: Annotated[int, Field(ge=0, le=150)] | None = None
+    min: Annotated[int, Field(ge=0, le=150, strict=True)] | None = None
+    max: Annotated[int, Field(ge=0, le=150, strict=True)] | None = None
 
 
 class CountRange(_Range):
-    min: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    max: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    min: Annotated[int, Field(ge=0, le=10_000_000, strict=True)] | None = None
+    max: Annotated[int, Field(ge=0, le=10_000_000, strict=True)] | None = None
 
 
 class DaysRange(_Range):
-    min: Annotated[int, Field(ge=0, le=MAX_DAYS)] | None = None
-    max: Annotated[int, Field(ge=0, le=MAX_DAYS)] | None = None
+    min: Annotated[int, Field(ge=0, le=MAX_DAYS, strict=True)] | None = None
+    max: Annotated[int, Field(ge=0, le=MAX_DAYS, strict=True)] | None = None
 
 
 class ValueRange(_Range):

@@ -39,6 +39,14 @@ class CustomerFilters(Model):
             raise ValueError("deleted customers are never selected")
         return value
 
+    @model_validator(mode="after")
+    def _at_least_one(self) -> CustomerFilters:
+        # As its schema says: filters that are given name a filter (to select everyone, a
+        # request leaves them out), so `{}` never selects everyone by accident.
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("filters must name at least one filter")
+        return self
+
 
 # The customer field (a dotted path of the customer JSON) each filter reads, by its key in
 # projections.customers.FILTERS: a caller who sees that field masked may not filter on it.
@@ -105,6 +113,4 @@ class CustomerSelection(Model):
         given = [n for n in ("ids", "filters", "segment_id") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of ids, filters, segmentId")
-        if self.filters is not None and not self.filters.model_dump(exclude_none=True):
-            raise ValueError("filters must name at least one filter")
         return self

@@ -19,6 +19,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -54,6 +55,23 @@ class Gender(Choice):
     FEMALE = "FEMALE"
     OTHER = "OTHER"
     UNKNOWN = "UNKNOWN"
+
+
+_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def _rfc3339(value: Any) -> Any:
+    """Times are RFC 3339 text, as the contract says: pydantic's lax mode would also read a
+    number as Unix seconds."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z")
+    return value
+
+
+# A point in time given by a client (query parameters, request bodies).
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 class Model(BaseModel):

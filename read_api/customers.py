@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.params import Query as QueryInfo
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, StringConstraints
+from pydantic import StringConstraints
 
 from domain.access import Permission, Principal
 from domain.errors import Code, DomainError, invalid
@@ -37,6 +37,7 @@ from domain.values import (
     CustomerPublic,
     CustomerStatus,
     Gender,
+    Instant,
     lookup_country,
     normalize_email,
     utc_iso,
@@ -316,10 +317,10 @@ async def customer_filters(
     age_min: Annotated[int | None, Query(alias="ageMin", ge=0, le=150)] = None,
     age_max: Annotated[int | None, Query(alias="ageMax", ge=0, le=150)] = None,
     created_from: Annotated[
-        AwareDatetime | None, Query(alias="createdFrom", description="RFC 3339, inclusive")
+        Instant | None, Query(alias="createdFrom", description="RFC 3339, inclusive")
     ] = None,
     created_to: Annotated[
-        AwareDatetime | None, Query(alias="createdTo", description="RFC 3339, inclusive")
+        Instant | None, Query(alias="createdTo", description="RFC 3339, inclusive")
     ] = None,
 ) -> dict[str, Any]:
     """The filters of `GET /customers` (same parameters, same rules, same 422s) as the
@@ -583,7 +584,7 @@ async def customer_segments(
     principal: CanRead,
     id: UUID,
     as_of: Annotated[
-        AwareDatetime | None,
+        Instant | None,
         Query(alias="asOf", description="RFC 3339: the segments the customer was in then"),
     ] = None,
     history: Annotated[

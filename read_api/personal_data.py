@@ -21,14 +21,13 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from psycopg.rows import tuple_row
-from pydantic import AwareDatetime
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
 from domain.access import Principal
 from domain.customer import Customer
 from domain.errors import Code, DomainError
-from domain.values import Choice, utc_iso
+from domain.values import Choice, Instant, utc_iso
 from eventstore import compliance
 from eventstore.application import Customers
 from eventstore.compliance import AuditEntry, PrivacyRecord, RequestType
@@ -360,7 +359,7 @@ async def history(
     customer_id: CustomerId,
     principal: CanPrivacy,
     as_of: Annotated[
-        AwareDatetime | None,
+        Instant | None,
         Query(alias="asOf", description="RFC 3339: the customer as it was at that moment"),
     ] = None,
 ) -> Response:

@@ -29,13 +29,13 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Request, Response
 from psycopg import AsyncConnection, sql
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from domain import rfm
 from domain.errors import Code, DomainError, invalid
 from domain.selection import CustomerFilters, filter_params, filter_reads
-from domain.values import CustomerStatus, Model, utc_iso
+from domain.values import CustomerStatus, Instant, Model, utc_iso
 from projections import purchase_models
 from projections.customers import FILTERS, VIEW
 from projections.membership import VIEW as MEMBERSHIP
@@ -70,12 +70,12 @@ class ReportRequest(Model):
         default=None, description="the segment's current members (not with filters)"
     )
     filters: CustomerFilters | None = None
-    from_: AwareDatetime | None = Field(
+    from_: Instant | None = Field(
         default=None,
         alias="from",
         description="customers created at or after it; default: 12 months before `to`",
     )
-    to: AwareDatetime | None = Field(
+    to: Instant | None = Field(
         default=None, description="customers created at or before it; default: now"
     )
 

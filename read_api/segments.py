@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from domain.access import Permission, Principal
@@ -30,7 +30,7 @@ from domain.segment import (
     representation,
 )
 from domain.segment_facts import FACT_SOURCES
-from domain.values import utc_iso
+from domain.values import Instant, utc_iso
 from eventstore.jobs import GET_JOB, render_job
 from projections.membership import VIEW as MEMBERSHIP
 from projections.segment_sql import LOAD_FACTS, compile_where, facts_from_row
@@ -229,7 +229,7 @@ async def segment_customers(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
     as_of: Annotated[
-        AwareDatetime | None,
+        Instant | None,
         Query(alias="asOf", description="RFC 3339: the members at that moment (history)"),
     ] = None,
 ) -> Response:

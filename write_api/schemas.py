@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StrictBool
 
 from domain.access import Role
 from domain.bulk import Action, ProfilePatch
 from domain.segment import SegmentDefinition, SegmentStatus
 from domain.selection import CustomerFilters, CustomerSelection
-from domain.values import CustomerStatus, Model, Profile
+from domain.values import CustomerStatus, Instant, Model, Profile
 
 
 class CustomerCreate(Profile):
@@ -78,10 +78,10 @@ class ApiKeyCreate(Model):
 
 
 class ModelFitRequest(Model):
-    calibration_end: AwareDatetime | None = Field(
+    calibration_end: Instant | None = Field(
         default=None, description="purchases up to this instant are fitted; default: now"
     )
-    holdout_end: AwareDatetime | None = Field(
+    holdout_end: Instant | None = Field(
         default=None, description="validate predictions against (calibrationEnd, holdoutEnd]"
     )
     segment_id: UUID | None = Field(
@@ -94,7 +94,7 @@ class ModelFitRequest(Model):
 
 class BulkDelete(Model):
     selection: CustomerSelection
-    dry_run: bool = Field(default=False, description="decide and count, change nothing")
+    dry_run: StrictBool = Field(default=False, description="decide and count, change nothing")
 
 
 class BulkUpdate(BulkDelete):

@@ -152,13 +152,14 @@ def test_fit_as_of_a_date_recovers_parameters_and_validates_on_the_holdout(
     assert http.post(MODELS, json=future, headers=h).status_code == 422
 
 
-def test_an_empty_filter_set_fits_everyone_and_never_holds_the_queue(
+def test_an_empty_filter_set_is_refused_as_its_schema_says(
     http: httpx.Client, auth: TokenFactory
 ) -> None:
-    """`filters: {}` selects no less than no filters (it once made the fit's SQL invalid, and
-    the fitter retried that fit forever, ahead of every organization's)."""
+    """`filters: {}` is a 422 naming `filters` (it once made the fit's SQL invalid, and the
+    fitter retried that fit forever, ahead of every organization's); leaving filters out
+    fits everyone."""
     h = auth()
-    empty = fitted(http, h, {"filters": {}})
-    assert empty["state"] == "FAILED" and "customers" in (empty["error"] or ""), empty
-    other = auth(org_id=f"org-{secrets.token_hex(4)}")
-    assert fitted(http, other, {})["state"] in {"SUCCEEDED", "FAILED"}
+    refused = http.post(MODELS, json={"filters": {}}, headers=h)
+    assert refused.status_code == 422, refused.text
+    assert any(e["field"].startswith("filters") for e in refused.json()["errors"]), refused.text
+    assert fitted(http, h, {})["state"] in {"SUCCEEDED", "FAILED"}
