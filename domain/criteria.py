@@ -162,8 +162,8 @@ IncomeRange = ValueRange  # the spec's name for the demographic one
 
 
 class FrequencyRange(_Range):
-    min: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    max: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    min: Annotated[float, Field(ge=0, le=1e6, strict=True)] | None = None
+    max: Annotated[float, Field(ge=0, le=1e6, strict=True)] | None = None
     period: Period = Period.MONTHLY
 
 

@@ -16,7 +16,7 @@ from domain.values import CustomerStatus, Gender, Model, lookup_country
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Country = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 City = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-Age = Annotated[int, Field(ge=0, le=150)]
+Age = Annotated[int, Field(ge=0, le=150, strict=True)]
 
 
 class CustomerFilters(Model):

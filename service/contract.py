@@ -92,10 +92,30 @@ _VERSIONED = (_CUSTOMERS, _CUSTOMERS + "/segments", _SEGMENT)
 _PRECONDITION = problem_responses({412: "If-Match names a version that is not the current one"})
 
 
+def _non_blank(node: Any) -> None:
+    """Bodies' texts are stripped before their length is checked (domain.values.Model), so a
+    required text must hold a non-space character: said as a pattern beside minLength."""
+    if isinstance(node, list):
+        for item in node:
+            _non_blank(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if (
+        node.get("type") == "string"
+        and node.get("minLength", 0) >= 1
+        and not {"pattern", "format", "enum", "const"} & node.keys()
+    ):
+        node["pattern"] = r"\S"
+    for value in node.values():
+        _non_blank(value)
+
+
 def complete(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` stating, for every operation, the answers the service gives whatever the
     operation (400/413/415 to a body, 422 to an unknown query parameter, 412 exactly where
     If-Match is taken) and the headers of its answers."""
+    _non_blank(schema.get("components", {}).get("schemas", {}))
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             for parameter in operation.get("parameters", ()):

@@ -202,7 +202,11 @@ def test_bad_requests_name_the_field_and_roles_are_enforced(
             {"selection": {**some, "filters": {"tags": ["a"]}}, "patch": {"status": "ACTIVE"}},
             "selection",
         ),
-        ("update", {"selection": {"filters": {}}, "patch": {"status": "ACTIVE"}}, "selection"),
+        (
+            "update",
+            {"selection": {"filters": {}}, "patch": {"status": "ACTIVE"}},
+            "selection.filters",
+        ),
         ("update", {"selection": some, "patch": {}}, "patch"),
         ("update", {"selection": some, "patch": {"status": "DELETED"}}, "patch.status"),
         ("update", {"selection": some, "patch": {"tags": {"add": ["a b"]}}}, "patch.tags.add.0"),
