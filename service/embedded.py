@@ -134,6 +134,12 @@ def start_postgres(data_dir: Path, *, stop_at_exit: bool = False) -> str:
     pgdata.mkdir(exist_ok=True)
 
     pgserver = _import_pgserver()
+    cached = pgserver.PostgresServer._instances.get(pgdata.resolve())
+    known = getattr(getattr(cached, "_postmaster_info", None), "pid", None)
+    if cached is not None and known != _running_pid(pgdata):
+        # Stopped or restarted by another process (e.g. `customers restore`): this process's
+        # handle describes a server that is gone.
+        _forget(pgserver, pgdata.resolve())
     server = pgserver.get_server(pgdata, cleanup_mode="stop" if stop_at_exit else None)
     info = server.get_postmaster_info()
     if not info.is_running():
@@ -155,17 +161,30 @@ def start_postgres(data_dir: Path, *, stop_at_exit: bool = False) -> str:
     return url
 
 
+def _running_pid(pgdata: Path) -> int | None:
+    """The postmaster's pid as its pid file says (None without a file)."""
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+    except FileNotFoundError:
+        return None
+    return int(first) if first.strip().isdigit() else None
+
+
+def _forget(pgserver: Any, pgdata: Path) -> None:
+    """Drop this process's handle on `pgdata` so get_server() builds a fresh one."""
+    server = pgserver.PostgresServer._instances.pop(pgdata, None)
+    if server is not None:
+        atexit.unregister(server._cleanup)
+        server.global_process_id_list.get_and_remove(os.getpid())
+
+
 def stop_postgres(data_dir: Path) -> None:
     """Stop the embedded PostgreSQL whose pgdata is `data_dir`/pg (no-op if not running)."""
     pgdata = data_dir.expanduser().resolve() / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return
     pgserver = _import_pgserver()
-    server = pgserver.PostgresServer._instances.pop(pgdata, None)
-    if server is not None:
-        # Forget this process's handle so get_server() builds a fresh one next time.
-        atexit.unregister(server._cleanup)
-        server.global_process_id_list.get_and_remove(os.getpid())
+    _forget(pgserver, pgdata)
     user = "pgserver" if os.geteuid() == 0 else None
     pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30)
     logger.info("embedded PostgreSQL stopped: pgdata=%s", pgdata)
