@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     Discriminator,
     Field,
@@ -28,7 +27,7 @@ from pydantic import (
 )
 
 from domain.consent import Purpose
-from domain.values import Choice, Currency, Model, ShortText
+from domain.values import Choice, Currency, Instant, Model, ShortText
 
 MAX_BATCH = 1000
 # Clocks of producers drift; an event from further in the future is a bug, not a fact.
@@ -152,7 +151,7 @@ class _Event(Fact):
         default=None, description="a UUID of the producer's choosing: retries with it count once"
     )
     customer_id: UUID | None = None  # in a batch; the path names it for a single event
-    timestamp: AwareDatetime | None = None  # when it happened; default: when received
+    timestamp: Instant | None = None  # when it happened; default: when received
     session_id: UUID | None = None
     channel: ShortText = ""
     device: Device | None = None

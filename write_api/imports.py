@@ -112,7 +112,10 @@ def check_header(
         return None
     text = first.decode("utf-8-sig", errors="surrogateescape")
     line = text.splitlines()[0] if text else ""
-    header = next(csv.reader(io.StringIO(text), delimiter=delimiter(line)), [])
+    try:
+        header = next(csv.reader(io.StringIO(text), delimiter=delimiter(line)), [])
+    except csv.Error as e:  # e.g. a bare carriage return inside the header line
+        raise invalid("body", f"the header line is not CSV: {e}") from None
     return columns.resolve(header, explicit)
 
 

@@ -129,6 +129,8 @@ def test_ndjson_dry_run_and_malformed_files(http: httpx.Client, auth: TokenFacto
     eventually(lambda: set(listed(http, h)) == {"nd@example.com"})
 
     assert_problem(upload(http, h, b""), 422, "body")
+    # A bare carriage return inside the header line: not CSV (it was a 500, found by fuzzing).
+    assert_problem(upload(http, h, b"\xef\r\xc4\xb7\r\n"), 422, "body")
     assert_problem(upload(http, h, b"email,nickname\r\n"), 422, "columns")
     assert_problem(upload(http, h, b"name\r\nX\r\n"), 422, "columns")
     header_only = finished(http, h, HEADER.encode())

@@ -198,6 +198,8 @@ def test_bad_input_is_refused_with_the_field_named(http: httpx.Client, auth: Tok
     assert_problem(http.post(BATCH, json=batch, headers=h), 422, "events.1.data.currency")
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert_problem(http.post(track, json=page_view(timestamp=future), headers=h), 422, "timestamp")
+    # Times are RFC 3339 text, as the contract says; not a number of Unix seconds.
+    assert_problem(http.post(track, json=page_view(timestamp=1.5), headers=h), 422, "timestamp")
     no_customer = {"events": [purchase()]}
     assert_problem(http.post(BATCH, json=no_customer, headers=h), 422, "events.0.customerId")
     too_many = {"events": [purchase(customerId=cid)] * 1001}
