@@ -29,10 +29,7 @@ def upload(http: httpx.Client, h: dict[str, str], content: bytes, **params: Any)
     return http.post(IMPORT, content=content, params=params, headers={**h, "Content-Type": kind})
 
 
-def finished(
-    http: httpx.Client, h: dict[str, str], content: bytes, **params: Any
-) -> dict[str, Any]:
-    started = upload(http, h, content, **params)
+def followed(http: httpx.Client, h: dict[str, str], started: httpx.Response) -> dict[str, Any]:
     assert started.status_code == 202, started.text
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -41,6 +38,12 @@ def finished(
             return job
         time.sleep(0.1)
     raise AssertionError("import did not finish")
+
+
+def finished(
+    http: httpx.Client, h: dict[str, str], content: bytes, **params: Any
+) -> dict[str, Any]:
+    return followed(http, h, upload(http, h, content, **params))
 
 
 def report(http: httpx.Client, h: dict[str, str], job: dict[str, Any]) -> list[tuple[int, str]]:
@@ -169,17 +172,6 @@ def test_a_junk_file_stops_as_failed_with_a_bounded_report(
 # --------------------------------------------------------------------------- files users have
 
 CRM_EXPORT = Path(__file__).parents[2] / "docs" / "examples" / "crm-export.csv"
-
-
-def followed(http: httpx.Client, h: dict[str, str], started: httpx.Response) -> dict[str, Any]:
-    assert started.status_code == 202, started.text
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = http.get(started.headers["Location"], headers=h).json()
-        if job["state"] in {"SUCCEEDED", "FAILED"}:
-            return job
-        time.sleep(0.1)
-    raise AssertionError("import did not finish")
 
 
 def test_a_crm_export_sent_as_a_form_is_read_by_its_flat_column_names(
