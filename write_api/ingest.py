@@ -26,7 +26,7 @@ import nats
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import ValidationError
 
 from domain.activity import BATCH, ONE, check_times
@@ -57,14 +57,22 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
     try:
         await js.stream_info(stream)
     except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=stream,
-                subjects=[f"{prefix}.*"],
-                storage=StorageType.FILE,
-                duplicate_window=float(settings.nats_duplicate_window_seconds),
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=stream,
+                    subjects=[f"{prefix}.*"],
+                    storage=StorageType.FILE,
+                    duplicate_window=float(settings.nats_duplicate_window_seconds),
+                )
             )
-        )
+        except BadRequestError as refused:
+            # Another ingester (or a producer) created it between the two calls: the server
+            # refuses the second creation as overlapping its subjects. Anything else is real.
+            try:
+                await js.stream_info(stream)
+            except NotFoundError:
+                raise refused from None
 
 
 def parse(data: bytes) -> list[Any]:

@@ -147,3 +147,29 @@ def test_killed_ingester_loses_nothing_and_counts_nothing_twice(
             ([c.id for c in customers],),
         ).fetchone() or (0, 0)
     assert (purchases, spent) == (total, total * 125)
+
+
+def test_ingesters_starting_together_share_one_stream(
+    settings: Settings, tracking_stream: tuple[str, str]
+) -> None:
+    """Ingesters that start together each end up with the one tracking stream, whoever
+    created it (a CI run once saw an ingester's creation refused as overlapping subjects,
+    which ensure_stream now takes as "created meanwhile" when the stream is there)."""
+    from write_api.ingest import ensure_stream
+
+    async def one() -> None:
+        nc = await nats.connect(str(settings.nats_url))
+        try:
+            await ensure_stream(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+
+    async def together() -> list[str]:
+        await asyncio.gather(*(one() for _ in range(8)))
+        nc = await nats.connect(str(settings.nats_url))
+        try:
+            return [s.config.name for s in await nc.jetstream().streams_info()]
+        finally:
+            await nc.close()
+
+    assert tracking_stream[0] in asyncio.run(together())
