@@ -83,11 +83,10 @@ async def _jobs(
     }
     async with paging.pool(request).connection() as conn:
         rows = await (await conn.execute(LIST_CUSTOMER_JOBS, params)).fetchall()
-    page = rows[:limit]
-    last = page[-1] if len(rows) > limit else None
+    page, next_cursor = paging.cut(rows, limit, at=7, row_id=0)
     return {
         "items": [render_customer_job(row) for row in page],
-        "nextCursor": paging.encode(last[7], last[0]) if last else None,
+        "nextCursor": next_cursor,
         "limit": limit,
     }
 

@@ -25,6 +25,14 @@ def encode(at: datetime, row_id: UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def cut(rows: list[Any], limit: int, at: int, row_id: int) -> tuple[list[Any], str | None]:
+    """The page of `rows` (fetched with one more than `limit`) and the next page's cursor,
+    from the last row's columns `at` and `row_id`, when that extra row came back."""
+    page = rows[:limit]
+    more = len(rows) > limit
+    return page, encode(page[-1][at], page[-1][row_id]) if more else None
+
+
 def decode(cursor: str) -> tuple[datetime, UUID]:
     """422 naming `cursor` for anything `encode` did not make."""
     try:

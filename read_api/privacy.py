@@ -84,7 +84,7 @@ async def list_requests(
     }
     async with paging.pool(request).connection() as conn:
         rows = await (await conn.execute(REQUESTS, params)).fetchall()
-    page = rows[:limit]
+    page, next_cursor = paging.cut(rows, limit, at=5, row_id=0)
     items = [
         {
             "id": str(rid),
@@ -100,7 +100,6 @@ async def list_requests(
         }
         for rid, cid, rtype, rstatus, by, received, completed, due, outcome, late in page
     ]
-    next_cursor = paging.encode(page[-1][5], page[-1][0]) if len(rows) > limit else None
     return {"items": items, "nextCursor": next_cursor, "limit": limit}
 
 

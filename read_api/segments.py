@@ -153,8 +153,7 @@ async def segment_page(
     }
     async with pool.connection() as conn:
         rows = await (await conn.execute(LIST, params)).fetchall()
-    page = rows[:limit]
-    next_cursor = paging.encode(page[-1][3], page[-1][0]) if len(rows) > limit else None
+    page, next_cursor = paging.cut(rows, limit, at=3, row_id=0)
     return {"items": [_render(r) for r in page], "nextCursor": next_cursor, "limit": limit}
 
 
