@@ -125,30 +125,36 @@ class PositionWatcher:
         await self._publish({name: int(pos) for name, pos in await cur.fetchall()})
 
     async def _follow(self) -> None:
+        """`_watch` on a connection of its own, opened again after a loss (pausing longer
+        after each failure in a row)."""
         backoff = 0.2
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self._url, autocommit=True
                 ) as conn:
-                    await conn.execute(
-                        sql.SQL("LISTEN {}").format(sql.Identifier(POSITIONS_CHANNEL))
-                    )
-                    await self._refresh(conn)
                     backoff = 0.2
-                    while True:
-                        async for n in conn.notifies(timeout=_POLL):
-                            view, _, pos = n.payload.rpartition(":")
-                            if pos.isdigit():
-                                await self._publish({view: int(pos)})
-                        if self._waiters:
-                            await self._refresh(conn)
+                    await self._watch(conn)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("position watcher lost its connection; retrying", exc_info=True)
+            except Exception as e:
+                self._lost(e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _watch(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(POSITIONS_CHANNEL)))
+        await self._refresh(conn)
+        while True:
+            async for n in conn.notifies(timeout=_POLL):
+                view, _, pos = n.payload.rpartition(":")
+                if pos.isdigit():
+                    await self._publish({view: int(pos)})
+            if self._waiters:
+                await self._refresh(conn)
+
+    def _lost(self, error: Exception) -> None:
+        log.warning("position watcher lost its connection; retrying", exc_info=error)
 
 
 def parse_token(value: str) -> int:

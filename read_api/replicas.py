@@ -71,37 +71,29 @@ class ReplicaWatcher(PositionWatcher):
         self.lag = lag
         REPLICA_LAG.labels(self.name).set(-1.0 if lag is None else lag)
 
-    async def _follow(self) -> None:
-        backoff = 0.2
+    async def _watch(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # NOTIFY is not replicated: the replica's positions and lag are polled, fast only
+        # while a read waits.
         while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True
-                ) as conn:
-                    while True:
-                        row = await (await conn.execute(POLL)).fetchone()
-                        assert row is not None
-                        lag, positions = row
-                        self._set_lag(None if lag is None else float(lag))
-                        await self._publish({str(k): int(v) for k, v in positions.items()})
-                        backoff = 0.2
-                        if self._waiters:
-                            await asyncio.sleep(_FAST)
-                        else:
-                            self._wake.clear()
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._wake.wait(), _SLOW)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                # No URL in the log: it may hold a password.
-                self._set_lag(None)
-                log.warning(
-                    "read replica unreachable; reads go to the primary",
-                    extra={"replica": self.name, "error": type(e).__name__},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            row = await (await conn.execute(POLL)).fetchone()
+            assert row is not None
+            lag, positions = row
+            self._set_lag(None if lag is None else float(lag))
+            await self._publish({str(k): int(v) for k, v in positions.items()})
+            if self._waiters:
+                await asyncio.sleep(_FAST)
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _SLOW)
+
+    def _lost(self, error: Exception) -> None:
+        # No URL in the log: it may hold a password.
+        self._set_lag(None)
+        log.warning(
+            "read replica unreachable; reads go to the primary",
+            extra={"replica": self.name, "error": type(error).__name__},
+        )
 
 
 @dataclass(frozen=True)
