@@ -69,9 +69,13 @@ class StreamingPair:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            from pgserver.utils import ensure_user_exists
+            from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
             ensure_user_exists(_USER)
+            # The server's user must reach the wheel's binaries and the data directory, as
+            # pgserver itself arranges for its own servers (a checkout in a 0700 directory).
+            ensure_prefix_permissions(self._bin)
+            ensure_prefix_permissions(self.data_dir)
             shutil.chown(self.data_dir, _USER, _USER)
         primary, replica = self.data_dir / "primary", self.data_dir / "replica"
         self._run("initdb", "-D", str(primary), "-U", "postgres", "--auth=trust", "-E", "utf8")
