@@ -6,6 +6,7 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -115,8 +116,7 @@ def prepare() -> Environment:
         {
             "DATABASE_URL": env.database_url,
             "NATS_URL": env.nats_url,
-            "CUSTOMERS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "CUSTOMERS_JWT_SECRET": secrets.token_urlsafe(32),
+            **bench_secrets(),
             # Rate limits are a per-client policy, not capacity: off while measuring capacity
             # from one client (their cost is in bench.security).
             "CUSTOMERS_RATE_LIMIT_READS_PER_MINUTE": "0",
@@ -128,6 +128,22 @@ def prepare() -> Environment:
 
     get_settings.cache_clear()
     return env
+
+
+def bench_secrets() -> dict[str, str]:
+    """The master key and token secret of the bench database, generated once and kept beside
+    it: a database kept for the next run (`--keep`) holds keys wrapped by this master key."""
+    path = DATA_DIR / "secrets.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        kept: dict[str, str] = json.loads(path.read_text())
+        return kept
+    fresh = {
+        "CUSTOMERS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "CUSTOMERS_JWT_SECRET": secrets.token_urlsafe(32),
+    }
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(fresh))
+    return fresh
 
 
 def recreate_database(env: Environment) -> None:

@@ -271,17 +271,19 @@ class Bench:
         )
         self.cpu_line("list", listed, cpu)
         worst = 0.0
+        failed = 0
         shapes = []
         for shape in SHAPES:
             result, _ = self.wrk(self.port, "shape", path=shape, connections=4, seconds=5)
             worst = max(worst, result.p99)
+            failed += result.errors
             shapes.append(f"`{shape}` {result.text()}")
         self.out.add(
             f"List shapes ({len(SHAPES)}, 4 connections each), worst p99",
             report.ms(worst),
             "",
             "p99 ≤ 100 ms",
-            worst <= 100,
+            worst <= 100 and not failed,
         )
         self.sections.append("- list shapes: " + "; ".join(shapes))
 
@@ -330,11 +332,11 @@ SHAPES = (
     "country=ES&limit=50&sort=-createdAt",
     "status=INACTIVE&limit=50",
     "tag=vip&limit=50",
-    "minAge=30&maxAge=40&limit=50",
+    "ageMin=30&ageMax=40&limit=50",
     "q=mar&limit=20",
     "q=a&limit=50",
     "gender=FEMALE&country=FR&limit=50&sort=name",
-    "createdAfter=2020-01-01T00:00:00Z&limit=50",
+    "createdFrom=2020-01-01T00:00:00Z&limit=50",
     "limit=100&sort=email",
 )
 

@@ -85,18 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # First match wins: fixed paths (/customers/export, /customers/segments/export,
     # /customers/import/…, /customers/{id}/data, …) before /customers/segments/{id} and
     # /customers/{id}.
-    for module in (
-        export,
-        segments,
-        personal_data,
-        jobs,
-        activity,
-        models,
-        reports,
-        customers,
-        privacy,
-    ):
-        app.include_router(module.router)
+    edge.add_routes(
+        app,
+        export.router,
+        segments.router,
+        personal_data.router,
+        jobs.router,
+        activity.router,
+        models.router,
+        reports.router,
+        customers.router,
+        privacy.router,
+    )
 
     @app.get(
         "/metrics",

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from domain.errors import Code, DomainError, invalid
 from eventstore.application import EVENTS_TABLE
 from projections.positions import POSITIONS_CHANNEL
-from service.auth import CurrentPrincipal
+from service.auth import authenticate
 from service.contract import CONSISTENCY_HEADER, ConsistencyTokenHeader
 from service.problems import problem_responses
 
@@ -170,11 +170,8 @@ def consistent_with(*views: str, replicas: bool = True) -> Any:
     one, and chooses who answers the read (read_api.replicas; `paging.pool` hands out its
     pool). `replicas=False`: always the primary (reads in one long transaction)."""
 
-    async def wait_for_token(
-        request: Request,
-        principal: CurrentPrincipal,  # authenticate before making anyone wait
-        token: ConsistencyTokenHeader = None,
-    ) -> None:
+    async def wait_for_token(request: Request, token: ConsistencyTokenHeader = None) -> None:
+        await authenticate(request)  # before making anyone wait
         state = request.app.state
         timeout: float = state.settings.consistency_wait_seconds
         request.state.read_target = await state.reads.choose(views, token, timeout, replicas)

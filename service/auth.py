@@ -196,10 +196,23 @@ def _verify(settings: Settings, token: str) -> tuple[Principal, float]:
     return principal, float(claims["exp"])
 
 
+_PRINCIPAL = "customers.principal"  # the request scope's key of the caller, once known
+
+
 async def authenticate(request: Request) -> Principal:
-    """The caller: an API key (`X-API-Key`) or a bearer token. Verified on the event loop
-    when that is CPU work alone (a shared-secret token); in a worker thread when it may wait
-    for the database (an API key) or the identity provider (JWKS)."""
+    """The caller: an API key (`X-API-Key`) or a bearer token; identified once per request
+    (the route's permission check and its read-your-writes wait both ask), by the
+    dependencies themselves rather than as one of theirs: one dependency fewer to resolve."""
+    known: Principal | None = request.scope.get(_PRINCIPAL)
+    if known is None:
+        known = request.scope[_PRINCIPAL] = await _identify(request)
+    return known
+
+
+async def _identify(request: Request) -> Principal:
+    """Verified on the event loop when that is CPU work alone (a shared-secret token); in a
+    worker thread when it may wait for the database (an API key) or the identity provider
+    (JWKS)."""
     app = request.app
     settings: Settings = getattr(app.state, "settings", None) or get_settings()
     api_key = request.headers.get("x-api-key")
@@ -248,16 +261,14 @@ def caller(
         raise
 
 
-CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
-
-
 def allowed(permission: Permission) -> Any:
     """A route dependency: the caller, who must have `permission` (403 otherwise) and be
     within the rate limits (429, service/limits.py). The permission stays readable on the
     dependency (`.permission`) for the route x role test and the rendered matrix."""
 
     # async: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per request.
-    async def check(principal: CurrentPrincipal, request: Request) -> Principal:
+    async def check(request: Request) -> Principal:
+        principal = await authenticate(request)
         # Limited before the permission check: refused calls cost their budget too.
         limiter = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:

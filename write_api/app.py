@@ -708,15 +708,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         return _answer(commands.set_active_orders(principal, customer_id, body.active_orders))
 
-    for routes in (
+    edge.add_routes(
+        app,
         customer_routes,
         segment_routes,
         tracking_routes,
         import_routes,
         bulk_routes,
         key_routes,
-    ):
-        app.include_router(routes)
+    )
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
