@@ -214,6 +214,13 @@ class Call:
     then: Callable[[Reply | None], None] | None = None
 
 
+def retry_after(reply: Reply) -> float:
+    """Seconds a refusal (429, 503) asks the client to wait: a closed-loop client behaves as
+    a well-behaved HTTP client does, not as one that hammers a service that said it is full."""
+    value = reply.headers.get(b"retry-after") if reply.status in (429, 503) else None
+    return float(value) if value is not None and value.isdigit() else 0.0
+
+
 async def closed_loop(
     client: Client,
     *,
@@ -224,7 +231,8 @@ async def closed_loop(
     on_reply: Callable[[Reply], None] | None = None,
     warmup: float = 0.0,
 ) -> Latencies:
-    """`concurrency` clients, each sending its next request as soon as the last is answered.
+    """`concurrency` clients, each sending its next request as soon as the last is answered
+    (or, after a refusal with `Retry-After`, once that time has passed).
 
     With `warmup`, the clients run that many seconds first, uncounted (requests sent before
     its end are not measured), then `duration` seconds are measured on the same connections:
@@ -264,6 +272,8 @@ async def closed_loop(
                 call.then(reply)
             if on_reply is not None:
                 on_reply(reply)
+            if (pause := retry_after(reply)) > 0:
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
         conn.close()
 
     await asyncio.gather(*(worker(c) for c in conns))
