@@ -224,7 +224,7 @@ class Suite:
         c.configure()
         c.migrate()
         from service.settings import get_settings
-        from write_api.ingest import DURABLE, names
+        from write_api.background.ingest import DURABLE, names
 
         settings = get_settings()
         tracking_stream, tracking_prefix = names(settings)
@@ -301,7 +301,7 @@ class Suite:
         import nats
 
         from service.settings import get_settings
-        from write_api.ingest import ensure_stream
+        from write_api.background.ingest import ensure_stream
 
         assert self.cluster.nats is not None
         nc = await nats.connect(self.cluster.nats.url)

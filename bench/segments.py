@@ -95,9 +95,9 @@ def run(out: report.Report, url: str) -> None:
     from eventstore.application import Customers
     from projections.runner import Projector
     from service.settings import get_settings
-    from write_api import calculation
-    from write_api.calculation import Calculator
-    from write_api.membership import Reevaluator
+    from write_api.background import calculation
+    from write_api.background.calculation import Calculator
+    from write_api.background.membership import Reevaluator
 
     settings = get_settings()
     app = Customers(settings, pool_size=4)
@@ -163,7 +163,7 @@ def incremental(
     """One customer's facts change (age in / out of the range); time its re-evaluation
     against the organization's active segments (5: the benched one + 4 more)."""
     from domain.membership import Change, Reason, events
-    from write_api.membership import append
+    from write_api.background.membership import append
 
     print("\n== incremental re-evaluation", flush=True)
     for k in range(4):

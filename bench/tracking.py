@@ -563,7 +563,7 @@ async def nats_phase(
     from nats.js.errors import NotFoundError
 
     from service.settings import get_settings
-    from write_api import ingest
+    from write_api.background import ingest
 
     settings = get_settings()
     stream, prefix = ingest.names(settings)

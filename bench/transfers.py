@@ -109,7 +109,7 @@ def run(out: report.Report, url: str, rows: int) -> None:
     from eventstore.application import Customers
     from service.settings import get_settings
     from write_api import imports, jobs
-    from write_api.engine import job_runner
+    from write_api.background.engine import job_runner
 
     settings = get_settings()
     path = env.DATA_DIR / f"transfers-{rows}{'-' + TAG if TAG else ''}.csv"

@@ -205,7 +205,7 @@ def serve(kind: str, settings: Settings) -> None:
 
         run_forever(settings)
     elif kind == "segments":
-        from write_api.engine import run_forever as segments_forever
+        from write_api.background.engine import run_forever as segments_forever
 
         segments_forever(settings)
     elif kind == "relay":
@@ -217,7 +217,7 @@ def serve(kind: str, settings: Settings) -> None:
     elif kind == "ingest":
         import asyncio
 
-        from write_api.ingest import run_forever as ingest_forever
+        from write_api.background.ingest import run_forever as ingest_forever
 
         asyncio.run(ingest_forever(settings))
     elif kind == "grpc":

@@ -22,9 +22,9 @@ from eventstore.application import Customers
 from eventstore.jobs import render_job
 from eventstore.recorder import OWNERS, Claim, JobRequest, Release
 from service.rules_engine import RulesEngine
-from write_api import calculation
+from write_api.background import calculation
+from write_api.background.membership import append, stream_versions
 from write_api.commands import Commands, Outcome
-from write_api.membership import append, stream_versions
 
 SEGMENT = "segment"  # unique_claims scope of segment names
 # Which of the given customers are live customers of the organization, and which of them

@@ -88,7 +88,7 @@ def logs_hold_no_personal_data() -> Iterator[None]:
 def service_url(migrated: Settings) -> Iterator[str]:
     from projections.runner import Projector
     from service.gateway import Gateway
-    from write_api.engine import SegmentEngine
+    from write_api.background.engine import SegmentEngine
 
     projector = Projector(migrated)
     projector.start()

@@ -43,8 +43,8 @@ from tests.e2e.conftest import new_customer, serve_in_thread
 from tests.e2e.test_segments_api import segment
 from tests.integration.conftest import _delete_stream
 from tests.integration.test_relay import read_stream
-from write_api.calculation import Calculator
-from write_api.ingest import Ingester, ensure_stream, names
+from write_api.background.calculation import Calculator
+from write_api.background.ingest import Ingester, ensure_stream, names
 
 CUSTOMERS = "/api/v1/customers"
 SEGMENTS = "/api/v1/customers/segments"

@@ -21,7 +21,7 @@ from projections.runner import Projector
 from service.cli import _verify_audit
 from service.rules_engine import RulesEngine
 from service.settings import Settings
-from write_api.attribution import WriteAuditor
+from write_api.background.attribution import WriteAuditor
 from write_api.customers import CustomerCommands
 from write_api.segments import SegmentCommands
 

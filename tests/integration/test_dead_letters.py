@@ -26,7 +26,7 @@ from read_api import figures
 from service.settings import Settings
 from tests.integration.conftest import Env
 from tests.integration.test_relay import profile, read_stream, register
-from write_api.attribution import WriteAuditor
+from write_api.background.attribution import WriteAuditor
 
 
 def rows(settings: Settings, query: str, *args: Any) -> list[tuple[Any, ...]]:

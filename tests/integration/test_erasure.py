@@ -17,8 +17,8 @@ from eventstore.application import Customers
 from eventstore.mapper import Shredded
 from projections.runner import Projector, rebuild_view, views
 from service.settings import Settings
+from write_api.background.erasure import sweep
 from write_api.customers import CustomerCommands
-from write_api.erasure import sweep
 
 
 def people(app: Customers, org: str, count: int) -> list[Customer]:

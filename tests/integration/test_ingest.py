@@ -24,7 +24,7 @@ from eventstore.application import Customers
 from projections.runner import Projector
 from service.settings import Settings
 from tests.integration.test_erasure import people
-from write_api.ingest import DURABLE, names
+from write_api.background.ingest import DURABLE, names
 
 MESSAGES = 200
 PER_MESSAGE = 100
@@ -60,7 +60,7 @@ def stored(settings: Settings, customers: list[Customer]) -> int:
 
 
 async def publish(settings: Settings, subject: str, payloads: list[bytes]) -> None:
-    from write_api.ingest import ensure_stream
+    from write_api.background.ingest import ensure_stream
 
     nc = await nats.connect(str(settings.nats_url))
     try:
@@ -155,7 +155,7 @@ def test_ingesters_starting_together_share_one_stream(
     """Ingesters that start together each end up with the one tracking stream, whoever
     created it (a CI run once saw an ingester's creation refused as overlapping subjects,
     which ensure_stream now takes as "created meanwhile" when the stream is there)."""
-    from write_api.ingest import ensure_stream
+    from write_api.background.ingest import ensure_stream
 
     async def one() -> None:
         nc = await nats.connect(str(settings.nats_url))

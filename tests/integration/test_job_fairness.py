@@ -22,7 +22,7 @@ from read_api.app import create_app
 from service.auth import issue_token
 from service.settings import Settings
 from write_api import imports, jobs
-from write_api.engine import job_runner
+from write_api.background.engine import job_runner
 
 HEADER = "email,name,preferences.marketingConsent,preferences.dataProcessingConsent\r\n"
 

@@ -24,8 +24,8 @@ from eventstore.application import Customers
 from service.settings import Settings
 from tests.e2e.conftest import new_customer
 from write_api import bulk, imports, jobs
+from write_api.background.engine import job_runner
 from write_api.customers import CustomerCommands
-from write_api.engine import job_runner
 
 ROWS = 8000
 
@@ -37,7 +37,7 @@ import threading
 from eventstore.application import Customers
 from service.settings import get_settings
 from write_api import jobs
-from write_api.engine import job_runner
+from write_api.background.engine import job_runner
 jobs.work(job_runner(Customers(get_settings(), pool_size=1)), threading.Event())
 """
 

@@ -26,9 +26,9 @@ from projections import segment_sql
 from projections.runner import Projector
 from read_api.segments import GET as GET_SEGMENT
 from service.settings import Settings
-from write_api import calculation
-from write_api.calculation import Calculator
-from write_api.membership import Reevaluator, append
+from write_api.background import calculation
+from write_api.background.calculation import Calculator
+from write_api.background.membership import Reevaluator, append
 
 NOW = datetime.now(UTC)
 AGE_22_TO_25 = {"demographics": {"ageRange": {"min": 22, "max": 25}}}

@@ -34,7 +34,7 @@ from eventstore.relay import MSG_ID_HEADER, NOTIFICATION_HEADER, POSITION_NAME, 
 from service import embedded
 from service.settings import Settings
 from tests.integration.conftest import Env, make_env, wait_listening
-from write_api.membership import append
+from write_api.background.membership import append
 
 ORGS = ("acme", "globex.eu")  # the second one is not a valid subject token: hashed
 

@@ -499,7 +499,8 @@ def test_a_preview_selects_what_a_calculation_of_the_same_body_selects(
             ids_sql = sql.SQL("SELECT f.id FROM customer_facts f WHERE f.org_id = %s AND {}")
             previewed = {r[0] for r in conn.execute(ids_sql.format(where), [org, *params])}
             counted = conn.execute(count_sql, [org, *params]).fetchone()
-            # What the calculation of the created segment evaluates (write_api.calculation).
+            # What the calculation of the created segment evaluates
+            # (write_api.background.calculation).
             calculated = effective_criteria(SegmentCreate.model_validate(body).dump())
             assert calculated is not None
             query, calc_params = segment_sql.compile_criteria(calculated, org, AS_OF)

@@ -12,11 +12,12 @@ import threading
 from eventstore.application import Customers
 from projections import purchase_models
 from service.settings import Settings
-from write_api import attribution, bulk, imports, jobs
-from write_api.calculation import Calculator, work
+from write_api import bulk, imports, jobs
+from write_api.background import attribution
+from write_api.background.calculation import Calculator, work
+from write_api.background.erasure import sweep_forever
+from write_api.background.membership import ActivityReevaluator, Reevaluator, follow_customers
 from write_api.customers import CustomerCommands
-from write_api.erasure import sweep_forever
-from write_api.membership import ActivityReevaluator, Reevaluator, follow_customers
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from projections.customers import VIEW as CUSTOMERS_VIEW
 from projections.positions import max_notification_id, read_position
 from projections.segment_sql import compile_where
 from service.metrics import SEGMENT_JOBS
-from write_api.membership import append, stream_versions
+from write_api.background.membership import append, stream_versions
 
 log = logging.getLogger(__name__)
 
