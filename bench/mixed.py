@@ -408,19 +408,6 @@ def create_segments(base: str, headers: dict[str, str]) -> None:
         )
 
 
-async def delete_stream(nats_url: str, stream: str) -> None:
-    import nats
-    from nats.js.errors import NotFoundError
-
-    nc = await nats.connect(nats_url, name="bench-mixed")
-    try:
-        await nc.jetstream().delete_stream(stream)
-    except NotFoundError:
-        pass
-    finally:
-        await nc.close()
-
-
 # ------------------------------------------------------------------------------- the run
 
 
@@ -520,7 +507,7 @@ def run(out: report.Report, url: str, args: argparse.Namespace) -> None:
     finally:
         for child in reversed(children):
             child.stop()
-        asyncio.run(delete_stream(e.nats_url, os.environ["CUSTOMERS_NATS_STREAM"]))
+        env.delete_streams(e.nats_url, os.environ["CUSTOMERS_NATS_STREAM"])
 
 
 @dataclass

@@ -321,6 +321,8 @@ class Bench:
 
     def cleanup(self) -> None:
         self.stop()
+        with contextlib.suppress(Exception):
+            env.delete_streams(self.env.nats_url, f"SERVING_{self.env.tag.upper()}")
         if not self.args.keep:
             with contextlib.suppress(Exception):
                 env.drop_database(env=self.env)
