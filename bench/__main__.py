@@ -496,9 +496,6 @@ class Bench:
 
 
 async def relay_phase(e: env.Environment) -> tuple[float, int, float, int, int, str]:
-    import nats
-    from nats.js.errors import NotFoundError
-
     from eventstore.application import Customers
     from eventstore.relay import Relay
     from service.settings import Settings
@@ -523,13 +520,7 @@ async def relay_phase(e: env.Environment) -> tuple[float, int, float, int, int, 
     finally:
         await relay.close()
         app.close()
-        nc = await nats.connect(e.nats_url)
-        try:
-            await nc.jetstream().delete_stream(settings.nats_stream)
-        except NotFoundError:
-            pass
-        finally:
-            await nc.close()
+        await env.delete_streams(e.nats_url, settings.nats_stream)
 
 
 async def _publish_baseline(url: str, stream: str, prefix: str, count: int = 50_000) -> float:

@@ -146,23 +146,18 @@ def bench_secrets() -> dict[str, str]:
     return fresh
 
 
-def delete_streams(nats_url: str, stream: str) -> None:
+async def delete_streams(nats_url: str, stream: str) -> None:
     """Delete a service's JetStream streams (events and tracking) after its run."""
-    import asyncio
-
     import nats
     from nats.js.errors import NotFoundError
 
-    async def delete() -> None:
-        nc = await nats.connect(nats_url, name="bench")
-        try:
-            for name in (stream, f"{stream}_TRACKING"):
-                with contextlib.suppress(NotFoundError):
-                    await nc.jetstream().delete_stream(name)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    nc = await nats.connect(nats_url, name="bench")
+    try:
+        for name in (stream, f"{stream}_TRACKING"):
+            with contextlib.suppress(NotFoundError):
+                await nc.jetstream().delete_stream(name)
+    finally:
+        await nc.close()
 
 
 def recreate_database(env: Environment) -> None:

@@ -507,7 +507,7 @@ def run(out: report.Report, url: str, args: argparse.Namespace) -> None:
     finally:
         for child in reversed(children):
             child.stop()
-        env.delete_streams(e.nats_url, os.environ["CUSTOMERS_NATS_STREAM"])
+        asyncio.run(env.delete_streams(e.nats_url, os.environ["CUSTOMERS_NATS_STREAM"]))
 
 
 @dataclass

@@ -31,20 +31,9 @@ ROUNDS = 20_000
 DB = "customers_bench_security"
 
 
-def timed(fn: Callable[[], Any], rounds: int = ROUNDS) -> Latencies:
-    for _ in range(200):  # warm caches
-        fn()
-    stats = Latencies()
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        stats.add(time.perf_counter() - t0, 200, True)
-    return stats
-
-
-async def timed_async(fn: Callable[[], Awaitable[Any]], rounds: int = ROUNDS) -> Latencies:
-    """`timed` for the route dependency, awaited on a running event loop as a route awaits it
-    (an API key or a JWKS token is checked in a worker thread)."""
+async def timed(fn: Callable[[], Awaitable[Any]], rounds: int = ROUNDS) -> Latencies:
+    """`fn` awaited `rounds` times on a running event loop, as a route awaits its dependency
+    (an API key or a JWKS token is checked in a worker thread), after 200 to warm caches."""
     for _ in range(200):
         await fn()
     stats = Latencies()
@@ -134,18 +123,20 @@ def run(out: report.Report) -> None:
         return lambda: check(request(headers))
 
     try:
-        floor = timed(
-            lambda: jwt.decode(
+
+        async def decode() -> Any:
+            return jwt.decode(
                 hs, settings.jwt_secret, algorithms=["HS256"], audience=settings.jwt_audience
             )
-        )
+
+        floor = asyncio.run(timed(decode))
         cases = {
             "HS256 bearer token": guarded({"Authorization": f"Bearer {hs}"}),
             "RS256 bearer token (JWKS key cached)": guarded({"Authorization": f"Bearer {rs}"}),
             "API key (lookup cached)": guarded({"X-API-Key": api_key}),
         }
         for name, fn in cases.items():
-            stats = asyncio.run(timed_async(fn))
+            stats = asyncio.run(timed(fn))
             out.add(
                 f"9. Authentication + authorization per request, {name}",
                 lat(stats, 50, 99),

@@ -10,6 +10,7 @@ Written into docs/performance.md between the `serving` markers.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
@@ -77,6 +78,7 @@ class Bench:
         self.out = report.Report()
         self.children: list[Child] = []
         self.scripts = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+        self.stream = f"SERVING_{self.env.tag.upper()}"
 
     # ------------------------------------------------------------------ set-up
 
@@ -105,7 +107,7 @@ class Bench:
             "/health",
             CUSTOMERS_HTTP_PORT=str(self.port),
             CUSTOMERS_GRPC_PORT=str(free_port()),
-            CUSTOMERS_NATS_STREAM=f"SERVING_{self.env.tag.upper()}",
+            CUSTOMERS_NATS_STREAM=self.stream,
             CUSTOMERS_NATS_SUBJECT_PREFIX=f"serving{self.env.tag}",
             CUSTOMERS_LOG_LEVEL="WARNING",
         )
@@ -322,7 +324,7 @@ class Bench:
     def cleanup(self) -> None:
         self.stop()
         with contextlib.suppress(Exception):
-            env.delete_streams(self.env.nats_url, f"SERVING_{self.env.tag.upper()}")
+            asyncio.run(env.delete_streams(self.env.nats_url, self.stream))
         if not self.args.keep:
             with contextlib.suppress(Exception):
                 env.drop_database(env=self.env)
