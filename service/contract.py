@@ -77,11 +77,6 @@ _BODY_PROBLEMS = problem_responses(
 )
 _INVALID = problem_responses({422: "Invalid input; `errors[].field` names it"})
 UNAUTHENTICATED = ("/health", "/ready", "/metrics")
-SOFT_DELETE = (
-    " A deleted customer stays readable for CUSTOMERS_ERASURE_GRACE_HOURS (30 days by default):"
-    " reads answer 200 with `status: DELETED` and `POST /customers/{id}/restore` undoes the"
-    " deletion; then the customer is erased and reads answer 404."
-)
 
 
 _CUSTOMERS = "/api/v1/customers"
